@@ -1,0 +1,1 @@
+"""extrapos: positional encodings that extrapolate."""

@@ -1,0 +1,227 @@
+"""Causal attention with an optional distance-only score bias, never materialized as (h, n, n).
+
+    out = softmax(q·kᵀ/√d + B + M) v,   B[h, i, j] = table[h, pos_i - pos_j],   M = causal mask
+
+Shapes: q (b, h, s, d); k, v (b, h, t, d) with t = q_offset + s (keys already cached come
+first); table (h, n) over distances 0 .. n-1. Causality is by sequence index: query i (index
+q_offset + i) sees keys j <= q_offset + i. The bias is looked up by *position* difference, so
+explicit positions (offsets, randomized positions) work through the same path.
+
+Paths (measured on 2 CPU cores in ../shared/MEASUREMENTS.md and benchmarks/RESULTS.md):
+
+- `sdpa`: no bias; `F.scaled_dot_product_attention` with `is_causal` (its flash kernel).
+- `chunked`: queries in chunks of `chunk_size`; each chunk gathers only its own (h, c, t) bias
+  block from the table and calls SDPA. Pure PyTorch, differentiable (gradients reach the table
+  through the gather), O(h·c·t) extra memory.
+- `flex`: FlexAttention with the table read inside `score_mod` and a causal `BlockMask`: O(h·n)
+  extra memory. On CPU (torch 2.13) it has a compiled forward but no backward, and compiling a new
+  shape costs ~11 s, so `auto` uses it on CPU only for inference at t >= `FLEX_MIN_LEN` and
+  without a cache offset (s == t; see `attention`); on CUDA it is used for every bias.
+
+`backend` selects a path explicitly ("auto" picks as above).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import warnings
+from collections.abc import Iterator
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+Backend = Literal["auto", "sdpa", "chunked", "flex"]
+BACKENDS: tuple[str, ...] = ("auto", "sdpa", "chunked", "flex")
+
+#: on CPU, `auto` uses FlexAttention for inference from this many keys on (compile cost ~11 s).
+FLEX_MIN_LEN = 4096
+DEFAULT_CHUNK_SIZE = 512
+
+_default_backend: Backend = "auto"
+
+
+@contextlib.contextmanager
+def use_backend(backend: Backend) -> Iterator[None]:
+    """Within the block, attention with a bias uses `backend` unless a call names its own."""
+    global _default_backend
+    if backend not in BACKENDS:
+        from extrapos.errors import UserError
+
+        raise UserError(f"unknown attention backend '{backend}'; known: {', '.join(BACKENDS)}")
+    previous, _default_backend = _default_backend, backend
+    try:
+        yield
+    finally:
+        _default_backend = previous
+
+
+def causal_mask(s: int, t: int, q_offset: int, device: torch.device) -> Tensor:
+    """(s, t) bool, True where query i may attend key j: j <= q_offset + i."""
+    return (
+        torch.arange(t, device=device)[None, :]
+        <= (torch.arange(q_offset, q_offset + s, device=device)[:, None])
+    )
+
+
+def causal_sdpa(q: Tensor, k: Tensor, v: Tensor, q_offset: int = 0) -> Tensor:
+    """Bias-free causal attention through SDPA; q (b, h, s, d), k/v (b, h, t, d)."""
+    s, t = q.shape[-2], k.shape[-2]
+    if s == t:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    if s == 1:  # one new token sees every cached key
+        return F.scaled_dot_product_attention(q, k, v)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(s, t, q_offset, q.device))
+
+
+def bias_block(
+    table: Tensor, q_positions: Tensor, k_positions: Tensor, q_index: Tensor, dtype: torch.dtype
+) -> Tensor:
+    """The additive (h, c, t) block for queries at positions q_positions (c,) with sequence
+    indices q_index (c,) against keys at k_positions (t,): table bias plus the causal -inf."""
+    n = table.shape[-1]
+    distances = (q_positions[:, None] - k_positions[None, :]).clamp(0, n - 1)
+    block = table[:, distances].to(dtype)
+    visible = torch.arange(k_positions.shape[0], device=table.device)[None, :] <= q_index[:, None]
+    return block.masked_fill(~visible, float("-inf"))
+
+
+def chunked_bias_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    table: Tensor,
+    q_positions: Tensor,
+    k_positions: Tensor,
+    q_offset: int = 0,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> Tensor:
+    """Distance-bias attention by query chunks: each chunk builds only its (h, c, t') block,
+    t' = the keys it can see. Differentiable in q, k, v and the table."""
+    s = q.shape[-2]
+    outs = []
+    for start in range(0, s, chunk_size):
+        stop = min(start + chunk_size, s)
+        seen = q_offset + stop  # keys visible to the chunk's last query
+        q_index = torch.arange(q_offset + start, q_offset + stop, device=q.device)
+        block = bias_block(table, q_positions[start:stop], k_positions[:seen], q_index, q.dtype)
+        outs.append(
+            F.scaled_dot_product_attention(
+                q[..., start:stop, :], k[..., :seen, :], v[..., :seen, :], attn_mask=block
+            )
+        )
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-2)
+
+
+@functools.cache
+def _compiled_flex():  # noqa: ANN202  (a compiled callable)
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=True)
+
+
+@functools.cache
+def _compiled_block_mask():  # noqa: ANN202
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    return create_block_mask
+
+
+def flex_bias_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    table: Tensor,
+    q_positions: Tensor,
+    k_positions: Tensor,
+    q_offset: int = 0,
+) -> Tensor:
+    """Distance-bias attention with FlexAttention: the (h, n) table is read inside `score_mod`,
+    causality is a `BlockMask` (fully masked blocks are skipped). O(h·n) extra memory."""
+    s, t = q.shape[-2], k.shape[-2]
+    n = table.shape[-1]
+    table = table.to(torch.float32)
+    offset = torch.tensor(q_offset, device=q.device)
+
+    def score_mod(score, b, h, q_idx, kv_idx):  # noqa: ANN001, ANN202  (flex's signature)
+        # an upper clamp on a captured int miscompiles on CPU (torch 2.13, dynamic=True); the
+        # table covers every unmasked distance, and masked ones are clamped to 0 here.
+        distance = (q_positions[q_idx] - k_positions[kv_idx]).clamp(min=0)
+        return score + table[h, distance]
+
+    def mask_mod(b, h, q_idx, kv_idx):  # noqa: ANN001, ANN202
+        return kv_idx <= q_idx + offset
+
+    block_mask = _compiled_block_mask()(mask_mod, None, None, s, t, device=q.device)
+    return _compiled_flex()(q, k, v, score_mod=score_mod, block_mask=block_mask)
+
+
+def flex_available(device: torch.device) -> bool:
+    """Whether FlexAttention can run here (it needs torch.compile: a C++ compiler on CPU)."""
+    try:
+        import torch.nn.attention.flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return device.type in ("cpu", "cuda")
+
+
+def pick_backend(backend: Backend, needs_grad: bool, t: int, device: torch.device) -> str:
+    """Resolve `auto` for a biased attention call (see module docstring)."""
+    if backend != "auto":
+        return backend
+    if not flex_available(device):
+        return "chunked"
+    if device.type == "cuda":
+        return "flex"
+    return "flex" if (not needs_grad and t >= FLEX_MIN_LEN) else "chunked"
+
+
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    bias_table: Tensor | None = None,
+    q_positions: Tensor | None = None,
+    k_positions: Tensor | None = None,
+    q_offset: int = 0,
+    backend: Backend | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> Tensor:
+    """Causal attention, with a distance-bias table when given (see module docstring).
+
+    q (b, h, s, d); k, v (b, h, t, d), t = q_offset + s; bias_table (h, n) with n > the largest
+    position difference; q_positions (s,), k_positions (t,) default to the sequence indices.
+    Returns (b, h, s, d).
+    """
+    if bias_table is None:
+        return causal_sdpa(q, k, v, q_offset)
+    s, t = q.shape[-2], k.shape[-2]
+    if q_positions is None:
+        q_positions = torch.arange(q_offset, q_offset + s, device=q.device)
+    if k_positions is None:
+        k_positions = torch.arange(t, device=q.device)
+    needs_grad = torch.is_grad_enabled() and (
+        q.requires_grad or k.requires_grad or v.requires_grad or bias_table.requires_grad
+    )
+    chosen = pick_backend(backend or _default_backend, needs_grad, t, q.device)
+    if chosen == "flex":
+        if needs_grad and q.device.type == "cpu":
+            warnings.warn(
+                "FlexAttention has no CPU backward in this torch version; using the chunked path",
+                stacklevel=2,
+            )
+        elif s != t and q.device.type == "cpu":
+            # Queries against a longer cache (decoding): on CPU, inductor (torch 2.13) emits C++
+            # that does not compile for Q_LEN != KV_LEN and then fails later shapes too; such
+            # calls are small (s new queries), so the chunked path costs O(h·s·t) only.
+            pass
+        else:
+            return flex_bias_attention(q, k, v, bias_table, q_positions, k_positions, q_offset)
+    if chosen == "sdpa":
+        raise ValueError("backend 'sdpa' cannot apply a score bias; use 'chunked' or 'flex'")
+    return chunked_bias_attention(
+        q, k, v, bias_table, q_positions, k_positions, q_offset, chunk_size
+    )

@@ -1,0 +1,43 @@
+"""Corpora and tokenizers.
+
+`load_corpus(None | "builtin" | path)` gives a `Corpus` (train/valid/test documents with a
+content hash); `build_tokenizer("byte")` gives a `Tokenizer` whose `encode` returns 1-D int64.
+"""
+
+from __future__ import annotations
+
+from .corpus import (
+    BUILTIN_MAX_BYTES,
+    BUILTIN_TEST_MIN_BYTES,
+    SPLITS,
+    Corpus,
+    list_corpora,
+    load_corpus,
+    split_by_name_hash,
+)
+from .tokenizers import (
+    ByteTokenizer,
+    Tokenizer,
+    build_tokenizer,
+    list_tokenizers,
+    load_tokenizer,
+    save_tokenizer,
+    tokenizer_from_dict,
+)
+
+__all__ = [
+    "BUILTIN_MAX_BYTES",
+    "BUILTIN_TEST_MIN_BYTES",
+    "SPLITS",
+    "ByteTokenizer",
+    "Corpus",
+    "Tokenizer",
+    "build_tokenizer",
+    "list_corpora",
+    "list_tokenizers",
+    "load_corpus",
+    "load_tokenizer",
+    "save_tokenizer",
+    "split_by_name_hash",
+    "tokenizer_from_dict",
+]

@@ -1,0 +1,32 @@
+"""Positional encodings: one interface (`PositionalEncoding`), one registry.
+
+Importing this package registers every built-in encoding; `list_encodings()` names them and
+`build_encoding(name, **params)` builds one.
+"""
+
+from extrapos.encodings import absolute, bias, rotary  # noqa: F401  (registers the encodings)
+from extrapos.encodings.base import PositionalEncoding, default_positions
+from extrapos.encodings.bias import alibi_slopes, t5_buckets
+from extrapos.encodings.registry import (
+    build_encoding,
+    build_for_model,
+    encoding_class,
+    encoding_parameters,
+    list_encodings,
+    register,
+)
+from extrapos.encodings.rope_scaling import rope_inv_freq
+
+__all__ = [
+    "PositionalEncoding",
+    "alibi_slopes",
+    "build_encoding",
+    "build_for_model",
+    "default_positions",
+    "encoding_class",
+    "encoding_parameters",
+    "list_encodings",
+    "register",
+    "rope_inv_freq",
+    "t5_buckets",
+]

@@ -1,0 +1,85 @@
+"""Absolute encodings at the input site: a vector per position added to the token embedding.
+
+x_pos = E[token] + PE(pos),   PE: (s,) positions -> (s, D)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from extrapos.encodings.base import PositionalEncoding
+from extrapos.encodings.registry import register
+from extrapos.errors import UserError
+
+
+def sinusoidal_table(positions: Tensor, dim: int, base: float = 10000.0) -> Tensor:
+    """Vaswani et al. 2017, "Attention Is All You Need", section 3.5.
+
+        PE(pos, 2i) = sin(pos / base^(2i/dim)),   PE(pos, 2i+1) = cos(pos / base^(2i/dim))
+
+    positions (s,) -> (s, dim) float32, computed from the positions (no length ceiling).
+    For odd `dim` the last cosine column is dropped.
+    """
+    half = (dim + 1) // 2
+    inv_freq = base ** (-torch.arange(half, dtype=torch.float64, device=positions.device) * 2 / dim)
+    # float64 angles: pos * inv_freq loses digits in float32 at positions ~1e5 and beyond.
+    angles = positions.to(torch.float64)[:, None] * inv_freq[None, :]
+    table = torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)
+    return table[:, :dim].float()
+
+
+@register("sinusoidal")
+class Sinusoidal(PositionalEncoding):
+    """Fixed sinusoids added at the input (Vaswani et al. 2017). Defined at every position.
+
+    Args:
+        d_model: model width D (set by the model).
+        base: wavelength base (10000 in the paper).
+    """
+
+    def __init__(self, d_model: int, base: float = 10000.0) -> None:
+        super().__init__()
+        if base <= 1:
+            raise UserError(f"sinusoidal: base must be > 1, got {base}")
+        self.d_model = d_model
+        self.base = float(base)
+
+    def input_embedding(self, positions: Tensor) -> Tensor:
+        return sinusoidal_table(positions, self.d_model, self.base)
+
+
+@register("learned")
+class Learned(PositionalEncoding):
+    """A trained table of `max_len` vectors (GPT-2; Radford et al. 2019). Has a true limit:
+    positions >= max_len raise a `UserError` naming it.
+
+    Args:
+        d_model: model width D (set by the model).
+        max_len: rows of the table; the longest sequence the model can read.
+        init_std: standard deviation of the normal initialization.
+    """
+
+    def __init__(self, d_model: int, max_len: int = 1024, init_std: float = 0.02) -> None:
+        super().__init__()
+        if max_len < 1:
+            raise UserError(f"learned: max_len must be >= 1, got {max_len}")
+        self.max_len = int(max_len)
+        self.table = nn.Parameter(torch.randn(max_len, d_model) * init_std)
+
+    def input_embedding(self, positions: Tensor) -> Tensor:
+        self.check_positions(int(positions.max()))
+        return self.table[positions]
+
+    def extra_repr(self) -> str:
+        return f"max_len={self.max_len}, {super().extra_repr()}"
+
+
+@register("nope")
+class NoPE(PositionalEncoding):
+    """No positional encoding (Kazemnejad et al. 2023, "The Impact of Positional Encoding on
+    Length Generalization in Transformers"). A causal mask alone lets a decoder infer position.
+    Uses no site, so the model is exactly the position-free Transformer."""
+
+
+__all__ = ["Learned", "NoPE", "Sinusoidal", "sinusoidal_table"]

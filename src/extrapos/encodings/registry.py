@@ -1,0 +1,103 @@
+"""One registry: encoding name -> class. A new encoding is one class and one `@register` line.
+
+`build_encoding(name, **params)` validates the name (unknown -> `ValueError` listing the known
+ones) and the parameters against the class's constructor (unknown -> `ValueError` naming them
+and listing the accepted ones). Model dimensions (`d_model`, `num_heads`, `head_dim`) are plain
+constructor parameters; `build_for_model` passes those a class accepts.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from extrapos.encodings.base import PositionalEncoding
+from extrapos.errors import UserError
+
+_REGISTRY: dict[str, type[PositionalEncoding]] = {}
+
+#: constructor parameters a model supplies from its own shape; users do not set them.
+MODEL_DIMENSIONS = ("d_model", "num_heads", "head_dim")
+
+E = TypeVar("E", bound=type[PositionalEncoding])
+
+
+def register(name: str) -> Callable[[E], E]:
+    """Class decorator: make an encoding buildable by `name`."""
+
+    def add(cls: E) -> E:
+        if name in _REGISTRY:
+            raise RuntimeError(f"encoding name '{name}' registered twice")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return add
+
+
+def list_encodings() -> list[str]:
+    """Registered encoding names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def encoding_class(name: str) -> type[PositionalEncoding]:
+    """The class registered as `name`; `UserError` (a ValueError) listing the known names."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UserError(
+            f"unknown encoding '{name}'; known encodings: {', '.join(list_encodings())}"
+        ) from None
+
+
+def encoding_parameters(name: str) -> dict[str, Any]:
+    """Constructor parameters of encoding `name` -> default value (inspect.Parameter.empty if required)."""
+    signature = inspect.signature(encoding_class(name).__init__)
+    return {
+        p.name: p.default
+        for p in signature.parameters.values()
+        if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+
+
+def build_encoding(name: str, **params: Any) -> PositionalEncoding:
+    """Build the encoding registered as `name` with `params`.
+
+    Raises `ValueError` (`UserError`) for an unknown name, an unknown parameter, a missing required
+    parameter, or an invalid value (the class's own validation).
+    """
+    accepted = encoding_parameters(name)
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise UserError(
+            f"encoding '{name}' has no parameter(s) {', '.join(unknown)}; "
+            f"accepted: {', '.join(accepted) or '(none)'}"
+        )
+    missing = sorted(
+        p
+        for p, default in accepted.items()
+        if default is inspect.Parameter.empty and p not in params
+    )
+    if missing:
+        raise UserError(f"encoding '{name}' needs parameter(s) {', '.join(missing)}")
+    try:
+        return encoding_class(name)(**params)
+    except TypeError as exc:  # a value of the wrong type deep in a constructor
+        raise UserError(f"encoding '{name}': invalid parameters {params}: {exc}") from exc
+
+
+def build_for_model(
+    name: str, params: dict[str, Any], *, d_model: int, num_heads: int, head_dim: int
+) -> PositionalEncoding:
+    """Build an encoding for a model of the given shape: the model's dimensions fill the
+    constructor parameters of the same name; users may not set those themselves."""
+    clash = sorted(set(params) & set(MODEL_DIMENSIONS))
+    if clash:
+        raise UserError(
+            f"encoding parameter(s) {', '.join(clash)} are set by the model's shape; "
+            f"remove them from encoding_params"
+        )
+    dims = {"d_model": d_model, "num_heads": num_heads, "head_dim": head_dim}
+    accepted = encoding_parameters(name)
+    return build_encoding(name, **{k: v for k, v in dims.items() if k in accepted}, **params)

@@ -1,0 +1,136 @@
+"""Rotary encodings at the q/k site (Su et al. 2021, "RoFormer", arXiv:2104.09864).
+
+Each pair of rotated dims (i, i + r/2) of q and k at position m is turned by the angle m·θ_i,
+
+    θ_i = inv_freq[i] = base^(-2i/r),   i = 0 .. r/2 - 1,   r = rotary_dim <= head_dim
+
+so q_m·k_n depends on m - n only. Layout: "half-split" pairs (i, i + r/2), the `transformers`
+(Llama/NeoX) convention, so weights move between us and `transformers` without permutation.
+Partial rotary (GPT-NeoX, Black et al. 2022) rotates the first `rotary_dim` dims and leaves the
+rest untouched. Inference-time scalings (PI, NTK, YaRN, ...) only change `inv_freq` and an
+attention factor: see `extrapos.encodings.rope_scaling`.
+
+cos/sin are computed in float64 angles, stored in float32 and grown on demand (no length
+ceiling); q and k are rotated in float32 and cast back to their dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from extrapos.encodings.base import PositionalEncoding
+from extrapos.encodings.registry import register
+from extrapos.encodings.rope_scaling import rope_inv_freq, validate_rope_scaling
+from extrapos.errors import UserError
+
+#: scalings whose frequencies depend on the current sequence length.
+_LENGTH_DEPENDENT = ("dynamic", "longrope")
+
+
+def rotate_half_split(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate pairs (i, i + r/2) of the last dim of x (..., s, r) by angles with cos/sin (s, r/2).
+
+    out[:r/2] = x1·cos - x2·sin,   out[r/2:] = x2·cos + x1·sin
+    """
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)
+
+
+@register("rope")
+class RoPE(PositionalEncoding):
+    """Rotary position embedding, with optional partial rotary and inference-time scaling.
+
+    Args:
+        head_dim: dims per head d (set by the model).
+        base: frequency base (10000 in RoFormer; 500000 in Llama 3).
+        rotary_dim: how many leading dims of each head rotate (even, <= head_dim); None = all.
+        scaling: a `transformers`-schema `rope_scaling` dict, e.g. {"rope_type": "yarn",
+            "factor": 4.0, "original_max_position_embeddings": 128}; None = plain RoPE.
+        max_position_embeddings: the trained length, read by scalings that need it.
+    """
+
+    def __init__(
+        self,
+        head_dim: int,
+        base: float = 10000.0,
+        rotary_dim: int | None = None,
+        scaling: dict[str, Any] | None = None,
+        max_position_embeddings: int | None = None,
+    ) -> None:
+        super().__init__()
+        rotary_dim = head_dim if rotary_dim is None else int(rotary_dim)
+        if rotary_dim <= 0 or rotary_dim % 2 or rotary_dim > head_dim:
+            raise UserError(
+                f"rope: rotary_dim must be a positive even number <= head_dim={head_dim}, "
+                f"got {rotary_dim}"
+            )
+        if base <= 1:
+            raise UserError(f"rope: base must be > 1, got {base}")
+        self.head_dim = head_dim
+        self.rotary_dim = rotary_dim
+        self.base = float(base)
+        self.scaling = validate_rope_scaling(scaling) if scaling else None
+        self.max_position_embeddings = max_position_embeddings
+        self.length_dependent = (
+            bool(self.scaling) and self.scaling["rope_type"] in _LENGTH_DEPENDENT
+        )
+        # Frequencies that change with the sequence length would leave cached keys rotated with
+        # stale frequencies; such models recompute keys rather than cache them.
+        self.supports_kv_cache = not self.length_dependent
+        self._cos = torch.empty(0, rotary_dim // 2)
+        self._sin = torch.empty(0, rotary_dim // 2)
+        self._cache_key: int | None = None  # seq_len the cached tables were built for
+
+    def frequencies(self, seq_len: int | None = None) -> tuple[Tensor, float]:
+        """(inv_freq (r/2,) float32, attention_factor) for a sequence of `seq_len` positions."""
+        return rope_inv_freq(
+            self.rotary_dim,
+            self.base,
+            self.scaling,
+            max_position_embeddings=self.max_position_embeddings,
+            seq_len=seq_len,
+        )
+
+    def cos_sin(self, positions: Tensor, seq_len: int | None = None) -> tuple[Tensor, Tensor]:
+        """cos, sin (s, r/2) float32 at `positions` (s,), scaled by the attention factor.
+
+        `seq_len` (default: max position + 1) is the length that length-dependent scalings
+        (dynamic NTK, LongRoPE) choose their frequencies for.
+        """
+        needed = max(int(positions.max()) + 1, seq_len or 0)
+        key = needed if self.length_dependent else None
+        if (
+            self._cos.shape[0] < needed
+            or key != self._cache_key
+            or self._cos.device != positions.device
+        ):
+            size = needed if self.length_dependent else max(needed, 2 * self._cos.shape[0], 256)
+            inv_freq, attention_factor = self.frequencies(seq_len=needed)
+            angles = torch.arange(size, dtype=torch.float64)[:, None] * inv_freq.double()[None, :]
+            self._cos = (angles.cos() * attention_factor).float().to(positions.device)
+            self._sin = (angles.sin() * attention_factor).float().to(positions.device)
+            self._cache_key = key
+        return self._cos[positions], self._sin[positions]
+
+    def rotate(self, x: Tensor, positions: Tensor, seq_len: int | None = None) -> Tensor:
+        """Rotate x (b, h, s, d) at positions (s,)."""
+        cos, sin = self.cos_sin(positions, seq_len)
+        r = self.rotary_dim
+        if r == x.shape[-1]:
+            return rotate_half_split(x, cos, sin)
+        return torch.cat((rotate_half_split(x[..., :r], cos, sin), x[..., r:]), dim=-1)
+
+    def rotate_qk(
+        self, q: Tensor, k: Tensor, q_positions: Tensor, k_positions: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        seq_len = max(int(q_positions.max()), int(k_positions.max())) + 1
+        return self.rotate(q, q_positions, seq_len), self.rotate(k, k_positions, seq_len)
+
+    def extra_repr(self) -> str:
+        return (
+            f"rotary_dim={self.rotary_dim}/{self.head_dim}, base={self.base:g}, "
+            f"scaling={self.scaling}, {super().extra_repr()}"
+        )
