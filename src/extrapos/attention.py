@@ -141,7 +141,6 @@ def flex_bias_attention(
     """Distance-bias attention with FlexAttention: the (h, n) table is read inside `score_mod`,
     causality is a `BlockMask` (fully masked blocks are skipped). O(h·n) extra memory."""
     s, t = q.shape[-2], k.shape[-2]
-    n = table.shape[-1]
     table = table.to(torch.float32)
     offset = torch.tensor(q_offset, device=q.device)
 
