@@ -1,0 +1,5 @@
+import sys
+
+from extrapos.cli import main
+
+sys.exit(main())
