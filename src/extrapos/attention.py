@@ -43,14 +43,18 @@ DEFAULT_CHUNK_SIZE = 512
 _default_backend: Backend = "auto"
 
 
-@contextlib.contextmanager
-def use_backend(backend: Backend) -> Iterator[None]:
-    """Within the block, attention with a bias uses `backend` unless a call names its own."""
-    global _default_backend
+def _check_backend(backend: str) -> None:
     if backend not in BACKENDS:
         from extrapos.errors import UserError
 
         raise UserError(f"unknown attention backend '{backend}'; known: {', '.join(BACKENDS)}")
+
+
+@contextlib.contextmanager
+def use_backend(backend: Backend) -> Iterator[None]:
+    """Within the block, attention with a bias uses `backend` unless a call names its own."""
+    global _default_backend
+    _check_backend(backend)
     previous, _default_backend = _default_backend, backend
     try:
         yield
@@ -195,6 +199,8 @@ def attention(
     position difference; q_positions (s,), k_positions (t,) default to the sequence indices.
     Returns (b, h, s, d).
     """
+    if backend is not None:
+        _check_backend(backend)
     if bias_table is None:
         return causal_sdpa(q, k, v, q_offset)
     s, t = q.shape[-2], k.shape[-2]
@@ -212,10 +218,12 @@ def attention(
                 "FlexAttention has no CPU backward in this torch version; using the chunked path",
                 stacklevel=2,
             )
-        elif s != t and q.device.type == "cpu":
+        elif (s != t or bias_table.shape[-1] != t) and q.device.type == "cpu":
             # Queries against a longer cache (decoding): on CPU, inductor (torch 2.13) emits C++
             # that does not compile for Q_LEN != KV_LEN and then fails later shapes too; such
             # calls are small (s new queries), so the chunked path costs O(h·s·t) only.
+            # The same bug hits a table whose length n differs from KV_LEN (positions with gaps,
+            # n > t): any size other than the one shared symbol breaks the generated C++.
             pass
         else:
             return flex_bias_attention(q, k, v, bias_table, q_positions, k_positions, q_offset)

@@ -52,6 +52,8 @@ class GPTConfig:
             self.d_ff = 16 * math.ceil(8 * self.d_model / 3 / 16)
         elif self.d_ff < 1:
             raise UserError(f"GPTConfig.d_ff must be positive, got {self.d_ff}")
+        if not self.norm_eps > 0:  # eps <= 0 divides by zero (or a negative) on a zero vector
+            raise UserError(f"GPTConfig.norm_eps must be > 0, got {self.norm_eps}")
         encoding_class(self.encoding)  # unknown name -> UserError listing the known ones
         self.encoding_params = dict(self.encoding_params)
 
@@ -301,19 +303,19 @@ def sample_next(
 ) -> Tensor:
     """Sample one token per row of logits (b, V) -> (b,) int64, with temperature, top-k and
     nucleus (top-p) filtering. temperature 0 -> argmax."""
-    if temperature < 0:
+    if not temperature >= 0:  # also catches NaN
         raise UserError(f"temperature must be >= 0, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise UserError(f"top_k must be >= 1, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise UserError(f"top_p must be in (0, 1], got {top_p}")
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits / temperature
     if top_k is not None:
-        if top_k < 1:
-            raise UserError(f"top_k must be >= 1, got {top_k}")
         kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None:
-        if not 0 < top_p <= 1:
-            raise UserError(f"top_p must be in (0, 1], got {top_p}")
         sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
         cumulative = sorted_logits.softmax(-1).cumsum(-1)
         # drop a token when the tokens ranked above it already hold top_p of the mass

@@ -1,0 +1,122 @@
+"""The command line: the tiny bench end to end, eval/generate on its runs, and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from extrapos.cli import main
+from extrapos.encodings import list_encodings
+
+TINY_BENCH = [
+    "bench",
+    "--steps",
+    "3",
+    "--train-len",
+    "16",
+    "--eval-lens",
+    "16,32,64",
+    "--eval-tokens",
+    "256",
+]
+
+
+@pytest.fixture(scope="module")
+def bench_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    assert main([*TINY_BENCH, "--methods", "rope,alibi,learned", "--out", str(out)]) == 0
+    return out
+
+
+def test_bench_writes_results_and_report(bench_dir):
+    results = json.loads((bench_dir / "results.json").read_text())
+    assert results["version"] == 1
+    assert results["train_len"] == 16 and results["eval_lens"] == [16, 32, 64]
+    assert [r["method"] for r in results["runs"]] == ["rope", "alibi", "learned"]
+    for run in results["runs"]:
+        assert set(run["ppl"]) == {"16", "32", "64"}
+        assert all(p is not None and p > 1 for p in run["ppl"].values())
+        assert run["num_params"] > 0 and run["tokens_per_second"] > 0 and run["train_seconds"] >= 0
+        assert len(set(run["tokens_scored"].values())) == 1  # same targets at every length
+    for name in ("report.md", "report.html", "ppl_vs_length.png", "loss_vs_position.png"):
+        assert (bench_dir / name).stat().st_size > 0
+    assert "| rope |" in (bench_dir / "report.md").read_text()
+    assert "data:image/png;base64," in (bench_dir / "report.html").read_text()
+
+
+def test_bench_rerun_keeps_finished_methods(bench_dir, capsys):
+    before = json.loads((bench_dir / "results.json").read_text())
+    assert main([*TINY_BENCH, "--methods", "rope,alibi,learned", "--out", str(bench_dir)]) == 0
+    after = json.loads((bench_dir / "results.json").read_text())
+    assert after["runs"] == before["runs"]
+    assert "kept from" in capsys.readouterr().err
+
+
+def test_eval_and_generate_on_a_bench_run(bench_dir, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    run = str(bench_dir / "runs" / "alibi")
+    argv = ["eval", run, "--lengths", "16,64", "--protocol", "sliding", "--max-tokens", "512"]
+    assert main([*argv, "--out", str(out)]) == 0
+    records = json.loads(out.read_text())["results"]
+    assert [r["length"] for r in records] == [16, 64] and records[1]["stride"] == 32
+    assert (
+        main(["generate", run, "--prompt", "def ", "--max-new-tokens", "5", "--temperature", "0"])
+        == 0
+    )
+    assert capsys.readouterr().out.splitlines()[-1].startswith("def ")
+
+
+def test_list_names_every_encoding(capsys):
+    assert main(["list"]) == 0
+    listed = {line.split()[0] for line in capsys.readouterr().out.splitlines() if line[:1].strip()}
+    assert listed == set(list_encodings())
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["bench", "--methods", "rope,nosuch"],
+            "unknown encoding 'nosuch'; known encodings: alibi",
+        ),
+        (["train", "--encoding", "rope", "--steps", "0", "--out", "x"], "steps must be >= 1"),
+        (
+            ["train", "--encoding", "rope", "--encoding-params", '{"rotary_dim": 7}', "--out", "x"],
+            "rotary_dim",
+        ),
+        (["train", "--encoding", "rope", "--data", "/no/such/file", "--out", "x"], "/no/such/file"),
+        (["eval", "/no/such/run", "--lengths", "16"], "does not exist"),
+        (["bench", "--eval-lens", "16,0"], "--eval-lens must be positive"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(argv, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_console_entry_point_exit_code(tmp_path):
+    """The real process: exit code 2, one line on stderr, no traceback; --debug shows it."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "extrapos",
+        "train",
+        "--encoding",
+        "nosuch",
+        "--out",
+        str(tmp_path),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("extrapos: error: unknown encoding 'nosuch'")
+    assert "Traceback" not in proc.stderr
+    debug = subprocess.run(
+        [cmd[0], "-m", "extrapos", "--debug", *cmd[3:]], capture_output=True, text=True, check=False
+    )
+    assert debug.returncode == 2 and "Traceback" in debug.stderr
