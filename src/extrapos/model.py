@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from extrapos.attention import attention
 from extrapos.encodings import PositionalEncoding, build_for_model, encoding_class
+from extrapos.encodings.base import EMBEDDING_INIT_STD
 from extrapos.errors import UserError
 
 
@@ -199,15 +200,15 @@ class GPT(nn.Module):
 
     def _init_weights(self) -> None:
         # GPT-2 init: N(0, 0.02); residual output projections scaled by 1/sqrt(2·n_layer).
-        residual_std = 0.02 / math.sqrt(2 * self.config.n_layer)
+        residual_std = EMBEDDING_INIT_STD / math.sqrt(2 * self.config.n_layer)
         for name, module in self.named_modules():
             if name.startswith("encoding"):
                 continue  # encodings initialize their own parameters
             if isinstance(module, nn.Linear):
-                std = residual_std if name.endswith(("attn.out", "mlp.w2")) else 0.02
+                std = residual_std if name.endswith(("attn.out", "mlp.w2")) else EMBEDDING_INIT_STD
                 nn.init.normal_(module.weight, std=std)
             elif isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, std=0.02)
+                nn.init.normal_(module.weight, std=EMBEDDING_INIT_STD)
 
     def num_params(self) -> int:
         """Trainable parameters, tied weights counted once."""

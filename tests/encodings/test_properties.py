@@ -341,7 +341,7 @@ def test_sinusoidal_table_matches_the_formula(dim: int) -> None:
     assert table.shape == (len(positions), dim) and table.dtype == torch.float32
     torch.testing.assert_close(table.double(), expected, atol=1e-6, rtol=0)
     enc = build_encoding("sinusoidal", d_model=dim)
-    torch.testing.assert_close(enc.input_embedding(positions), table)
+    torch.testing.assert_close(enc.input_embedding(positions), table * enc.scale)
 
 
 def test_nope_uses_no_site_and_every_hook_is_absent() -> None:
@@ -379,3 +379,14 @@ def test_no_hidden_length_ceiling(name: str) -> None:
     enc = _build(name)
     assert enc.max_len is None
     enc.check_positions(10**7)  # does not raise
+
+
+def test_sinusoidal_default_scale_matches_token_embedding_std() -> None:
+    """The default scale puts the table's RMS at the token embeddings' init std (0.02)."""
+    from extrapos.encodings.base import EMBEDDING_INIT_STD
+
+    enc = build_encoding("sinusoidal", d_model=64)
+    table = enc.input_embedding(torch.arange(4096))
+    assert table.pow(2).mean().sqrt().item() == pytest.approx(EMBEDDING_INIT_STD, rel=0.02)
+    unscaled = build_encoding("sinusoidal", d_model=64, scale=1.0).input_embedding(torch.arange(8))
+    torch.testing.assert_close(unscaled, sinusoidal_table(torch.arange(8), 64))

@@ -33,6 +33,10 @@ from extrapos.errors import UserError
 
 Site = Literal["input", "qk", "bias", "ffn"]
 
+#: standard deviation of the token-embedding init in `extrapos.model` (GPT-2's); input-site
+#: encodings size their vectors against it.
+EMBEDDING_INIT_STD = 0.02
+
 _SITE_HOOKS: dict[str, str] = {
     "input": "input_embedding",
     "qk": "rotate_qk",
