@@ -11,17 +11,8 @@ import pytest
 from extrapos.cli import main
 from extrapos.encodings import list_encodings
 
-TINY_BENCH = [
-    "bench",
-    "--steps",
-    "3",
-    "--train-len",
-    "16",
-    "--eval-lens",
-    "16,32,64",
-    "--eval-tokens",
-    "256",
-]
+TINY_BENCH = ["bench", "--steps", "3", "--train-len", "16", "--eval-lens", "16,32,64",
+              "--eval-tokens", "256", "--extensions", "linear,yarn", "--seeds", "0,1"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -35,15 +26,29 @@ def test_bench_writes_results_and_report(bench_dir):
     results = json.loads((bench_dir / "results.json").read_text())
     assert results["version"] == 1
     assert results["train_len"] == 16 and results["eval_lens"] == [16, 32, 64]
-    assert [r["method"] for r in results["runs"]] == ["rope", "alibi", "learned"]
+    methods = ["rope", "rope+linear", "rope+yarn", "alibi", "learned"]
+    assert [(r["method"], r["seed"]) for r in results["runs"]] == [
+        (m, s) for s in (0, 1) for m in methods
+    ]
     for run in results["runs"]:
         assert set(run["ppl"]) == {"16", "32", "64"}
+        assert set(run["ppl_by_protocol"]) == {"nonoverlap", "sliding"}
         assert all(p is not None and p > 1 for p in run["ppl"].values())
-        assert run["num_params"] > 0 and run["tokens_per_second"] > 0 and run["train_seconds"] >= 0
+        assert run["num_params"] > 0 and run["train_seconds"] >= 0
+        assert run["tokens_per_second"] > 0 or run.get("extends") == "rope"
         assert len(set(run["tokens_scored"].values())) == 1  # same targets at every length
-    for name in ("report.md", "report.html", "ppl_vs_length.png", "loss_vs_position.png"):
+    for name in (
+        "report.md",
+        "report.html",
+        "results.csv",
+        "ppl_vs_length.png",
+        "loss_vs_position.png",
+    ):
         assert (bench_dir / name).stat().st_size > 0
-    assert "| rope |" in (bench_dir / "report.md").read_text()
+    report = (bench_dir / "report.md").read_text()
+    assert "| rope | " in report and " ± " in report  # two seeds: mean ± 95% interval
+    rows = (bench_dir / "results.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2 * 5 * 2 * 3  # header + seeds × methods × protocols × lengths
     assert "data:image/png;base64," in (bench_dir / "report.html").read_text()
 
 
@@ -57,7 +62,7 @@ def test_bench_rerun_keeps_finished_methods(bench_dir, capsys):
 
 def test_eval_and_generate_on_a_bench_run(bench_dir, tmp_path, capsys):
     out = tmp_path / "eval.json"
-    run = str(bench_dir / "runs" / "alibi")
+    run = str(bench_dir / "runs" / "alibi-seed0")
     argv = ["eval", run, "--lengths", "16,64", "--protocol", "sliding", "--max-tokens", "512"]
     assert main([*argv, "--out", str(out)]) == 0
     records = json.loads(out.read_text())["results"]

@@ -1,0 +1,114 @@
+"""Bench configuration, RoPE extensions, resumption and the report's statistics."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from extrapos.bench import PRESETS, BenchConfig, run_bench
+from extrapos.encodings import list_encodings
+from extrapos.errors import UserError
+from extrapos.extend import EXTENSIONS, extension_scaling, rope_scaled
+from extrapos.model import GPT, GPTConfig
+from extrapos.report import mean_ci95, merge
+
+
+def test_presets_resolve_and_flags_override():
+    quick = BenchConfig.from_preset("quick")
+    assert quick.methods == ["sinusoidal", "learned", "nope", "rope", "alibi", "t5"]
+    assert quick.eval_lens == [128, 256, 512, 1024, 2048]
+    standard = BenchConfig.from_preset("standard", steps=7)
+    assert (
+        standard.methods == list_encodings() and standard.seeds == [0, 1, 2] and standard.steps == 7
+    )
+    assert set(PRESETS) == {"quick", "standard", "paper"}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"preset": "huge"}, "unknown preset 'huge'; known: quick, standard, paper"),
+        ({"methods": ["rope", "rope"]}, "lists an entry twice"),
+        ({"protocols": ["strided"]}, "unknown protocol 'strided'"),
+        ({"extensions": ["magic"]}, "unknown RoPE extension 'magic'; known: linear"),
+        ({"eval_tokens": 100}, "below the longest eval length"),
+        ({"seeds": []}, "at least one seed"),
+    ],
+)
+def test_bad_bench_settings(overrides, message):
+    preset = overrides.pop("preset", "quick")
+    with pytest.raises(UserError, match=message):
+        BenchConfig.from_preset(preset, **overrides)
+
+
+def test_extension_factor_is_eval_over_train_length():
+    assert extension_scaling("linear", 128, 512)["factor"] == 4.0
+    assert extension_scaling("yarn", 128, 64)["factor"] == 1.0  # never below 1
+    assert extension_scaling("yarn", 128, 512)["original_max_position_embeddings"] == 128
+
+
+def test_rope_scaled_swaps_and_restores_the_encoding():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, d_model=16, encoding="rope")).eval()
+    x = torch.randint(0, 256, (1, 24))
+    plain = model(x)
+    with rope_scaled(model, extension_scaling("linear", 24, 24), 24):
+        torch.testing.assert_close(model(x), plain)  # factor 1: PI is the identity
+    with rope_scaled(model, extension_scaling("linear", 24, 96), 24):
+        assert not torch.allclose(model(x), plain)
+    torch.testing.assert_close(model(x), plain)  # restored
+    alibi = GPT(GPTConfig(n_layer=1, n_head=2, d_model=16, encoding="alibi"))
+    with pytest.raises(UserError, match="needs a model trained with encoding 'rope'"):
+        with rope_scaled(alibi, extension_scaling("yarn", 24, 96), 24):
+            pass
+
+
+@pytest.mark.parametrize("kind", EXTENSIONS)
+def test_every_extension_runs_past_the_train_length(kind):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, d_model=16, encoding="rope")).eval()
+    with rope_scaled(model, extension_scaling(kind, 16, 64), 16):
+        assert torch.isfinite(model(torch.randint(0, 256, (1, 64)))).all()
+
+
+def test_mean_ci95_against_the_t_table():
+    mean, half = mean_ci95([1.0, 2.0, 3.0])
+    assert mean == 2.0
+    assert half == pytest.approx(4.303 * 1.0 / 3**0.5)  # t(0.975, 2) · s / √n, s = 1
+    assert mean_ci95([5.0]) == (5.0, None)
+
+
+def test_killed_bench_reruns_only_missing_runs(tmp_path):
+    """Drop the last finished run from results.json (as a kill before its write would), rerun:
+    the earlier run is kept verbatim, the missing one is trained again."""
+    cfg = BenchConfig.from_preset(
+        "quick", methods=["alibi", "nope"], steps=2, train_len=8, eval_lens=[8, 16], eval_tokens=64,
+        protocols=["nonoverlap"], extensions=[],
+    )  # fmt: skip
+    first = run_bench(cfg, tmp_path, progress=False, save_runs=False)
+    data = json.loads((tmp_path / "results.json").read_text())
+    data["runs"] = data["runs"][:1]
+    (tmp_path / "results.json").write_text(json.dumps(data))
+    second = run_bench(cfg, tmp_path, progress=False, save_runs=False)
+    assert second["runs"][0] == first["runs"][0]
+    assert [r["method"] for r in second["runs"]] == ["alibi", "nope"]
+    other = BenchConfig.from_preset(
+        "quick", methods=["alibi"], steps=3, train_len=8, eval_lens=[8, 16], eval_tokens=64,
+        protocols=["nonoverlap"], extensions=[],
+    )  # fmt: skip
+    third = run_bench(other, tmp_path, progress=False, save_runs=False)  # other settings: rerun
+    assert third["settings"]["steps"] == 3
+    assert third["runs"][0]["final_train_loss"] != first["runs"][0]["final_train_loss"]
+
+
+def test_merge_refuses_different_settings(tmp_path):
+    for name, steps in (("a", 2), ("b", 3)):
+        cfg = BenchConfig.from_preset(
+            "quick", methods=["nope"], steps=steps, train_len=8, eval_lens=[8], eval_tokens=64,
+            protocols=["nonoverlap"], extensions=[],
+        )  # fmt: skip
+        run_bench(cfg, tmp_path / name, progress=False, save_runs=False)
+    with pytest.raises(UserError, match="cannot merge"):
+        merge([tmp_path / "a", tmp_path / "b"])
