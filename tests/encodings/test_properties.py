@@ -390,3 +390,21 @@ def test_sinusoidal_default_scale_matches_token_embedding_std() -> None:
     assert table.pow(2).mean().sqrt().item() == pytest.approx(EMBEDDING_INIT_STD, rel=0.02)
     unscaled = build_encoding("sinusoidal", d_model=64, scale=1.0).input_embedding(torch.arange(8))
     torch.testing.assert_close(unscaled, sinusoidal_table(torch.arange(8), 64))
+
+
+def test_rotation_gradient_equals_autograd_of_the_formula() -> None:
+    """The hand-written backward (rotate the gradient by −θ) equals autograd through
+    out = [x1·cos − x2·sin, x2·cos + x1·sin]."""
+    from extrapos.encodings.rotary import rotate_half_split
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 5, 8, requires_grad=True)
+    angles = torch.randn(5, 4)
+    cos, sin = angles.cos(), angles.sin()
+    upstream = torch.randn(2, 3, 5, 8)
+    (grad,) = torch.autograd.grad(rotate_half_split(x, cos, sin), x, upstream)
+    x1, x2 = x.chunk(2, dim=-1)
+    reference = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    (expected,) = torch.autograd.grad(reference, x, upstream)
+    torch.testing.assert_close(grad, expected)
+    torch.testing.assert_close(rotate_half_split(x, cos, sin), reference)

@@ -30,13 +30,44 @@ from extrapos.errors import UserError
 _LENGTH_DEPENDENT = ("dynamic", "longrope")
 
 
+def _rotate_float32(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """The rotation written into one preallocated float32 buffer (4 fused multiply-adds, no
+    temporaries): 2.5× faster than `x·cos + rotate_half(x)·sin` (benchmarks/RESULTS.md)."""
+    x = x.float()
+    out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+    x1, x2 = x.chunk(2, dim=-1)
+    o1, o2 = out.chunk(2, dim=-1)
+    torch.mul(x1, cos, out=o1)
+    o1.addcmul_(x2, sin, value=-1.0)
+    torch.mul(x2, cos, out=o2)
+    o2.addcmul_(x1, sin)
+    return out
+
+
+class _HalfSplitRotation(torch.autograd.Function):
+    """Rotation with its exact backward: the Jacobian of a rotation by θ is the rotation, so
+    the gradient is the upstream gradient rotated by −θ."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        ctx.save_for_backward(cos, sin)
+        ctx.dtype = x.dtype
+        return _rotate_float32(x, cos, sin).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        cos, sin = ctx.saved_tensors
+        return _rotate_float32(grad, cos, -sin).to(ctx.dtype), None, None
+
+
 def rotate_half_split(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate pairs (i, i + r/2) of the last dim of x (..., s, r) by angles with cos/sin (s, r/2).
 
-    out[:r/2] = x1·cos - x2·sin,   out[r/2:] = x2·cos + x1·sin
+        out[:r/2] = x1·cos - x2·sin,   out[r/2:] = x2·cos + x1·sin
+
+    Computed in float32 and cast back to x's dtype; differentiable in x (cos/sin are fixed).
     """
-    x1, x2 = x.float().chunk(2, dim=-1)
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)
+    return _HalfSplitRotation.apply(x, cos, sin)
 
 
 @register("rope")
