@@ -92,6 +92,27 @@ def bias_block(
     return block.masked_fill(~visible, float("-inf"))
 
 
+def is_range(positions: Tensor) -> bool:
+    """Whether positions (s,) are consecutive integers p0, p0 + 1, …"""
+    s = positions.shape[0]
+    if s == 0:
+        return True
+    start = int(positions[0])
+    return torch.equal(positions, torch.arange(start, start + s, device=positions.device))
+
+
+def toeplitz_source(table: Tensor, t: int) -> Tensor:
+    """(h, n + t) row source for Toeplitz blocks: the table reversed, then t entries of -inf.
+
+    With consecutive positions the block row of query distance D (to the first key) is
+    source[:, n-1-D : n-1-D+t]: entry j holds table[D - j], and -inf where D - j < 0 — exactly
+    the causal mask when index and position differences agree. Rows are copied from a strided
+    view (`unfold`) instead of gathered element by element.
+    """
+    pad = table.new_full((table.shape[0], t), float("-inf"))
+    return torch.cat((table.flip(-1), pad), dim=-1)
+
+
 def chunked_bias_attention(
     q: Tensor,
     k: Tensor,
@@ -104,13 +125,24 @@ def chunked_bias_attention(
 ) -> Tensor:
     """Distance-bias attention by query chunks: each chunk builds only its (h, c, t') block,
     t' = the keys it can see. Differentiable in q, k, v and the table."""
-    s = q.shape[-2]
+    s, n = q.shape[-2], table.shape[-1]
+    toeplitz = (
+        is_range(q_positions)
+        and is_range(k_positions)
+        and int(q_positions[0]) - int(k_positions[0]) == q_offset
+    )
+    source = toeplitz_source(table, k.shape[-2]) if toeplitz else None
     outs = []
     for start in range(0, s, chunk_size):
         stop = min(start + chunk_size, s)
         seen = q_offset + stop  # keys visible to the chunk's last query
-        q_index = torch.arange(q_offset + start, q_offset + stop, device=q.device)
-        block = bias_block(table, q_positions[start:stop], k_positions[:seen], q_index, q.dtype)
+        if source is not None:
+            # query i sits at distance q_offset + i from key 0
+            first = n - 1 - (q_offset + torch.arange(start, stop, device=q.device))
+            block = source.unfold(-1, seen, 1).index_select(1, first).to(q.dtype)
+        else:
+            q_index = torch.arange(q_offset + start, q_offset + stop, device=q.device)
+            block = bias_block(table, q_positions[start:stop], k_positions[:seen], q_index, q.dtype)
         outs.append(
             F.scaled_dot_product_attention(
                 q[..., start:stop, :], k[..., :seen, :], v[..., :seen, :], attn_mask=block
