@@ -302,15 +302,49 @@ def test_sampling_is_reproducible_with_a_generator() -> None:
     assert ((sample(3) >= 0) & (sample(3) < VOCAB)).all()
 
 
+@pytest.mark.parametrize(
+    "scaling",
+    [
+        {"rope_type": "dynamic", "factor": 2.0},
+        {"rope_type": "longrope", "short_factor": [1.0] * 4, "long_factor": [2.0, 3.0, 4.0, 5.0],
+         "original_max_position_embeddings": 8},
+    ],
+    ids=["dynamic", "longrope"],
+)  # fmt: skip
+def test_length_dependent_rope_decodes_exactly_with_a_cache(scaling: dict) -> None:
+    """Dynamic NTK / LongRoPE change frequencies with length, so rotated keys go stale. The
+    cache holds keys before rotation and re-rotates them each step: at every length t the
+    incremental logits of the last token equal a full forward over the t-token prefix (which
+    crosses the trained length 8, where the frequencies switch)."""
+    model = _model("rope", scaling=scaling, max_position_embeddings=8)
+    assert model.encoding.rotation_depends_on_length and model.encoding.supports_kv_cache
+    tokens = _tokens(1, 14)
+    cache = KVCache(N_LAYER)
+    with torch.no_grad():
+        model(tokens[:, :5], cache=cache)
+        for t in range(5, 14):
+            step = model(tokens[:, t : t + 1], cache=cache)[:, -1]
+            full = model(tokens[:, : t + 1])[:, -1]
+            # float32 noise of two SDPA kernels (one query vs is_causal), ~1e-5; stale
+            # frequencies would differ by O(0.1)
+            torch.testing.assert_close(step, full, atol=1e-4, rtol=1e-4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = model.generate(tokens[:, :6], 8, temperature=0)
+    assert torch.equal(out, model.generate(tokens[:, :6], 8, temperature=0, use_cache=False))
+
+
 def test_generate_recomputes_for_an_encoding_without_kv_cache() -> None:
-    """Dynamic NTK changes frequencies with length: cached keys would go stale, so generate()
-    warns and recomputes; the tokens equal the uncached run."""
-    model = _model(
-        "rope", scaling={"rope_type": "dynamic", "factor": 2.0}, max_position_embeddings=8
-    )
-    assert not model.encoding.supports_kv_cache
+    """An encoding that declares `supports_kv_cache = False` makes generate() warn and recompute
+    the full sequence each step; the tokens equal the uncached run."""
+    model = _model("rope")
+
+    class Uncacheable(type(model.encoding)):  # test-only; never registered
+        supports_kv_cache = False
+
+    model.encoding.__class__ = Uncacheable
     prompt = _tokens(1, 6)
-    with pytest.warns(UserWarning, match="rope"):
+    with pytest.warns(UserWarning, match="cannot reuse cached keys"):
         out = model.generate(prompt, 8, temperature=0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -130,10 +130,16 @@ class CausalSelfAttention(nn.Module):
         b, s, _ = x.shape
         q, k, v = self.qkv(x).view(b, s, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
         # q, k, v: (b, h, s, d)
-        if "qk" in ctx.encoding.sites:
-            q, k = ctx.encoding.rotate_qk(q, k, ctx.q_positions, ctx.k_positions[ctx.q_offset :])
-        if cache is not None:
+        enc = ctx.encoding
+        if cache is not None and enc.rotation_depends_on_length:
+            # frequencies depend on the current length: cache raw keys, rotate them all now
             k, v = cache.append(self.layer, k, v)  # (b, h, t, d)
+            q, k = enc.rotate_qk(q, k, ctx.q_positions, ctx.k_positions)
+        else:
+            if "qk" in enc.sites:
+                q, k = enc.rotate_qk(q, k, ctx.q_positions, ctx.k_positions[ctx.q_offset :])
+            if cache is not None:
+                k, v = cache.append(self.layer, k, v)  # (b, h, t, d)
         y = attention(
             q,
             k,
@@ -267,7 +273,9 @@ class GPT(nn.Module):
 
         With a KV cache each step feeds only the new token. Encodings whose cached keys go
         stale as the sequence grows (`supports_kv_cache = False`) recompute the full sequence
-        each step instead, with a warning. temperature 0 means greedy decoding.
+        each step instead, with a warning. Encodings whose rotation depends on the length
+        (dynamic NTK) keep their cache: keys are cached before rotation. temperature 0 means
+        greedy decoding.
         """
         if use_cache and not self.encoding.supports_kv_cache:
             warnings.warn(

@@ -52,6 +52,9 @@ class PositionalEncoding(nn.Module):
         name: the registry name (set by `register`).
         max_len: the number of positions the encoding can represent, or None when unbounded.
             Only encodings with a true limit (a learned table) set it; asking past it raises.
+        rotation_depends_on_length: whether the q/k rotation changes with the sequence length
+            (dynamic NTK, LongRoPE): the model then caches keys *before* rotation and rotates
+            the whole cache at each step, so decoding stays exact.
         supports_kv_cache: whether keys computed at earlier steps stay valid when the sequence
             grows, so incremental decoding equals a full forward.
     """
@@ -59,6 +62,7 @@ class PositionalEncoding(nn.Module):
     name: str = "?"
     max_len: int | None = None
     supports_kv_cache: bool = True
+    rotation_depends_on_length: bool = False
 
     @property
     def sites(self) -> frozenset[str]:

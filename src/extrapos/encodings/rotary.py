@@ -108,9 +108,7 @@ class RoPE(PositionalEncoding):
         self.length_dependent = (
             bool(self.scaling) and self.scaling["rope_type"] in _LENGTH_DEPENDENT
         )
-        # Frequencies that change with the sequence length would leave cached keys rotated with
-        # stale frequencies; such models recompute keys rather than cache them.
-        self.supports_kv_cache = not self.length_dependent
+        self.rotation_depends_on_length = self.length_dependent
         self._cos = torch.empty(0, rotary_dim // 2)
         self._sin = torch.empty(0, rotary_dim // 2)
         self._cache_key: int | None = None  # seq_len the cached tables were built for
