@@ -10,7 +10,7 @@ import torch
 from extrapos.bench import PRESETS, BenchConfig, run_bench
 from extrapos.encodings import list_encodings
 from extrapos.errors import UserError
-from extrapos.extend import EXTENSIONS, extension_scaling, rope_scaled
+from extrapos.extend import EXTENSIONS, describe_extension, extension_scaling, rope_extended
 from extrapos.model import GPT, GPTConfig
 from extrapos.report import mean_ci95, merge
 
@@ -49,19 +49,26 @@ def test_extension_factor_is_eval_over_train_length():
     assert extension_scaling("yarn", 128, 512)["original_max_position_embeddings"] == 128
 
 
-def test_rope_scaled_swaps_and_restores_the_encoding():
+def test_self_extend_group_keeps_grouped_distances_inside_the_train_length():
+    for eval_len in (128, 512, 2048):
+        params = describe_extension("self_extend", 128, eval_len)
+        window, group = params["window"], params["group"]
+        assert (eval_len - 1 - window) // group + window < 128
+
+
+def test_rope_extended_swaps_and_restores_the_encoding():
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=1, n_head=2, d_model=16, encoding="rope")).eval()
     x = torch.randint(0, 256, (1, 24))
     plain = model(x)
-    with rope_scaled(model, extension_scaling("linear", 24, 24), 24):
+    with rope_extended(model, "linear", 24, 24):
         torch.testing.assert_close(model(x), plain)  # factor 1: PI is the identity
-    with rope_scaled(model, extension_scaling("linear", 24, 96), 24):
+    with rope_extended(model, "linear", 24, 96):
         assert not torch.allclose(model(x), plain)
     torch.testing.assert_close(model(x), plain)  # restored
     alibi = GPT(GPTConfig(n_layer=1, n_head=2, d_model=16, encoding="alibi"))
-    with pytest.raises(UserError, match="needs a model trained with encoding 'rope'"):
-        with rope_scaled(alibi, extension_scaling("yarn", 24, 96), 24):
+    with pytest.raises(UserError, match="need a model trained with encoding 'rope'"):
+        with rope_extended(alibi, "yarn", 24, 96):
             pass
 
 
@@ -69,7 +76,7 @@ def test_rope_scaled_swaps_and_restores_the_encoding():
 def test_every_extension_runs_past_the_train_length(kind):
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=1, n_head=2, d_model=16, encoding="rope")).eval()
-    with rope_scaled(model, extension_scaling(kind, 16, 64), 16):
+    with rope_extended(model, kind, 16, 64):
         assert torch.isfinite(model(torch.randint(0, 256, (1, 64)))).all()
 
 

@@ -264,3 +264,35 @@ def attention(
     return chunked_bias_attention(
         q, k, v, bias_table, q_positions, k_positions, q_offset, chunk_size
     )
+
+
+def two_branch_attention(
+    q_near: Tensor,
+    k_near: Tensor,
+    q_far: Tensor,
+    k_far: Tensor,
+    v: Tensor,
+    q_positions: Tensor,
+    k_positions: Tensor,
+    window: int,
+    q_offset: int = 0,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> Tensor:
+    """Causal attention whose score for a pair depends on its distance d = pos_i - pos_j:
+    q_near·k_near for d < window, q_far·k_far beyond (ReRoPE, Self-Extend, STRING: two
+    rotations of the same q/k). q_* (b, h, s, d); k_*, v (b, h, t, d). Scores are built per
+    query chunk, O(b·h·c·t) memory; differentiable."""
+    s, scale = q_near.shape[-2], q_near.shape[-1] ** -0.5
+    outs = []
+    for start in range(0, s, chunk_size):
+        stop = min(start + chunk_size, s)
+        seen = q_offset + stop
+        near = q_near[..., start:stop, :] @ k_near[..., :seen, :].transpose(-1, -2)
+        far = q_far[..., start:stop, :] @ k_far[..., :seen, :].transpose(-1, -2)
+        distance = q_positions[start:stop, None] - k_positions[None, :seen]  # (c, t')
+        scores = torch.where(distance < window, near, far).float() * scale
+        q_index = torch.arange(q_offset + start, q_offset + stop, device=v.device)
+        visible = torch.arange(seen, device=v.device)[None, :] <= q_index[:, None]
+        scores = scores.masked_fill(~visible, float("-inf"))
+        outs.append(scores.softmax(dim=-1).to(v.dtype) @ v[..., :seen, :])
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-2)

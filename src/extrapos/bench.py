@@ -2,8 +2,8 @@
 
 Every method gets the same model shape, data, seeds and token budget. Each (method, seed) is
 trained once and evaluated at every length under each protocol; inference-time RoPE extensions
-(PI, NTK, dynamic NTK, YaRN, Llama 3) are applied to each trained `rope` model as extra rows
-`rope+<scaling>` with factor = eval length / train length. After every run the results file is
+(PI, NTK, dynamic NTK, YaRN, Llama 3, ReRoPE, Self-Extend, log-n) are applied to each trained
+`rope` model as extra rows `rope+<name>`, each length with its own factor (eval / train length). After every run the results file is
 rewritten atomically, so a killed bench loses at most the run in progress, and a rerun with the
 same `--out` and settings keeps every finished run.
 
@@ -36,7 +36,7 @@ from extrapos.data import build_tokenizer, load_corpus
 from extrapos.encodings import encoding_class, list_encodings
 from extrapos.errors import UserError
 from extrapos.evaluate import PROTOCOLS, common_prefix, evaluate_lengths
-from extrapos.extend import EXTENSIONS, extension_scaling, rope_scaled
+from extrapos.extend import EXTENSIONS, describe_extension, rope_extended
 from extrapos.io import read_json, write_json
 from extrapos.model import GPTConfig
 from extrapos.train import TrainConfig, train
@@ -113,7 +113,8 @@ class BenchConfig:
         if not self.protocols:
             raise UserError("--protocols needs at least one protocol")
         for ext in self.extensions:
-            extension_scaling(ext, 1, 1)  # unknown -> UserError listing the known ones
+            if ext not in EXTENSIONS:
+                raise UserError(f"unknown RoPE extension '{ext}'; known: {', '.join(EXTENSIONS)}")
         if self.eval_lens is None:
             self.eval_lens = [self.train_len * f for f in (1, 2, 4, 8, 16)]
         if not self.eval_lens or min(self.eval_lens) < 1:
@@ -347,10 +348,9 @@ def _run_extension(
         box["model"] = model
     parts: dict[str, Any] = {}
     for length in config.eval_lens or []:
-        scaling = extension_scaling(ext, config.train_len, length)
-        with rope_scaled(model, scaling, config.train_len):
+        with rope_extended(model, ext, config.train_len, length):
             part = _evaluate(model, [length], config.protocols, test_tokens, progress=False)
-        parts[length] = (part, scaling)
+        parts[length] = (part, describe_extension(ext, config.train_len, length))
     merged: dict[str, Any] = {"ppl_by_protocol": {p: {} for p in config.protocols}}
     for key in ("ppl", "bits_per_byte", "tokens_scored", "errors", "position_nll"):
         merged[key] = {}
@@ -363,7 +363,7 @@ def _run_extension(
             merged["position_nll"] = part["position_nll"]
     summary = {
         "method": f"rope+{ext}",
-        "params": {"scaling": parts[max(parts)][1], "factor": "eval_len / train_len"},
+        "params": {"at_longest_length": parts[max(parts)][1]},
         "seed": seed,
         "extends": "rope",
         **merged,

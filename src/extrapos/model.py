@@ -131,6 +131,11 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.qkv(x).view(b, s, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
         # q, k, v: (b, h, s, d)
         enc = ctx.encoding
+        if "attention" in enc.sites:  # the encoding attends itself, from raw q/k
+            if cache is not None:
+                k, v = cache.append(self.layer, k, v)
+            y = enc.attend(q, k, v, ctx.q_positions, ctx.k_positions, ctx.q_offset)
+            return self.out(y.transpose(1, 2).reshape(b, s, -1))
         if cache is not None and enc.rotation_depends_on_length:
             # frequencies depend on the current length: cache raw keys, rotate them all now
             k, v = cache.append(self.layer, k, v)  # (b, h, t, d)

@@ -228,8 +228,9 @@ def _notes(results: dict[str, Any]) -> list[str]:
         )
     if any(r.get("extends") for r in results["runs"]):
         notes.append(
-            "`rope+<scaling>`: the trained `rope` model evaluated with that inference-time "
-            "scaling, factor = evaluation length / train length (no training)."
+            "`rope+<name>`: the trained `rope` model evaluated with that inference-time "
+            "extension, set for each evaluation length (factor = length / train length; "
+            "windows = train length / 2); no training."
         )
     for entry in summarize(results):
         for length, error in entry["errors"].items():

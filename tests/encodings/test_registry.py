@@ -49,7 +49,7 @@ def test_every_registered_encoding_builds_for_a_model(name: str) -> None:
     assert isinstance(enc, PositionalEncoding)
     assert isinstance(enc, encoding_class(name))
     assert enc.name == name
-    assert enc.sites <= {"input", "qk", "bias", "ffn"}
+    assert enc.sites <= {"input", "qk", "bias", "ffn", "attention"}
 
 
 @pytest.mark.parametrize("name", BUILTIN)

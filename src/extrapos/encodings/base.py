@@ -12,6 +12,11 @@ Notation used in every encoding module:
 | `qk`    | `rotate_qk(q, k, q_positions, k_positions)` | rotated (b, h, s, d) q and k |
 | `bias`  | `distance_bias(num_distances)`         | (h, n) table, B[h, i, j] = table[h, pos_i - pos_j] |
 | `ffn`   | `ffn_term(positions, d_ff)`            | (s, d_ff) added inside the FFN |
+| `attention` | `attend(q, k, v, q_positions, k_positions, q_offset)` | the attention output itself |
+
+The `attention` site is for methods that remap relative positions pairwise and so cannot be
+expressed as one rotation or one table (ReRoPE, Self-Extend, STRING): the encoding receives
+raw, unrotated q and k (the model caches keys before rotation for it) and computes attention.
 
 An encoding overrides the hooks of the sites it uses; `sites` is derived from which hooks a class
 overrides, so attention and the model call exactly what is implemented and no `use_*` flags exist.
@@ -42,6 +47,7 @@ _SITE_HOOKS: dict[str, str] = {
     "qk": "rotate_qk",
     "bias": "distance_bias",
     "ffn": "ffn_term",
+    "attention": "attend",
 }
 
 
@@ -74,6 +80,14 @@ class PositionalEncoding(nn.Module):
             if getattr(cls, hook) is not getattr(PositionalEncoding, hook)
         )
 
+    @property
+    def shift_invariant(self) -> bool:
+        """Whether positions enter only through differences pos_i - pos_j, so shifting all
+        positions by a constant changes nothing. Derived from the sites (q/k rotations and
+        distance biases are relative, input vectors are not); classes override it where the
+        sites don't decide it."""
+        return self.sites <= {"qk", "bias"}
+
     def check_positions(self, max_position: int) -> None:
         """Raise a `UserError` when `max_position` is past what the encoding can represent."""
         if self.max_len is not None and max_position >= self.max_len:
@@ -102,6 +116,18 @@ class PositionalEncoding(nn.Module):
 
     def ffn_term(self, positions: Tensor, d_ff: int) -> Tensor:
         """(s,) positions -> (s, d_ff) term added to the FFN's hidden pre-activation."""
+        raise NotImplementedError
+
+    def attend(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        q_positions: Tensor,
+        k_positions: Tensor,
+        q_offset: int,
+    ) -> Tensor:
+        """Causal attention from raw q (b, h, s, d) and raw k, v (b, h, t, d) -> (b, h, s, d)."""
         raise NotImplementedError
 
     def extra_repr(self) -> str:

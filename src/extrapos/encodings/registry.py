@@ -52,13 +52,20 @@ def encoding_class(name: str) -> type[PositionalEncoding]:
 
 
 def encoding_parameters(name: str) -> dict[str, Any]:
-    """Constructor parameters of encoding `name` -> default value (inspect.Parameter.empty if required)."""
-    signature = inspect.signature(encoding_class(name).__init__)
-    return {
-        p.name: p.default
-        for p in signature.parameters.values()
-        if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    }
+    """Constructor parameters of encoding `name` -> default (inspect.Parameter.empty if
+    required). A constructor taking **kwargs passes them to its base class, whose parameters
+    are then included too."""
+    params: dict[str, Any] = {}
+    for cls in encoding_class(name).__mro__:
+        if "__init__" not in vars(cls):
+            continue
+        signature = inspect.signature(cls.__init__)
+        for p in signature.parameters.values():
+            if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+                params.setdefault(p.name, p.default)
+        if not any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+            break
+    return params
 
 
 def build_encoding(name: str, **params: Any) -> PositionalEncoding:

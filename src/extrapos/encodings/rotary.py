@@ -16,6 +16,7 @@ ceiling); q and k are rotated in float32 and cast back to their dtype.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -81,6 +82,10 @@ class RoPE(PositionalEncoding):
         scaling: a `transformers`-schema `rope_scaling` dict, e.g. {"rope_type": "yarn",
             "factor": 4.0, "original_max_position_embeddings": 128}; None = plain RoPE.
         max_position_embeddings: the trained length, read by scalings that need it.
+        logn_scale_len: log-n attention temperature (Chiang & Cholak 2022, "Overcoming a
+            Theoretical Limitation of Self-Attention"; Su 2021): the query at position i is
+            scaled by max(1, ln(i + 1) / ln(logn_scale_len)), keeping attention entropy from
+            growing with the context; usually the trained length. None = off.
     """
 
     def __init__(
@@ -90,6 +95,7 @@ class RoPE(PositionalEncoding):
         rotary_dim: int | None = None,
         scaling: dict[str, Any] | None = None,
         max_position_embeddings: int | None = None,
+        logn_scale_len: int | None = None,
     ) -> None:
         super().__init__()
         rotary_dim = head_dim if rotary_dim is None else int(rotary_dim)
@@ -100,6 +106,9 @@ class RoPE(PositionalEncoding):
             )
         if base <= 1:
             raise UserError(f"rope: base must be > 1, got {base}")
+        if logn_scale_len is not None and logn_scale_len < 2:
+            raise UserError(f"rope: logn_scale_len must be >= 2, got {logn_scale_len}")
+        self.logn_scale_len = logn_scale_len
         self.head_dim = head_dim
         self.rotary_dim = rotary_dim
         self.base = float(base)
@@ -152,14 +161,35 @@ class RoPE(PositionalEncoding):
             return rotate_half_split(x, cos, sin)
         return torch.cat((rotate_half_split(x[..., :r], cos, sin), x[..., r:]), dim=-1)
 
+    def rotate_at(self, x: Tensor, positions: Tensor, seq_len: int | None = None) -> Tensor:
+        """Rotate x (b, h, s, d) at real-valued positions (s,) (e.g. the fractional positions
+        of leaky ReRoPE); computed directly in float64 angles, not cached."""
+        inv_freq, attention_factor = self.frequencies(seq_len=seq_len)
+        angles = positions.double()[:, None] * inv_freq.double().to(positions.device)[None, :]
+        cos = (angles.cos() * attention_factor).float()
+        sin = (angles.sin() * attention_factor).float()
+        r = self.rotary_dim
+        if r == x.shape[-1]:
+            return rotate_half_split(x, cos, sin)
+        return torch.cat((rotate_half_split(x[..., :r], cos, sin), x[..., r:]), dim=-1)
+
+    def logn_scale(self, q: Tensor, q_positions: Tensor) -> Tensor:
+        """q (b, h, s, d) times max(1, ln(i + 1) / ln(logn_scale_len)) at position i."""
+        if self.logn_scale_len is None:
+            return q
+        scale = torch.log1p(q_positions.double()) / math.log(self.logn_scale_len)
+        return q * scale.clamp(min=1.0).to(q.dtype)[:, None]
+
     def rotate_qk(
         self, q: Tensor, k: Tensor, q_positions: Tensor, k_positions: Tensor
     ) -> tuple[Tensor, Tensor]:
         seq_len = max(int(q_positions.max()), int(k_positions.max())) + 1
-        return self.rotate(q, q_positions, seq_len), self.rotate(k, k_positions, seq_len)
+        q = self.logn_scale(self.rotate(q, q_positions, seq_len), q_positions)
+        return q, self.rotate(k, k_positions, seq_len)
 
     def extra_repr(self) -> str:
         return (
             f"rotary_dim={self.rotary_dim}/{self.head_dim}, base={self.base:g}, "
-            f"scaling={self.scaling}, {super().extra_repr()}"
+            f"scaling={self.scaling}, logn_scale_len={self.logn_scale_len}, "
+            f"{super().extra_repr()}"
         )
