@@ -134,7 +134,7 @@ class CausalSelfAttention(nn.Module):
         if "attention" in enc.sites:  # the encoding attends itself, from raw q/k
             if cache is not None:
                 k, v = cache.append(self.layer, k, v)
-            y = enc.attend(q, k, v, ctx.q_positions, ctx.k_positions, ctx.q_offset)
+            y = enc.attend(q, k, v, ctx.q_positions, ctx.k_positions, ctx.q_offset, self.layer)
             return self.out(y.transpose(1, 2).reshape(b, s, -1))
         if cache is not None and enc.rotation_depends_on_length:
             # frequencies depend on the current length: cache raw keys, rotate them all now
@@ -199,6 +199,7 @@ class GPT(nn.Module):
             d_model=config.d_model,
             num_heads=config.n_head,
             head_dim=config.head_dim,
+            num_layers=config.n_layer,
         )
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))

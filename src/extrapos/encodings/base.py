@@ -12,11 +12,12 @@ Notation used in every encoding module:
 | `qk`    | `rotate_qk(q, k, q_positions, k_positions)` | rotated (b, h, s, d) q and k |
 | `bias`  | `distance_bias(num_distances)`         | (h, n) table, B[h, i, j] = table[h, pos_i - pos_j] |
 | `ffn`   | `ffn_term(positions, d_ff)`            | (s, d_ff) added inside the FFN |
-| `attention` | `attend(q, k, v, q_positions, k_positions, q_offset)` | the attention output itself |
+| `attention` | `attend(q, k, v, q_positions, k_positions, q_offset, layer)` | the attention output |
 
 The `attention` site is for methods that remap relative positions pairwise and so cannot be
 expressed as one rotation or one table (ReRoPE, Self-Extend, STRING): the encoding receives
 raw, unrotated q and k (the model caches keys before rotation for it) and computes attention.
+Content-dependent scores (CoPE, DAPE, Transformer-XL's u/v terms) use the same site.
 
 An encoding overrides the hooks of the sites it uses; `sites` is derived from which hooks a class
 overrides, so attention and the model call exactly what is implemented and no `use_*` flags exist.
@@ -126,8 +127,10 @@ class PositionalEncoding(nn.Module):
         q_positions: Tensor,
         k_positions: Tensor,
         q_offset: int,
+        layer: int = 0,
     ) -> Tensor:
-        """Causal attention from raw q (b, h, s, d) and raw k, v (b, h, t, d) -> (b, h, s, d)."""
+        """Causal attention from raw q (b, h, s, d) and raw k, v (b, h, t, d) -> (b, h, s, d);
+        `layer` indexes per-layer parameters (see `num_layers` in the registry)."""
         raise NotImplementedError
 
     def extra_repr(self) -> str:

@@ -2,8 +2,9 @@
 
 `build_encoding(name, **params)` validates the name (unknown -> `ValueError` listing the known
 ones) and the parameters against the class's constructor (unknown -> `ValueError` naming them
-and listing the accepted ones). Model dimensions (`d_model`, `num_heads`, `head_dim`) are plain
-constructor parameters; `build_for_model` passes those a class accepts.
+and listing the accepted ones). Model dimensions (`d_model`, `num_heads`, `head_dim`, `num_layers`) are
+plain constructor parameters; `build_for_model` passes those a class accepts (an encoding with
+per-layer parameters takes `num_layers`; its `attend` hook receives the layer index).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from extrapos.errors import UserError
 _REGISTRY: dict[str, type[PositionalEncoding]] = {}
 
 #: constructor parameters a model supplies from its own shape; users do not set them.
-MODEL_DIMENSIONS = ("d_model", "num_heads", "head_dim")
+MODEL_DIMENSIONS = ("d_model", "num_heads", "head_dim", "num_layers")
 
 E = TypeVar("E", bound=type[PositionalEncoding])
 
@@ -95,7 +96,13 @@ def build_encoding(name: str, **params: Any) -> PositionalEncoding:
 
 
 def build_for_model(
-    name: str, params: dict[str, Any], *, d_model: int, num_heads: int, head_dim: int
+    name: str,
+    params: dict[str, Any],
+    *,
+    d_model: int,
+    num_heads: int,
+    head_dim: int,
+    num_layers: int = 1,
 ) -> PositionalEncoding:
     """Build an encoding for a model of the given shape: the model's dimensions fill the
     constructor parameters of the same name; users may not set those themselves."""
@@ -105,6 +112,11 @@ def build_for_model(
             f"encoding parameter(s) {', '.join(clash)} are set by the model's shape; "
             f"remove them from encoding_params"
         )
-    dims = {"d_model": d_model, "num_heads": num_heads, "head_dim": head_dim}
+    dims = {
+        "d_model": d_model,
+        "num_heads": num_heads,
+        "head_dim": head_dim,
+        "num_layers": num_layers,
+    }
     accepted = encoding_parameters(name)
     return build_encoding(name, **{k: v for k, v in dims.items() if k in accepted}, **params)

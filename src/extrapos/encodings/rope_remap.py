@@ -56,6 +56,7 @@ class _RemappedRoPE(RoPE):
         q_positions: Tensor,
         k_positions: Tensor,
         q_offset: int,
+        layer: int = 0,
     ) -> Tensor:
         seq_len = max(int(q_positions.max()), int(k_positions.max())) + 1
         q_near, k_near = self.rotate_qk(q, k, q_positions, k_positions)
