@@ -39,6 +39,11 @@ class GPTConfig:
     d_ff: int | None = None  # SwiGLU hidden width; None = 8/3·D rounded up to a multiple of 16
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
+    # Randomized positions (Ruoss et al. 2023, "Randomized Positional Encodings Boost Length
+    # Generalization of Transformers"): a sequence of s tokens gets a sorted random subset of
+    # [0, random_positions) instead of 0..s-1, so positions of long test sequences were seen in
+    # training. None: off.
+    random_positions: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "n_layer", "n_head", "d_model"):
@@ -53,6 +58,10 @@ class GPTConfig:
             self.d_ff = 16 * math.ceil(8 * self.d_model / 3 / 16)
         elif self.d_ff < 1:
             raise UserError(f"GPTConfig.d_ff must be positive, got {self.d_ff}")
+        if self.random_positions is not None and self.random_positions < 1:
+            raise UserError(
+                f"GPTConfig.random_positions must be a positive length, got {self.random_positions}"
+            )
         if not self.norm_eps > 0:  # eps <= 0 divides by zero (or a negative) on a zero vector
             raise UserError(f"GPTConfig.norm_eps must be > 0, got {self.norm_eps}")
         encoding_class(self.encoding)  # unknown name -> UserError listing the known ones
@@ -230,7 +239,14 @@ class GPT(nn.Module):
         self, s: int, positions: Tensor | None, cache: KVCache | None, device: torch.device
     ) -> PositionContext:
         offset = cache.length if cache is not None else 0
-        if positions is None:
+        if positions is None and self.config.random_positions and cache is None:
+            positions = self.sample_positions(s, device)
+        elif positions is None:
+            if self.config.random_positions:
+                raise UserError(
+                    "a model trained with random_positions needs explicit positions when "
+                    "decoding with a cache; generate() samples them for the whole sequence"
+                )
             positions = torch.arange(offset, offset + s, device=device)
         elif positions.shape != (s,):
             raise UserError(f"positions must have shape ({s},), got {tuple(positions.shape)}")
@@ -245,6 +261,20 @@ class GPT(nn.Module):
             bias_table = enc.distance_bias(num_distances)
         ffn_term = enc.ffn_term(positions, self.config.d_ff) if "ffn" in enc.sites else None
         return PositionContext(enc, positions, k_positions, offset, bias_table, ffn_term)
+
+    def sample_positions(self, s: int, device: torch.device) -> Tensor:
+        """A sorted random subset of s positions from [0, random_positions) (s,): fresh ones
+        from the global RNG while training; in eval mode a fixed draw per length, so evaluation
+        is deterministic."""
+        limit = self.config.random_positions
+        assert limit is not None
+        if s > limit:
+            raise UserError(
+                f"sequence of {s} tokens is longer than random_positions={limit}, the range "
+                f"positions are drawn from; train with a larger random_positions"
+            )
+        generator = None if self.training else torch.Generator().manual_seed(s)
+        return torch.randperm(limit, generator=generator)[:s].sort().values.to(device)
 
     def forward(
         self, idx: Tensor, positions: Tensor | None = None, cache: KVCache | None = None
@@ -291,14 +321,23 @@ class GPT(nn.Module):
             )
             use_cache = False
         cache = KVCache(self.config.n_layer) if use_cache else None
+        s = idx.shape[1]
+        positions = torch.arange(s + max_new_tokens, device=idx.device)
+        if self.config.random_positions:
+            positions = self.sample_positions(s + max_new_tokens, idx.device)
         out = idx
-        logits = self(idx, cache=cache)[:, -1]
+        logits = self(idx, positions=positions[:s], cache=cache)[:, -1]
         for step in range(max_new_tokens):
             next_token = sample_next(logits, temperature, top_k, top_p, generator)
             out = torch.cat((out, next_token[:, None]), dim=1)
             if step == max_new_tokens - 1:
                 break
-            logits = (self(next_token[:, None], cache=cache) if cache else self(out))[:, -1]
+            t = out.shape[1]
+            if cache is not None:
+                logits = self(next_token[:, None], positions=positions[t - 1 : t], cache=cache)
+            else:
+                logits = self(out, positions=positions[:t])
+            logits = logits[:, -1]
         return out
 
     @classmethod
