@@ -1,0 +1,418 @@
+"""Content-dependent positional encodings at the `attention` site: CoPE, DAPE, Transformer-XL.
+
+Each one's score for a pair (i, j) depends on the content q_i, k_j as well as on positions, so
+no (h, n) distance table can express it. `attend` receives raw q (b, h, s, d) and raw k, v
+(b, h, t, d), t = q_offset + s (the model caches raw keys for attention-site encodings, so
+KV-cache decoding is exact), and computes causal attention by query chunks: each chunk of c
+queries builds only its own (b, h, c, t') logits, t' = the keys its last query can see, never
+a (b, h, s, t) tensor for the whole sequence.
+
+| name | score(i, j), before the causal mask and softmax | paper |
+|---|---|---|
+| `cope` | (q_i·k_j + q_i·e(p_ij)) / √d,  p_ij = Σ_{m=j..i} σ(q_i·k_m/√d) | Golovneva et al. 2024 |
+| `dape` | q_i·k_j/√d + B_ij + f(q_i·k_j/√d, B_ij)  (f: an MLP across heads) | Zheng et al. 2024 |
+| `txl` | ((q_i + u)·k_j + (q_i + v)·W_r R_{i-j}) / √d | Dai et al. 2019 |
+
+Notation: b batch, h heads, s queries, t keys, d head dim, D d_model, c queries per chunk,
+t' keys a chunk sees, L layers. Scores and positional terms are computed in float32 (float64
+for float64 inputs) and the softmax output is cast back to v's dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from extrapos.encodings.base import PositionalEncoding
+from extrapos.encodings.bias import KERPLE_EPS, alibi_slopes
+from extrapos.encodings.registry import register
+from extrapos.errors import UserError
+
+#: query chunks are sized so one chunk holds at most this many per-pair activations
+#: (b · c · t' · `_pair_width`), and never more than `chunk_size` queries.
+BLOCK_ELEMENTS = 2**25
+
+
+def _positive(name: str, field: str, value: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise UserError(f"{name}: {field} must be a positive integer, got {value!r}")
+    return value
+
+
+class _BlockwiseAttention(PositionalEncoding):
+    """Shared machinery: causal attention by query chunks; subclasses give each chunk's logits.
+
+    The chunk loop, the causal mask (by sequence index: query q_offset + i sees keys
+    j <= q_offset + i) and the softmax live here; `chunk_logits` returns the (b, h, c, t')
+    pre-mask logits of one chunk. Every pair's logit depends only on its own query row and the
+    keys up to it, so chunking and caching give the same result as one pass.
+    """
+
+    shift_invariant = True  # the subclasses use positions only through differences, or not at all
+    chunk_size: int
+
+    def _pair_width(self, heads: int) -> int:
+        """Activations per (query, key) pair of one batch row, for chunk sizing."""
+        raise NotImplementedError
+
+    def chunk_logits(
+        self,
+        q: Tensor,
+        k: Tensor,
+        q_positions: Tensor,
+        k_positions: Tensor,
+        visible: Tensor,
+        layer: int,
+    ) -> Tensor:
+        """q (b, h, c, d), k (b, h, t', d) in the compute dtype; positions (c,), (t',);
+        visible (c, t') bool causal mask -> (b, h, c, t') logits (masked entries arbitrary)."""
+        raise NotImplementedError
+
+    def attend(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        q_positions: Tensor,
+        k_positions: Tensor,
+        q_offset: int,
+        layer: int = 0,
+    ) -> Tensor:
+        """Causal attention: raw q (b, h, s, d), raw k and v (b, h, t, d) with t = q_offset + s
+        -> (b, h, s, d) in v's dtype. Differentiable in q, k, v and every parameter."""
+        b, s, t = q.shape[0], q.shape[-2], k.shape[-2]
+        dtype = torch.promote_types(q.dtype, torch.float32)
+        budget = BLOCK_ELEMENTS // max(1, b * t * self._pair_width(q.shape[1]))
+        rows = max(1, min(self.chunk_size, budget))  # queries per chunk
+        qc, kc = q.to(dtype), k.to(dtype)
+        outs = []
+        for start in range(0, s, rows):
+            stop = min(start + rows, s)
+            seen = q_offset + stop  # keys visible to the chunk's last query
+            q_index = torch.arange(q_offset + start, q_offset + stop, device=q.device)
+            visible = torch.arange(seen, device=q.device)[None, :] <= q_index[:, None]  # (c, t')
+            logits = self.chunk_logits(
+                qc[..., start:stop, :],
+                kc[..., :seen, :],
+                q_positions[start:stop],
+                k_positions[:seen],
+                visible,
+                layer,
+            )
+            weights = logits.masked_fill(~visible, float("-inf")).softmax(dim=-1)
+            outs.append(weights.to(v.dtype) @ v[..., :seen, :])
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-2)
+
+
+# ---------------------------------------------------------------------------------------------
+# CoPE (Golovneva et al. 2024)
+
+
+def contextual_positions(gates: Tensor, npos_max: float | None = None) -> Tensor:
+    """CoPE positions: p_ij = Σ_{m=j..i} g_im, the gates of the keys from j up to the query,
+    clamped to npos_max (None: unclamped).
+
+    gates (..., c, t) with masked (future) keys already zero -> (..., c, t): a reverse cumulative
+    sum along the keys. With every gate 1, p_ij = i - j + 1 (a token counts itself).
+    """
+    positions = gates.flip(-1).cumsum(dim=-1).flip(-1)
+    return positions if npos_max is None else positions.clamp(max=npos_max)
+
+
+def interpolate_at(values: Tensor, positions: Tensor) -> Tensor:
+    """Linear interpolation of integer-indexed values at fractional positions:
+    (p - ⌊p⌋)·values[⌈p⌉] + (1 - p + ⌊p⌋)·values[⌊p⌋].
+
+    values (..., c, n) at integer positions 0 .. n-1; positions (..., c, t) in [0, n-1]
+    -> (..., c, t). Differentiable in both (in positions through the weight p - ⌊p⌋).
+    """
+    floor = positions.detach().floor()
+    weight = positions - floor
+    low = values.gather(-1, floor.long())
+    high = values.gather(-1, positions.detach().ceil().long())
+    return high * weight + low * (1 - weight)
+
+
+@register("cope")
+class CoPE(_BlockwiseAttention):
+    """Contextual Position Encoding (Golovneva et al. 2024, "Contextual Position Encoding:
+    Learning to Count What's Important", arXiv:2405.18719; reference code
+    facebookresearch/RAM, projects/cope):
+
+        g_ij = σ(q_i·k_j / √d)                     gate: does key j count for query i?  (j <= i)
+        p_ij = min(Σ_{m=j..i} g_im, npos_max)      contextual position (a soft count)
+        e(p) = (p - ⌊p⌋)·e[⌈p⌉] + (1 - p + ⌊p⌋)·e[⌊p⌋]   interpolated position embedding
+        logit_ij = (q_i·k_j + q_i·e(p_ij)) / √d
+
+    Positions count gated tokens, not tokens, so a head can attend to "the 3rd sentence back";
+    the clamp at npos_max keeps every position inside the learned table at any length. The
+    explicit token positions are not used at all (the model passes them; CoPE ignores them).
+
+    Choices, as the reference code's defaults: the gates use the attention's own q and k, scaled
+    by 1/√d; the CoPE term is scaled by 1/√d together with q·k (the paper's listing adds it
+    unscaled; the two differ only by a factor absorbed into e); the table e[0 .. npos_max] is
+    shared by the heads of a layer, one per layer, initialized to zero (CoPE starts as NoPE).
+    As in the paper, q·e[m] is computed once per chunk for all integers m (c × (npos_max + 1)
+    per head) and the scalars are interpolated, instead of interpolating d-dim vectors per pair.
+
+    Args:
+        head_dim: d (set by the model).
+        num_layers: L (set by the model); one table per layer.
+        npos_max: the largest contextual position; p is clamped to it and the table has
+            npos_max + 1 rows (the reference code's `npos` = npos_max + 1, by default its block
+            size + 1). 64 by default, as in the DAPE authors' CoPE baseline.
+        chunk_size: at most this many queries per block.
+    Parameters: `embedding` (L, npos_max + 1, d).
+    """
+
+    def __init__(
+        self, head_dim: int, num_layers: int = 1, npos_max: int = 64, chunk_size: int = 256
+    ) -> None:
+        super().__init__()
+        self.head_dim = _positive("cope", "head_dim", head_dim)
+        self.num_layers = _positive("cope", "num_layers", num_layers)
+        self.npos_max = _positive("cope", "npos_max", npos_max)
+        self.chunk_size = _positive("cope", "chunk_size", chunk_size)
+        self.embedding = nn.Parameter(torch.zeros(num_layers, npos_max + 1, head_dim))
+
+    def _pair_width(self, heads: int) -> int:
+        return 8 * heads  # ~8 (b, h, c, t') temporaries: scores, gates, positions, indices, …
+
+    def gates(self, scores: Tensor) -> Tensor:
+        """g = σ(q·k/√d) from the scaled scores (b, h, c, t')."""
+        return torch.sigmoid(scores)
+
+    def chunk_logits(
+        self,
+        q: Tensor,
+        k: Tensor,
+        q_positions: Tensor,
+        k_positions: Tensor,
+        visible: Tensor,
+        layer: int,
+    ) -> Tensor:
+        scale = self.head_dim**-0.5
+        scores = q @ k.transpose(-1, -2)  # (b, h, c, t')
+        gates = self.gates(scores * scale).masked_fill(~visible, 0.0)
+        positions = contextual_positions(gates, self.npos_max)  # (b, h, c, t')
+        integer_logits = q @ self.embedding[layer].to(q.dtype).T  # (b, h, c, npos_max + 1)
+        return (scores + interpolate_at(integer_logits, positions)) * scale
+
+    def extra_repr(self) -> str:
+        return f"npos_max={self.npos_max}, {super().extra_repr()}"
+
+
+# ---------------------------------------------------------------------------------------------
+# DAPE (Zheng et al. 2024)
+
+
+@register("dape")
+class DAPE(_BlockwiseAttention):
+    """Data-Adaptive Positional Encoding (Zheng et al. 2024, "DAPE: Data-Adaptive Positional
+    Encoding for Length Extrapolation", NeurIPS 2024, arXiv:2405.14722; reference code
+    github.com/chuanyang-Zheng/DAPE, `AliBi_DAPE`, `ParallelKerpleLog_DAPE`):
+
+        A = S + B + f(S, B),   S = QKᵀ/√d,   then the causal mask and softmax
+
+    B a static distance bias and f a per-layer MLP applied to every pair (i, j) across the
+    heads: [S_ij; B_ij] (2h) -> Linear -> LeakyReLU -> Linear -> (h). So a pair's bias adapts to
+    its attention scores in every head.
+
+    Variant (DAPE v1, the paper's main method, not DAPE v2's convolution over the score map):
+    B is ALiBi (`bias="alibi"`, B_h = -m_h·(i - j), the paper's slopes, `alibi_slopes`) or
+    KERPLE-log (`bias="kerple_log"`, B_h = -r1_h·log(1 + r2_h·(i - j)), r1, r2 learned per layer
+    and head, clamped to >= 0.01 before each use as in `kerple_log`). S is the *scaled* score;
+    the MLP sees the pairs past the causal boundary too (their B is 0, the reference's tril),
+    which cannot matter: the mask comes after f and each pair is independent. f keeps PyTorch's
+    default init, as the reference. The first layer is split into its S and B halves, so B's
+    part is computed once per chunk, not once per batch row.
+
+    Args:
+        num_heads: h (set by the model).
+        num_layers: L (set by the model); one MLP (and KERPLE pair) per layer.
+        bias: the static bias B, "alibi" or "kerple_log".
+        mlp_width: hidden width of f (32 in the paper).
+        chunk_size: at most this many queries per block.
+    Parameters: `mlps` (L × [Linear(2h, width), LeakyReLU, Linear(width, h)]); with kerple_log
+    also `r1`, `r2` (L, h).
+    """
+
+    def __init__(
+        self,
+        num_heads: int,
+        num_layers: int = 1,
+        bias: Literal["alibi", "kerple_log"] = "alibi",
+        mlp_width: int = 32,
+        chunk_size: int = 256,
+    ) -> None:
+        super().__init__()
+        self.num_heads = _positive("dape", "num_heads", num_heads)
+        self.num_layers = _positive("dape", "num_layers", num_layers)
+        self.mlp_width = _positive("dape", "mlp_width", mlp_width)
+        self.chunk_size = _positive("dape", "chunk_size", chunk_size)
+        if bias not in ("alibi", "kerple_log"):
+            raise UserError(f"dape: bias must be 'alibi' or 'kerple_log', got {bias!r}")
+        self.bias = bias
+        self.mlps = nn.ModuleList(
+            nn.Sequential(
+                nn.Linear(2 * num_heads, mlp_width), nn.LeakyReLU(), nn.Linear(mlp_width, num_heads)
+            )
+            for _ in range(num_layers)
+        )
+        if bias == "alibi":
+            self.register_buffer("slopes", alibi_slopes(num_heads), persistent=False)
+        else:  # KERPLE-log's reference init: r1 ~ U(0, 2), r2 ~ U(0, 1), then projected
+            self.r1 = nn.Parameter(torch.rand(num_layers, num_heads) * 2.0)
+            self.r2 = nn.Parameter(torch.rand(num_layers, num_heads))
+
+    def _pair_width(self, heads: int) -> int:
+        return self.mlp_width + 3 * heads  # the MLP's hidden layer, plus S, B and the output
+
+    def static_bias(self, distances: Tensor, layer: int, dtype: torch.dtype) -> Tensor:
+        """B for distances (c, t') = pos_i - pos_j (negative ones, masked pairs, count as 0)
+        -> (h, c, t') in `dtype`."""
+        x = distances.clamp(min=0).to(dtype)
+        if self.bias == "alibi":
+            return -self.slopes.to(dtype)[:, None, None] * x
+        for param in (self.r1, self.r2):
+            param.data.clamp_(min=KERPLE_EPS)  # KERPLE's projection (see bias._Kerple)
+        r1, r2 = self.r1[layer].to(dtype), self.r2[layer].to(dtype)
+        return -r1[:, None, None] * torch.log1p(r2[:, None, None] * x)
+
+    def chunk_logits(
+        self,
+        q: Tensor,
+        k: Tensor,
+        q_positions: Tensor,
+        k_positions: Tensor,
+        visible: Tensor,
+        layer: int,
+    ) -> Tensor:
+        h = self.num_heads
+        scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # S (b, h, c, t')
+        bias = self.static_bias(q_positions[:, None] - k_positions[None, :], layer, q.dtype)
+        first, act, last = self.mlps[layer]
+        w1, b1 = first.weight.to(q.dtype), first.bias.to(q.dtype)  # (width, 2h), (width,)
+        # Linear([S; B]) = W1[:, :h]·S + (W1[:, h:]·B + b1): the B half has no batch dimension
+        hidden = torch.einsum("bhct,wh->bctw", scores, w1[:, :h])
+        hidden = act(hidden + (torch.einsum("hct,wh->ctw", bias, w1[:, h:]) + b1))
+        adaptive = torch.einsum("bctw,hw->bhct", hidden, last.weight.to(q.dtype))
+        return scores + bias + adaptive + last.bias.to(q.dtype)[:, None, None]
+
+    def extra_repr(self) -> str:
+        return f"bias={self.bias}, mlp_width={self.mlp_width}, {super().extra_repr()}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Transformer-XL (Dai et al. 2019)
+
+
+def txl_sinusoids(distances: Tensor, dim: int, base: float = 10000.0) -> Tensor:
+    """Transformer-XL's relative embeddings R: [sin(k·ω); cos(k·ω)], ω_l = base^(-2l/dim),
+    l = 0 .. dim/2 - 1 (all sines first, then all cosines, as in the reference code).
+
+    distances (n,) -> (n, dim) float32. Angles in float64, so large distances keep their digits.
+    """
+    inv_freq = base ** (
+        -torch.arange(0, dim, 2, dtype=torch.float64, device=distances.device) / dim
+    )
+    angles = distances.double()[:, None] * inv_freq[None, :]
+    return torch.cat((angles.sin(), angles.cos()), dim=-1).float()
+
+
+@register("txl")
+class TransformerXL(_BlockwiseAttention):
+    """Transformer-XL relative attention (Dai et al. 2019, "Transformer-XL: Attentive Language
+    Models Beyond a Fixed-Length Context", arXiv:1901.02860, section 3.3; reference code
+    kimiyoung/transformer-xl, `RelPartialLearnableMultiHeadAttn`):
+
+        score_ij = ((q_i + u)·k_j + (q_i + v)·(W_r R_{i-j})) / √d
+                 =  (a) content  + (c) global content bias
+                  + (b) content-dependent position + (d) global position bias
+
+    R_k the sinusoids of `txl_sinusoids` (D wide) at distance k = pos_i - pos_j >= 0 (causal),
+    W_r (h·d × D) per layer, u and v (h, d) per layer and head (the reference's `untie_r`; its
+    default shares them across layers). Init as the reference: u, v, W_r ~ N(0, 0.02²).
+
+    The "relative shift" is done by indexing: each chunk computes (q + v)·W_r R only for the
+    distances it needs — (b, h, c, n') with n' = the span of its distances, ~t' for consecutive
+    positions (the distinct distances instead when positions have wide gaps) — and gathers it by
+    distance into (b, h, c, t'). `clamp_len` (the reference's option) caps distances: farther
+    keys share R_clamp_len.
+
+    Args:
+        d_model: D, the width of R (set by the model; even).
+        num_heads: h (set by the model).
+        head_dim: d (set by the model).
+        num_layers: L (set by the model).
+        clamp_len: None, or the largest distance R distinguishes.
+        chunk_size: at most this many queries per block.
+    Parameters: `u`, `v` (L, h, d); `w_r` (L, h·d, D).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        head_dim: int,
+        num_layers: int = 1,
+        clamp_len: int | None = None,
+        chunk_size: int = 256,
+    ) -> None:
+        super().__init__()
+        self.d_model = _positive("txl", "d_model", d_model)
+        if d_model % 2:
+            raise UserError(f"txl: d_model must be even (sin and cos halves), got {d_model}")
+        self.num_heads = _positive("txl", "num_heads", num_heads)
+        self.head_dim = _positive("txl", "head_dim", head_dim)
+        self.num_layers = _positive("txl", "num_layers", num_layers)
+        self.clamp_len = None if clamp_len is None else _positive("txl", "clamp_len", clamp_len)
+        self.chunk_size = _positive("txl", "chunk_size", chunk_size)
+        self.u = nn.Parameter(torch.randn(num_layers, num_heads, head_dim) * 0.02)
+        self.v = nn.Parameter(torch.randn(num_layers, num_heads, head_dim) * 0.02)
+        self.w_r = nn.Parameter(torch.randn(num_layers, num_heads * head_dim, d_model) * 0.02)
+
+    def _pair_width(self, heads: int) -> int:
+        return 4 * heads  # content, gathered position term, logits, weights
+
+    def chunk_logits(
+        self,
+        q: Tensor,
+        k: Tensor,
+        q_positions: Tensor,
+        k_positions: Tensor,
+        visible: Tensor,
+        layer: int,
+    ) -> Tensor:
+        b, h, c, d = q.shape
+        u, v = self.u[layer].to(q.dtype), self.v[layer].to(q.dtype)  # (h, d)
+        content = (q + u[:, None, :]) @ k.transpose(-1, -2)  # (a) + (c): (b, h, c, t')
+        distances = (q_positions[:, None] - k_positions[None, :]).clamp(min=0)  # masked -> 0
+        if self.clamp_len is not None:
+            distances = distances.clamp(max=self.clamp_len)
+        low, high = int(distances.min()), int(distances.max())
+        if high - low < 2 * distances.shape[-1]:  # consecutive positions: a contiguous span
+            needed = torch.arange(low, high + 1, device=q.device)
+            index = distances - low
+        else:  # positions with wide gaps: only the distinct distances
+            needed, index = torch.unique(distances, return_inverse=True)
+        r = txl_sinusoids(needed, self.d_model).to(q.dtype)  # (n', D)
+        r_k = (r @ self.w_r[layer].to(q.dtype).T).view(-1, h, d).permute(1, 2, 0)  # (h, d, n')
+        position = (q + v[:, None, :]) @ r_k  # (b) + (d) for every needed distance: (b, h, c, n')
+        position = position.gather(-1, index.expand(b, h, c, -1))  # the relative shift
+        return (content + position) * d**-0.5
+
+    def extra_repr(self) -> str:
+        return f"clamp_len={self.clamp_len}, {super().extra_repr()}"
+
+
+__all__ = [
+    "DAPE",
+    "CoPE",
+    "TransformerXL",
+    "contextual_positions",
+    "interpolate_at",
+    "txl_sinusoids",
+]
