@@ -209,6 +209,7 @@ class GPT(nn.Module):
             num_heads=config.n_head,
             head_dim=config.head_dim,
             num_layers=config.n_layer,
+            d_ff=config.d_ff,
         )
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))

@@ -4,9 +4,21 @@ Importing this package registers every built-in encoding; `list_encodings()` nam
 `build_encoding(name, **params)` builds one.
 """
 
-from extrapos.encodings import absolute, bias, rotary  # noqa: F401  (registers the encodings)
+# importing a module registers its encodings
+from extrapos.encodings import (  # noqa: F401
+    absolute,
+    bias,
+    contextual,
+    ffn,
+    functional,
+    hybrid,
+    recurrent,
+    rope_remap,
+    rotary,
+    xpos,
+)
 from extrapos.encodings.base import PositionalEncoding, default_positions
-from extrapos.encodings.bias import alibi_slopes, t5_buckets
+from extrapos.encodings.bias import alibi_bias_bidirectional, alibi_slopes, t5_buckets
 from extrapos.encodings.registry import (
     build_encoding,
     build_for_model,
@@ -19,6 +31,7 @@ from extrapos.encodings.rope_scaling import rope_inv_freq
 
 __all__ = [
     "PositionalEncoding",
+    "alibi_bias_bidirectional",
     "alibi_slopes",
     "build_encoding",
     "build_for_model",

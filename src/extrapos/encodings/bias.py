@@ -1,7 +1,14 @@
-"""Distance-only score biases: softmax(q·kᵀ/√d + B) with B[h, i, j] = table[h, i - j].
+"""Score biases: softmax(q·kᵀ/√d + B) with B[h, i, j] = table[h, i - j].
 
-Each encoding returns its per-head table over distances k = i - j = 0 .. n-1 (causal: j <= i),
-O(h·n) memory; `extrapos.attention` applies it without building an (h, n, n) tensor.
+Each registered encoding returns its per-head table over distances k = i - j = 0 .. n-1
+(causal: j <= i), O(h·n) memory; `extrapos.attention` applies it without building an
+(h, n, n) tensor. Registered: alibi, t5, kerple_log, kerple_power, sandwich (and fire, below).
+
+Also here: FIRE, registered at the `attention` site because its bias depends on the query
+position too, not on i - j alone; and, as pure functions only, the bidirectional (encoder)
+forms of ALiBi and T5 buckets (the model is causal-only).
+
+Notation: h heads, n distances, s query positions, t key positions.
 """
 
 from __future__ import annotations
@@ -9,6 +16,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from extrapos.encodings.base import PositionalEncoding
@@ -38,23 +46,51 @@ def alibi_slopes(num_heads: int) -> Tensor:
     return torch.tensor(slopes, dtype=torch.float32)
 
 
-def t5_buckets(distances: Tensor, num_buckets: int = 32, max_distance: int = 128) -> Tensor:
-    """Causal T5 relative-position buckets (Raffel et al. 2020, "Exploring the Limits of Transfer
+def t5_buckets(
+    distances: Tensor, num_buckets: int = 32, max_distance: int = 128, bidirectional: bool = False
+) -> Tensor:
+    """T5 relative-position buckets (Raffel et al. 2020, "Exploring the Limits of Transfer
     Learning with a Unified Text-to-Text Transformer", section 2.1).
 
-    Distances k = i - j >= 0 below num_buckets/2 get a bucket each; larger ones share
-    logarithmically wider buckets up to `max_distance`; everything beyond falls in the last bucket:
+    Causal (default): distances k = i - j >= 0 below num_buckets/2 get a bucket each; larger
+    ones share logarithmically wider buckets up to `max_distance`; everything beyond falls in the
+    last bucket (negative k, keys after the query, fall in bucket 0):
 
         bucket(k) = k                                                        if k < e,  e = B/2
                   = min(B - 1, e + ⌊log(k/e) / log(max_distance/e) · (B - e)⌋)   otherwise
 
+    Bidirectional (T5's encoder rule): half the buckets, B' = ⌊B/2⌋, for each sign. Keys at or
+    before the query (k >= 0) use buckets [0, B') by the rule above with B' buckets; keys after
+    it (k < 0) use B' + that bucket of |k|. Equals `transformers`' `T5Attention.
+    _relative_position_bucket(j - i, bidirectional=True)`.
+
     distances (...) int64 -> buckets (...) int64 in [0, num_buckets).
     """
+    if not bidirectional:
+        return _one_sided_buckets(distances.clamp(min=0), num_buckets, max_distance)
+    half = num_buckets // 2
+    after = (distances < 0).long() * half
+    return after + _one_sided_buckets(distances.abs(), half, max_distance)
+
+
+def _one_sided_buckets(k: Tensor, num_buckets: int, max_distance: int) -> Tensor:
+    """The causal T5 rule for k >= 0 (see `t5_buckets`)."""
     exact = num_buckets // 2
-    k = distances.clamp(min=0)
     log_ratio = torch.log(k.float().clamp(min=1) / exact) / math.log(max_distance / exact)
     large = (exact + (log_ratio * (num_buckets - exact)).long()).clamp(max=num_buckets - 1)
     return torch.where(k < exact, k, large)
+
+
+def alibi_bias_bidirectional(num_heads: int, distances: Tensor) -> Tensor:
+    """Symmetric ALiBi for encoders: B[h, i, j] = -m_h · |i - j|, m_h the paper's slopes
+    (`alibi_slopes`). One of the bidirectional variants the ALiBi authors suggest (their
+    repository's issue #5); the causal model does not use it (no non-causal hook exists).
+
+    distances (...) = i - j of any sign -> (h, ...) float32.
+    """
+    slopes = alibi_slopes(num_heads).to(distances.device)
+    magnitude = distances.abs().float()
+    return -slopes.view(-1, *([1] * distances.ndim)) * magnitude
 
 
 @register("alibi")
@@ -103,3 +139,332 @@ class T5Bias(PositionalEncoding):
 
     def extra_repr(self) -> str:
         return f"num_buckets={self.num_buckets}, max_distance={self.max_distance}"
+
+
+# ---------------------------------------------------------------------------------------------
+# KERPLE (Chi et al. 2022)
+
+#: lower bound of KERPLE's positive parameters (the reference code's eps).
+KERPLE_EPS = 1e-2
+
+
+def kerple_log_table(r1: Tensor, r2: Tensor, num_distances: int) -> Tensor:
+    """KERPLE logarithmic kernel: table[h, k] = -r1[h] · log(1 + r2[h] · k), k = 0 .. n-1.
+
+    r1, r2 (h,) positive -> (h, n) in their dtype; differentiable in r1 and r2.
+    """
+    k = torch.arange(num_distances, device=r1.device, dtype=r1.dtype)
+    return -r1[:, None] * torch.log1p(r2[:, None] * k[None, :])
+
+
+def kerple_power_table(r1: Tensor, r2: Tensor, num_distances: int) -> Tensor:
+    """KERPLE power kernel: table[h, k] = -r1[h] · k^r2[h], k = 0 .. n-1 (0 < r2 <= 2).
+
+    r1, r2 (h,) -> (h, n) in their dtype; differentiable in r1 and r2 (also at k = 0).
+    """
+    k = torch.arange(num_distances, device=r1.device, dtype=r1.dtype)
+    return -r1[:, None] * k[None, :] ** r2[:, None]
+
+
+class _Kerple(PositionalEncoding):
+    """Shared KERPLE machinery: two learnable (h,) parameters kept in their allowed ranges.
+
+    The constraints are enforced as in the reference code (github.com/chijames/KERPLE, the
+    `ParallelKerpleLog`/`ParallelKerplePower` modules): the stored values are clamped into range
+    (projected) every time the table is built, before they are used, and the table is built from
+    the projected parameters themselves, so every entry keeps its gradient. A smooth
+    reparametrization (softplus) would change the optimization the paper reports; projection keeps
+    it. The projection writes through `.data`, so it never trips autograd's in-place checks.
+    """
+
+    #: (low, high) bounds of r1 and r2; None = unbounded above.
+    r1_range: tuple[float, float | None] = (KERPLE_EPS, None)
+    r2_range: tuple[float, float | None] = (KERPLE_EPS, None)
+    #: the reference init: r1 ~ U(0, r1_init), r2 ~ U(0, r2_init), then projected.
+    r1_init: float = 1.0
+    r2_init: float = 1.0
+
+    def __init__(self, num_heads: int) -> None:
+        super().__init__()
+        if num_heads < 1:
+            raise UserError(f"{self.name}: num_heads must be >= 1, got {num_heads}")
+        self.r1 = nn.Parameter(torch.rand(num_heads) * self.r1_init)
+        self.r2 = nn.Parameter(torch.rand(num_heads) * self.r2_init)
+        self.project_()
+
+    def project_(self) -> None:
+        """Clamp r1 and r2 into their ranges in place (projected gradient descent's projection)."""
+        for param, (low, high) in ((self.r1, self.r1_range), (self.r2, self.r2_range)):
+            param.data.clamp_(min=low, max=high)
+
+    def table(self, num_distances: int) -> Tensor:
+        raise NotImplementedError
+
+    def distance_bias(self, num_distances: int) -> Tensor:
+        self.project_()
+        return self.table(num_distances).float()
+
+
+@register("kerple_log")
+class KerpleLog(_Kerple):
+    """KERPLE, logarithmic variant (Chi et al. 2022, "KERPLE: Kernelized Relative Positional
+    Embedding for Length Extrapolation", arXiv:2205.09921, eq. "log"):
+
+        B[h, i, j] = -r1_h · log(1 + r2_h · (i - j)),   r1_h, r2_h > 0 learned per head
+
+    The conditionally positive definite kernel -log(1 + r2·|i-j|) scaled by r1. Init as the
+    reference code: r1 ~ U(0, 2), r2 ~ U(0, 1), both clamped to >= 0.01 before every use.
+
+    Args:
+        num_heads: attention heads h (set by the model).
+    Table: (h, n) float32, differentiable in r1 and r2.
+    """
+
+    r1_init = 2.0
+    r2_init = 1.0
+
+    def table(self, num_distances: int) -> Tensor:
+        return kerple_log_table(self.r1, self.r2, num_distances)
+
+
+@register("kerple_power")
+class KerplePower(_Kerple):
+    """KERPLE, power variant (Chi et al. 2022, arXiv:2205.09921, eq. "power"):
+
+        B[h, i, j] = -r1_h · (i - j)^r2_h,   r1_h > 0,  0 < r2_h <= 2, learned per head
+
+    r2 = 1 is ALiBi with a learned slope. Init as the reference code: r1 ~ U(0, 1),
+    r2 ~ U(0, 2); before every use r1 is clamped to >= 0.01 and r2 to [0.01, 2].
+
+    Args:
+        num_heads: attention heads h (set by the model).
+    Table: (h, n) float32, differentiable in r1 and r2.
+    """
+
+    r2_range = (KERPLE_EPS, 2.0)
+    r1_init = 1.0
+    r2_init = 2.0
+
+    def table(self, num_distances: int) -> Tensor:
+        return kerple_power_table(self.r1, self.r2, num_distances)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sandwich (Chi et al. 2023)
+
+
+def sandwich_table(
+    num_heads: int, num_distances: int, dim: int = 128, base: float = 10000.0
+) -> Tensor:
+    """Sandwich bias (Chi et al. 2023, "Dissecting Transformer Length Extrapolation via the Lens
+    of Receptive Field Analysis", ACL 2023, arXiv:2212.10356):
+
+        table[h, k] = (p_i·p_j - d'/2) / (8·h/H)
+                    = (Σ_{l=1}^{d'/2} cos(k / base^(2l/d')) - d'/2) / (8·h/H),   h = 1 .. H
+
+    p_i the d'-dim sinusoidal position vectors (sin, cos at frequencies base^(-2l/d')), whose inner
+    product depends on k = i - j only (sin·sin + cos·cos = cos of the difference). The index runs
+    l = 1 .. d'/2 as in the paper's sum and NVIDIA NeMo's implementation (Vaswani et al.'s table
+    runs l = 0 .. d'/2 - 1; the two differ in one term). Subtracting d'/2 = p_i·p_i makes
+    table[:, 0] = 0; it is a per-head constant, so the attention weights do not change. The bias
+    falls roughly logarithmically in k and then fluctuates around -d'/2 / (8h/H) once k passes
+    the longest wavelength. The 8h/H divisor is ALiBi's head ladder (the paper's per-head
+    compression, as in NeMo): head 1 the sharpest, head H the flattest. Angles and the sum are
+    float64 (distances of 10^6 keep their digits), the result float32.
+
+    -> (num_heads, num_distances) float32.
+    """
+    k = torch.arange(num_distances, dtype=torch.float64)
+    total = torch.zeros(num_distances, dtype=torch.float64)
+    for index in range(1, dim // 2 + 1):  # a loop over frequencies keeps memory at O(n)
+        total += torch.cos(k * base ** (-2.0 * index / dim))
+    total -= dim // 2
+    divisors = 8.0 * torch.arange(1, num_heads + 1, dtype=torch.float64) / num_heads
+    return (total[None, :] / divisors[:, None]).float()
+
+
+@register("sandwich")
+class Sandwich(PositionalEncoding):
+    """Sandwich: a parameter-free score bias from inner products of sinusoidal position vectors
+    (Chi et al. 2023; formula and constants in `sandwich_table`). The authors released no code;
+    NVIDIA NeMo's `SandwichRelativePositionEmbedding` is the one public implementation found.
+
+    Args:
+        num_heads: attention heads h (set by the model).
+        dim: d', the width of the sinusoids whose inner product is taken (even). 128 by default:
+            a choice made here, not a value from the paper (NeMo takes it as an argument,
+            documented there as the per-head hidden size). The bias levels off near
+            -d'/2 / (8h/H), so d' = 128 puts head 1's far-distance penalty at 64 (for 8 heads), the
+            size of ALiBi's sharpest head (slope 1/2) at distance 128, the bench's train length.
+        base: wavelength base of the sinusoids (10000, as in Vaswani et al.).
+    Table: (h, n) float32, cached and grown on demand.
+    """
+
+    def __init__(self, num_heads: int, dim: int = 128, base: float = 10000.0) -> None:
+        super().__init__()
+        if num_heads < 1:
+            raise UserError(f"sandwich: num_heads must be >= 1, got {num_heads}")
+        if dim < 2 or dim % 2:
+            raise UserError(f"sandwich: dim must be a positive even number, got {dim}")
+        if not base > 1:
+            raise UserError(f"sandwich: base must be > 1, got {base}")
+        self.num_heads, self.dim, self.base = int(num_heads), int(dim), float(base)
+        # a non-persistent buffer: the cache follows the model's device and is not saved
+        self.register_buffer("_table", torch.empty(num_heads, 0), persistent=False)
+
+    def distance_bias(self, num_distances: int) -> Tensor:
+        if self._table.shape[1] < num_distances:
+            size = max(num_distances, 2 * self._table.shape[1], 256)
+            self._table = sandwich_table(self.num_heads, size, self.dim, self.base).to(
+                self._table.device
+            )
+        return self._table[:, :num_distances]
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, base={self.base:g}, {super().extra_repr()}"
+
+
+# ---------------------------------------------------------------------------------------------
+# FIRE (Li et al. 2023): depends on the query position, so it is not a distance table
+
+#: FIRE builds its bias per query chunk: at most this many MLP activations (c·t·(width + h)).
+FIRE_BLOCK_ELEMENTS = 2**22
+
+
+def fire_log(x: Tensor, c: Tensor) -> Tensor:
+    """FIRE's log transform ψ(x) = log(|c·x| + 1), elementwise (the reference takes |c·x|)."""
+    return torch.log1p((c * x).abs())
+
+
+def fire_normalized_distance(
+    q_positions: Tensor, k_positions: Tensor, c: Tensor, threshold: Tensor, eps: float = 1e-6
+) -> Tensor:
+    """FIRE's MLP input, ψ(i - j) / ψ(max(L, i)) with ψ = `fire_log` ("progressive
+    interpolation": normalized by the query's own position once it passes the threshold L).
+
+    q_positions (s,), k_positions (t,), c and threshold (scalars) -> (s, t) float32, in [0, 1]
+    wherever j <= i. Below the threshold (all i < L) it depends on i - j only; beyond, on i too.
+    """
+    q = q_positions.float()
+    distance = q[:, None] - k_positions.float()[None, :]
+    normalizer = fire_log(torch.maximum(q, threshold), c) + eps  # (s,)
+    return fire_log(distance, c) / normalizer[:, None]
+
+
+@register("fire")
+class FIRE(PositionalEncoding):
+    """FIRE (Li et al. 2023, "Functional Interpolation for Relative Positions Improves Long
+    Context Transformers", arXiv:2310.04418):
+
+        B[h, i, j] = f_θ(ψ(i - j) / ψ(max(L, i)))_h,   ψ(x) = log(c·x + 1)
+
+    f_θ an MLP 1 -> mlp_width (ReLU) -> h; c and L learned. Constants from the paper's appendix
+    implementation: mlp_width 32, c init 0.1, L = |λ·512| with λ a learned multiplier (init 1),
+    eps 1e-6 added to the normalizer; the MLP keeps PyTorch's default init.
+
+    Site: `attention`, not `bias`. B depends on the query position i (through max(L, i)), not
+    on i - j alone, so it cannot be a `distance_bias` table. `attend` receives the raw q, k, v
+    and their positions and builds the (h, c, t) bias block of each query chunk from
+    `position_bias`, never an (h, s, t) tensor for the whole sequence; chunks are sized so the
+    MLP's (c, t, mlp_width) activations stay within `FIRE_BLOCK_ELEMENTS`. Rows depend only on
+    their own query position, so KV-cache decoding is exact.
+
+    Args:
+        num_heads: attention heads h (set by the model).
+        mlp_width: hidden width of f_θ.
+        init_c: initial c of ψ.
+        init_L: the threshold L at init (L = |multiplier · init_L|, multiplier learned); the paper
+            uses 512 (its train lengths are longer than the bench's 128, where L = 512 means
+            every trained position is below the threshold: a distance-only bias in training).
+        eps: added to ψ(max(L, i)) so position 0 does not divide by zero.
+    """
+
+    def __init__(
+        self,
+        num_heads: int,
+        mlp_width: int = 32,
+        init_c: float = 0.1,
+        init_L: float = 512.0,  # noqa: N803  (the paper's name)
+        eps: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        if num_heads < 1:
+            raise UserError(f"fire: num_heads must be >= 1, got {num_heads}")
+        if mlp_width < 1:
+            raise UserError(f"fire: mlp_width must be >= 1, got {mlp_width}")
+        if not init_c > 0:
+            raise UserError(f"fire: init_c must be > 0, got {init_c}")
+        if not init_L > 0:
+            raise UserError(f"fire: init_L must be > 0, got {init_L}")
+        if not eps > 0:
+            raise UserError(f"fire: eps must be > 0, got {eps}")
+        self.mlp = nn.Sequential(
+            nn.Linear(1, mlp_width), nn.ReLU(), nn.Linear(mlp_width, num_heads)
+        )
+        self.c = nn.Parameter(torch.tensor(float(init_c)))
+        self.L_multiplier = nn.Parameter(torch.tensor(1.0))
+        self.register_buffer("init_L", torch.tensor(float(init_L)), persistent=False)
+        self.eps = float(eps)
+        self.num_heads, self.mlp_width = int(num_heads), int(mlp_width)
+
+    @property
+    def threshold(self) -> Tensor:
+        """L = |multiplier · init_L| (a scalar tensor)."""
+        return (self.L_multiplier * self.init_L).abs()
+
+    def position_bias(self, q_positions: Tensor, k_positions: Tensor) -> Tensor:
+        """q_positions (s,), k_positions (t,) -> (h, s, t) float32 bias, differentiable in every
+        parameter. Rows depend only on their own query position, so query chunks can be built
+        independently (and with a KV cache)."""
+        x = fire_normalized_distance(q_positions, k_positions, self.c, self.threshold, self.eps)
+        return self.mlp(x[..., None]).permute(2, 0, 1)
+
+    def attend(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        q_positions: Tensor,
+        k_positions: Tensor,
+        q_offset: int,
+        layer: int = 0,
+    ) -> Tensor:
+        """Causal attention with the FIRE bias: q (b, h, s, d), k and v (b, h, t, d) with
+        t = q_offset + s -> (b, h, s, d). Query chunks each see the keys up to their last query
+        and build only their own bias block; differentiable in q, k, v and every parameter."""
+        s, t = q.shape[-2], k.shape[-2]
+        rows = max(1, min(s, FIRE_BLOCK_ELEMENTS // (t * (self.mlp_width + self.num_heads))))
+        outs = []
+        for start in range(0, s, rows):
+            stop = min(start + rows, s)
+            seen = q_offset + stop  # keys visible to the chunk's last query
+            bias = self.position_bias(q_positions[start:stop], k_positions[:seen]).to(q.dtype)
+            q_index = torch.arange(q_offset + start, q_offset + stop, device=q.device)
+            visible = torch.arange(seen, device=q.device)[None, :] <= q_index[:, None]
+            outs.append(
+                F.scaled_dot_product_attention(
+                    q[..., start:stop, :],
+                    k[..., :seen, :],
+                    v[..., :seen, :],
+                    attn_mask=bias.masked_fill(~visible, float("-inf")),
+                )
+            )
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-2)
+
+
+__all__ = [
+    "FIRE",
+    "ALiBi",
+    "KerpleLog",
+    "KerplePower",
+    "Sandwich",
+    "T5Bias",
+    "alibi_bias_bidirectional",
+    "alibi_slopes",
+    "fire_log",
+    "fire_normalized_distance",
+    "kerple_log_table",
+    "kerple_power_table",
+    "sandwich_table",
+    "t5_buckets",
+]

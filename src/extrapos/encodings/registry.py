@@ -2,8 +2,8 @@
 
 `build_encoding(name, **params)` validates the name (unknown -> `ValueError` listing the known
 ones) and the parameters against the class's constructor (unknown -> `ValueError` naming them
-and listing the accepted ones). Model dimensions (`d_model`, `num_heads`, `head_dim`, `num_layers`) are
-plain constructor parameters; `build_for_model` passes those a class accepts (an encoding with
+and listing the accepted ones). Model dimensions (`d_model`, `num_heads`, `head_dim`, `num_layers`, `d_ff`)
+are plain constructor parameters; `build_for_model` passes those a class accepts (an encoding with
 per-layer parameters takes `num_layers`; its `attend` hook receives the layer index).
 """
 
@@ -19,7 +19,7 @@ from extrapos.errors import UserError
 _REGISTRY: dict[str, type[PositionalEncoding]] = {}
 
 #: constructor parameters a model supplies from its own shape; users do not set them.
-MODEL_DIMENSIONS = ("d_model", "num_heads", "head_dim", "num_layers")
+MODEL_DIMENSIONS = ("d_model", "num_heads", "head_dim", "num_layers", "d_ff")
 
 E = TypeVar("E", bound=type[PositionalEncoding])
 
@@ -103,6 +103,7 @@ def build_for_model(
     num_heads: int,
     head_dim: int,
     num_layers: int = 1,
+    d_ff: int | None = None,
 ) -> PositionalEncoding:
     """Build an encoding for a model of the given shape: the model's dimensions fill the
     constructor parameters of the same name; users may not set those themselves."""
@@ -117,6 +118,7 @@ def build_for_model(
         "num_heads": num_heads,
         "head_dim": head_dim,
         "num_layers": num_layers,
+        "d_ff": d_ff,
     }
     accepted = encoding_parameters(name)
     return build_encoding(name, **{k: v for k, v in dims.items() if k in accepted}, **params)

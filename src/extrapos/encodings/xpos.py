@@ -1,0 +1,171 @@
+"""xPos: rotary embedding with a per-dimension exponential decay (Sun et al. 2022, "A
+Length-Extrapolatable Transformer", arXiv:2212.10554; reference: microsoft/torchscale).
+
+Pair l of a head (dims l and l + d/2, RoPE's half-split layout) is rotated as in RoPE and scaled
+
+    q at position n:  R_n q · ζ_l^((n - c)/scale_base)
+    k at position m:  R_m k · ζ_l^(-(m - c)/scale_base)
+    ζ_l = (l/(d/2) + γ)/(1 + γ),  l = 0 .. d/2 - 1,  γ = 0.4
+
+so the score q_n·k_m = Σ_l (rotation term depending on n - m) · ζ_l^((n - m)/scale_base): a decay
+with distance that is strongest (ζ_0 = γ/(1+γ) ≈ 0.29) in the fastest-rotating pairs and nearly
+absent (ζ → 1) in the slowest. The centre c cancels in every score; it only keeps the factors
+representable. torchscale's layout pairs adjacent dims (2l, 2l+1); ours pairs (l, l + d/2) with
+the same ζ_l per pair, a fixed permutation of the head dims.
+
+Float range. ζ_0^(x/scale_base) leaves float32 at |x| ≈ 88/1.25·scale_base ≈ 36k positions for
+scale_base 512, so the factors are computed relative to a centre c:
+
+- `center=None` (default, the reference's choice): c is the middle of the positions in the call,
+  so any absolute position works (10^6 and beyond) as long as one call spans at most
+  `max_span(dtype)` positions (≈ 67k in float32/bf16 at scale_base 512). Keys rotated with an
+  older centre would be stale, so `rotation_depends_on_length = True`: the model caches keys
+  before rotation and rotates the whole cache with the current centre at every step (as
+  torchscale does), and decoding stays exact at O(t) extra work per step.
+- `center=<int>`: a fixed centre; rotated keys stay valid in the KV cache (O(1) per step), and
+  positions must lie within `max_distance(float32)` of the centre (`check_positions` raises).
+
+A call that would leave the range raises a `UserError` naming `scale_base` rather than returning
+inf/NaN or clamped (and then wrong) factors. Scales are float64, the product is float32, cast to
+the input dtype at the end.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from extrapos.encodings.registry import register
+from extrapos.encodings.rotary import RoPE, rotate_half_split
+from extrapos.errors import UserError
+
+#: headroom left for the magnitudes of q and k entries (up to 2^10) when sizing the exponent range.
+_HEADROOM = math.log(2.0**10)
+
+
+def xpos_zeta(rotary_dim: int, gamma: float = 0.4) -> Tensor:
+    """ζ_l = (l/(r/2) + γ)/(1 + γ) for l = 0 .. r/2 - 1 -> (r/2,) float64, in [γ/(1+γ), 1)."""
+    half = rotary_dim // 2
+    return (torch.arange(half, dtype=torch.float64) / half + gamma) / (1 + gamma)
+
+
+def xpos_scale(
+    positions: Tensor, zeta: Tensor, scale_base: float, center: float = 0.0, sign: int = 1
+) -> Tensor:
+    """ζ^(sign·(pos - center)/scale_base) for positions (s,) and ζ (r/2,) -> (s, r/2) float64
+    (sign +1 for queries, -1 for keys)."""
+    exponent = sign * (positions.to(torch.float64) - center) / scale_base
+    return torch.exp(exponent[:, None] * zeta.to(positions.device).log()[None, :])
+
+
+@register("xpos")
+class XPos(RoPE):
+    """xPos (Sun et al. 2022): RoPE on every head dim times the decay ζ^((n - m)/scale_base)
+    (module docstring: formula, shapes, float range, KV cache).
+
+    Args:
+        head_dim: dims per head d (set by the model); even.
+        base: RoPE frequency base (10000, as in the paper).
+        scale_base: positions per e-fold of ζ's exponent (512 in the paper and torchscale).
+        gamma: γ in ζ_l = (l/(d/2) + γ)/(1 + γ) (0.4 in the paper).
+        center: None = centre each call on its own positions (any absolute position; the
+            model re-rotates cached raw keys each step); an int = a fixed centre (rotated keys
+            cached; positions within `max_distance(torch.float32)` of it).
+    """
+
+    def __init__(
+        self,
+        head_dim: int,
+        base: float = 10000.0,
+        scale_base: float = 512.0,
+        gamma: float = 0.4,
+        center: int | None = None,
+    ) -> None:
+        if head_dim < 2 or head_dim % 2:
+            raise UserError(f"xpos: head_dim must be a positive even number, got {head_dim}")
+        if not scale_base > 0:
+            raise UserError(f"xpos: scale_base must be > 0, got {scale_base}")
+        if not gamma > 0:
+            raise UserError(f"xpos: gamma must be > 0, got {gamma}")
+        if center is not None and (isinstance(center, bool) or not isinstance(center, int)):
+            raise UserError(f"xpos: center must be an integer position or None, got {center!r}")
+        super().__init__(head_dim, base)
+        self.scale_base = float(scale_base)
+        self.gamma = float(gamma)
+        self.center = center
+        self.zeta = xpos_zeta(head_dim, self.gamma)  # (d/2,) float64, a constant
+        # per-call centring: the model caches raw keys and rotates them all each step
+        self.rotation_depends_on_length = center is None
+        self.supports_kv_cache = True
+
+    def max_distance(self, dtype: torch.dtype = torch.float32) -> int:
+        """How far (in positions) any position may be from the call's centre: the factors
+        ζ_0^(±distance/scale_base) stay within dtype's range with 2^10 of headroom for q and k."""
+        limit = math.log(torch.finfo(dtype).max) - _HEADROOM  # allowed |exponent|, natural log
+        return int(limit * self.scale_base / -math.log(float(self.zeta[0])))
+
+    def max_span(self, dtype: torch.dtype = torch.float32) -> int:
+        """The widest range of positions (max - min) one call may hold with per-call centring."""
+        return 2 * self.max_distance(dtype)
+
+    def check_positions(self, max_position: int) -> None:
+        super().check_positions(max_position)
+        if self.center is not None:
+            self._check_range(float(self.center), 0, max_position, torch.float32)
+
+    def _check_range(self, center: float, low: int, high: int, dtype: torch.dtype) -> None:
+        """Raise a `UserError` when positions low .. high are too far from `center` for dtype."""
+        farthest = low if abs(low - center) > abs(high - center) else high
+        allowed = self.max_distance(dtype)
+        if abs(farthest - center) <= allowed:
+            return
+        fix = (
+            "use center=None (each call centred on its own positions)"
+            if self.center is not None
+            else "evaluate windows that span fewer positions"
+        )
+        raise UserError(
+            f"xpos: position {farthest} is {abs(farthest - center):.0f} positions from the "
+            f"scaling centre {center:g}, past the {allowed} that keep "
+            f"ζ^(±(pos - centre)/scale_base) finite in {dtype} at scale_base="
+            f"{self.scale_base:g}; {fix}, or use a larger scale_base"
+        )
+
+    def call_center(self, low: int, high: int) -> float:
+        """The centre c of a call whose positions run from low to high: the fixed one, or
+        their middle, an integer so that a common shift of all positions moves it exactly."""
+        return float(self.center) if self.center is not None else float((low + high) // 2)
+
+    def _scaled_rotation(
+        self, x: Tensor, positions: Tensor, center: float, sign: int, seq_len: int
+    ) -> Tensor:
+        cos, sin = self.cos_sin(positions, seq_len)
+        scale = xpos_scale(positions, self.zeta, self.scale_base, center, sign).float()
+        rotated = rotate_half_split(x.float(), cos, sin)  # float32 in, float32 out
+        return (rotated * torch.cat((scale, scale), dim=-1)).to(x.dtype)
+
+    def rotate_qk(
+        self, q: Tensor, k: Tensor, q_positions: Tensor, k_positions: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        low = min(int(q_positions.min()), int(k_positions.min()))
+        high = max(int(q_positions.max()), int(k_positions.max()))
+        center = self.call_center(low, high)
+        # the factors are float32 here and then cast: the narrower range of the two decides
+        narrowest = min((torch.float32, q.dtype, k.dtype), key=lambda t: torch.finfo(t).max)
+        self._check_range(center, low, high, narrowest)
+        seq_len = high + 1
+        return (
+            self._scaled_rotation(q, q_positions, center, +1, seq_len),
+            self._scaled_rotation(k, k_positions, center, -1, seq_len),
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"head_dim={self.head_dim}, base={self.base:g}, scale_base={self.scale_base:g}, "
+            f"gamma={self.gamma:g}, center={self.center}, sites={sorted(self.sites)}"
+        )
+
+
+__all__ = ["XPos", "xpos_scale", "xpos_zeta"]
