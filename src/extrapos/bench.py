@@ -45,7 +45,13 @@ RESULTS_VERSION = 1
 CLASSIC_METHODS = ("sinusoidal", "learned", "nope", "rope", "alibi", "t5")
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "quick": {"methods": list(CLASSIC_METHODS), "seeds": [0], "steps": 250, "eval_tokens": 16384},
+    "quick": {
+        "methods": list(CLASSIC_METHODS),
+        "seeds": [0],
+        "steps": 250,
+        "eval_tokens": 16384,
+        "extensions": ["linear", "ntk", "dynamic", "yarn"],
+    },
     "standard": {"methods": None, "seeds": [0, 1, 2], "steps": 1500, "eval_tokens": 65536},
     "paper": {
         "methods": None,
@@ -314,6 +320,7 @@ def _run_method(
         run_dir=out_dir / "runs" / f"{method}-seed{seed}" if save_runs else None,
         progress=progress,
         description=f"train {method} (seed {seed})",
+        overwrite=True,  # a run here is retrained only when the bench's settings changed
     )
     summary = {
         "method": method,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import sysconfig
 from pathlib import Path
 
@@ -222,3 +225,118 @@ def test_wikitext2_folder() -> None:
     }
     assert c.splits["test"][0] == (WIKITEXT2 / "wiki.test.tokens").read_text(encoding="utf-8")
     assert len(c.text("train")) > len(c.text("test")) > 1_000_000
+
+
+# ----------------------------------------------------------------------------- globs
+
+
+def test_glob_of_documents(tmp_path, monkeypatch) -> None:
+    for i in range(12):
+        (tmp_path / f"doc{i:02d}.txt").write_text(f"text file {i}\n")
+    (tmp_path / "notes.md").write_text("not matched\n")
+    c = load_corpus(str(tmp_path / "*.txt"))
+    names = sorted(n for s in SPLITS for n in c.sources[s])
+    assert names == [f"doc{i:02d}.txt" for i in range(12)]  # relative to the glob's folder
+    assert all(c.splits[s] for s in SPLITS) and c.name == str(tmp_path / "*.txt")
+    assert load_corpus(str(tmp_path / "*.txt")).content_hash == c.content_hash
+    monkeypatch.chdir(tmp_path)
+    assert load_corpus("*.txt").content_hash == c.content_hash  # relative pattern, same names
+
+
+def test_glob_recursive_split_files_and_errors(tmp_path) -> None:
+    for split in ("train", "valid", "test"):
+        (tmp_path / "a").mkdir(exist_ok=True)
+        (tmp_path / "a" / f"wiki.{split}.tokens").write_text(f"{split} text\n")
+    c = load_corpus(str(tmp_path / "**" / "*.tokens"))
+    assert c.sources == {
+        "train": ["wiki.train.tokens"],
+        "valid": ["wiki.valid.tokens"],
+        "test": ["wiki.test.tokens"],
+    }
+    one = tmp_path / "one.txt"
+    one.write_text("".join(f"line {i}\n" for i in range(100)))
+    assert load_corpus(str(tmp_path / "one.*")).splits == load_corpus(one).splits  # as a file
+    with pytest.raises(UserError, match="no files match"):
+        load_corpus(str(tmp_path / "*.nothing"))
+
+
+# ----------------------------------------------------------------------------- Hugging Face
+
+
+def _saved_dataset(path: Path, splits: dict[str, list[str]], column: str = "text") -> str:
+    datasets = pytest.importorskip("datasets", reason="pip install 'extrapos[hf]' to test this")
+    dd = datasets.DatasetDict(
+        {name: datasets.Dataset.from_dict({column: rows}) for name, rows in splits.items()}
+    )
+    dd.save_to_disk(str(path))
+    return f"hf:{path}"
+
+
+def test_hf_dataset_rows_are_whole_documents(tmp_path) -> None:
+    books = [f"Book {i}\n\nChapter one.\nIt was a dark night {i}.\n" for i in range(6)]
+    spec = _saved_dataset(
+        tmp_path / "ds",
+        {"train": books, "validation": ["Valid book\nwith two lines\n"], "test": ["Test\nbook\n"]},
+    )
+    c = load_corpus(spec)
+    assert c.name == spec
+    assert c.splits == {
+        "train": books,
+        "valid": ["Valid book\nwith two lines\n"],
+        "test": ["Test\nbook\n"],
+    }
+    assert c.sources["train"][2] == "train[2]"
+
+
+def test_hf_dataset_of_lines_is_one_text_per_split(tmp_path) -> None:
+    # WikiText on the hub: one row per line, empty rows for blank lines
+    train = ["", " = Title = \n", "", " Some text .\n"] * 50
+    spec = _saved_dataset(
+        tmp_path / "wt", {"train": train, "validation": [" v\n"], "test": [" t\n"]}
+    )
+    c = load_corpus(spec)
+    assert c.splits["train"] == ["\n = Title = \n\n Some text .\n" * 50]
+    assert c.splits["valid"] == [" v\n"]
+
+
+def test_hf_dataset_with_only_train_is_split(tmp_path) -> None:
+    docs = [f"document {i}\nsecond line\n" for i in range(60)]
+    c = load_corpus(_saved_dataset(tmp_path / "docs", {"train": docs}, column="content"))
+    assert sorted(d for s in SPLITS for d in c.splits[s]) == sorted(docs)
+    assert all(c.splits[s] for s in SPLITS)
+    lines = [f"line {i}" for i in range(400)]
+    c = load_corpus(_saved_dataset(tmp_path / "lines", {"train": lines}))
+    assert "".join(c.text(s) for s in SPLITS) == "".join(f"{x}\n" for x in lines)
+    with pytest.raises(UserError, match="no column 'body'; columns: content"):
+        load_corpus(f"hf:{tmp_path / 'docs'}#body")
+
+
+def test_hf_offline_is_a_clear_error(tmp_path) -> None:
+    """A real process with the hub unreachable (offline mode, empty cache): one line, exit 2."""
+    pytest.importorskip("datasets", reason="pip install 'extrapos[hf]' to test this")
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+    }
+    cmd = [sys.executable, "-m", "extrapos", "train", "--encoding", "rope", "--out", str(tmp_path)]
+    proc = subprocess.run(
+        [*cmd, "--data", "hf:wikitext:wikitext-103-raw-v1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    err = proc.stderr.strip()
+    assert err.startswith("extrapos: error: could not reach the Hugging Face hub to load ")
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_hf_without_datasets_is_a_clear_error(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    with pytest.raises(UserError, match=r"needs the Hugging Face `datasets`.*extrapos\[hf\]"):
+        load_corpus("hf:wikitext:wikitext-103-raw-v1")
+    with pytest.raises(UserError, match="names no dataset"):
+        load_corpus("hf:")

@@ -1,7 +1,9 @@
 """Corpora and tokenizers.
 
-`load_corpus(None | "builtin" | path)` gives a `Corpus` (train/valid/test documents with a
-content hash); `build_tokenizer("byte")` gives a `Tokenizer` whose `encode` returns 1-D int64.
+`load_corpus(None | "builtin" | path | glob | "hf:NAME[:CONFIG]")` gives a `Corpus`
+(train/valid/test documents with a content hash); `build_tokenizer("byte")` or
+`build_tokenizer("bpe", vocab_size=N, corpus=corpus)` gives a `Tokenizer` whose `encode` returns
+1-D int64. Tokenized splits are cached on disk (`extrapos.data.cache`, `$EXTRAPOS_CACHE`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from .corpus import (
     split_by_name_hash,
 )
 from .tokenizers import (
+    BpeTokenizer,
     ByteTokenizer,
     Tokenizer,
     build_tokenizer,
@@ -29,6 +32,7 @@ __all__ = [
     "BUILTIN_MAX_BYTES",
     "BUILTIN_TEST_MIN_BYTES",
     "SPLITS",
+    "BpeTokenizer",
     "ByteTokenizer",
     "Corpus",
     "Tokenizer",

@@ -3,6 +3,10 @@
 `load_corpus(spec)` accepts:
 
 * `None` or `"builtin"` — the built-in corpus (zero downloads; see `BUILTIN_RULES` below).
+* `"hf:NAME[:CONFIG][#COLUMN]"` — a Hugging Face dataset loaded by `datasets` (see
+  `extrapos.data.hf_datasets` for the rules; e.g. `hf:wikitext:wikitext-103-raw-v1`).
+* a glob (`"dir/*.txt"`, `"books/**/*.md"`) — the matching files, treated like the files of a
+  folder (below); one match is treated as a single text file.
 * a text file — cut into train/valid/test by contiguous byte ranges (90/5/5), each cut moved
   forward to just after the next newline, so each split is one document of whole lines.
 * a folder — if its top-level files include, by name, a train, a valid and a test file (a name
@@ -14,6 +18,9 @@
 
 Documents are kept whole and in a deterministic order. `Corpus.content_hash` is the sha256 of
 the split names and their documents, so a result records exactly what it ran on.
+
+Tokenized splits are cached on disk as memory-mapped numpy arrays keyed by the content hash and
+the tokenizer's hash (`extrapos.data.cache`; `$EXTRAPOS_CACHE`, default `~/.cache/extrapos`).
 
 Built-in corpus rules (`BUILTIN_RULES`)
 ---------------------------------------
@@ -44,8 +51,8 @@ loads in well under a second.
 from __future__ import annotations
 
 import functools
+import glob
 import hashlib
-import json
 import os
 import re
 import sysconfig
@@ -54,11 +61,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from extrapos.errors import UserError
 
-from .tokenizers import Tokenizer
+from .cache import cached_tokens, tokenizer_hash
+from .hf_datasets import HF_PREFIX, load_hf_splits
+from .tokenizers import BpeTokenizer, ByteTokenizer, Tokenizer
 
 __all__ = [
     "BUILTIN_MAX_BYTES",
@@ -110,6 +120,9 @@ class Corpus:
     _token_cache: dict[tuple[str, str], torch.Tensor] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
+    _array_cache: dict[tuple[str, str], np.ndarray] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __hash__(self) -> int:
         return hash(self.content_hash)
@@ -140,15 +153,40 @@ class Corpus:
         """The documents of `split` joined by a blank line (`"\\n\\n"`)."""
         return "\n\n".join(self._docs(split))
 
+    def token_array(self, split: str, tokenizer: Tokenizer) -> np.ndarray:
+        """`text(split)` encoded, shape `(n_tokens,)`, in the narrowest unsigned dtype; a
+        read-only memory map of the on-disk cache (`extrapos.data.cache`) when it is on.
+
+        Training samples windows from this array, so a split larger than memory still trains.
+        """
+        key = (split, tokenizer_hash(tokenizer))
+        cached = self._array_cache.get(key)
+        if cached is None:
+            self._docs(split)  # unknown split -> UserError before touching the cache
+
+            def encode() -> np.ndarray:
+                return tokenizer.encode(self.text(split)).numpy()
+
+            # on disk only for tokenizers whose to_dict() is their whole content (others, e.g.
+            # a wrapped `transformers` tokenizer, are described by a path that can change)
+            if isinstance(tokenizer, (ByteTokenizer, BpeTokenizer)):
+                cached = cached_tokens(self.content_hash, tokenizer, split, encode)
+            else:
+                cached = encode()
+            self._array_cache[key] = cached
+        return cached
+
     def tokens(self, split: str, tokenizer: Tokenizer) -> torch.Tensor:
-        """`text(split)` encoded, shape `(n_tokens,)` int64; cached per (split, tokenizer).
+        """`text(split)` encoded, shape `(n_tokens,)` int64; cached per (split, tokenizer) in
+        memory and on disk (see `token_array`).
 
         The cached tensor is shared: do not modify it in place.
         """
-        key = (split, _tokenizer_key(tokenizer))
+        key = (split, tokenizer_hash(tokenizer))
         cached = self._token_cache.get(key)
         if cached is None:
-            cached = tokenizer.encode(self.text(split))
+            array = np.asarray(self.token_array(split, tokenizer), dtype=np.int64)
+            cached = torch.from_numpy(array if array.flags.writeable else array.copy())
             self._token_cache[key] = cached
         return cached
 
@@ -190,6 +228,8 @@ def load_corpus(spec: str | os.PathLike[str] | None = None) -> Corpus:
     if spec is None or (isinstance(spec, str) and spec == "builtin"):
         return _builtin_corpus()
     raw = os.fspath(spec)
+    if isinstance(spec, str) and raw.startswith(HF_PREFIX):
+        return _corpus_from_hf(raw)
     path = Path(raw).expanduser()
     if path.is_file():
         return _corpus_from_file(raw, path)
@@ -197,11 +237,14 @@ def load_corpus(spec: str | os.PathLike[str] | None = None) -> Corpus:
         return _corpus_from_folder(raw, path)
     if path.exists():
         raise UserError(f"{raw!r} is neither a regular file nor a folder; pass a text file")
+    if glob.has_magic(raw):
+        return _corpus_from_glob(raw)
     if isinstance(spec, os.PathLike) or any(s in raw for s in ("/", "\\", "~")):
         raise UserError(f"no such file or folder: {raw!r}; check the path")
     raise UserError(
         f"{raw!r} is neither a file nor a known corpus; give a path to a text file or folder, "
-        f"or one of: {', '.join(KNOWN_CORPORA)}"
+        f"a glob, hf:NAME[:CONFIG] for a Hugging Face dataset, or one of: "
+        f"{', '.join(KNOWN_CORPORA)}"
     )
 
 
@@ -219,10 +262,6 @@ def _content_hash(splits: dict[str, list[str]]) -> str:
             h.update(f"{len(data)}:".encode())
             h.update(data)
     return h.hexdigest()
-
-
-def _tokenizer_key(tokenizer: Tokenizer) -> str:
-    return json.dumps(tokenizer.to_dict(), sort_keys=True)
 
 
 def _name_digest(name: str, salt: str = "") -> bytes:
@@ -303,6 +342,15 @@ def _corpus_from_file(name: str, path: Path) -> Corpus:
     text = _read_text(path)
     if not text.strip():
         raise UserError(f"file {path} is empty (no text); pass a file with text in it")
+    splits, sources = _cut_text(text, f"file {path}", path.name)
+    return Corpus.from_splits(name, splits, sources)
+
+
+def _cut_text(
+    text: str, where: str, label: str, fractions: tuple[float, float] = (0.90, 0.95)
+) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """Cut one text into train/valid/test by byte ranges (default 90/5/5), each cut moved to
+    just after the next newline. Returns (splits, sources)."""
     data = text.encode("utf-8")
     n = len(data)
 
@@ -310,19 +358,18 @@ def _corpus_from_file(name: str, path: Path) -> Corpus:
         nl = data.find(b"\n", int(n * frac))
         return n if nl < 0 else nl + 1
 
-    c1, c2 = cut(0.90), cut(0.95)
+    c1, c2 = cut(fractions[0]), cut(fractions[1])
     pieces = {"train": data[:c1], "valid": data[c1:c2], "test": data[c2:]}
     for split, piece in pieces.items():
-        if not piece.strip():
+        if not piece.strip() and (split != "valid" or fractions[0] < fractions[1]):
             raise UserError(
-                f"file {path} is too short to split 90/5/5 at line boundaries (the {split!r} "
-                "split is empty); use a longer file with many lines, or a folder with "
-                "train/valid/test files"
+                f"{where} is too short to split at line boundaries (the {split!r} split is "
+                "empty); use a longer text with many lines, or separate train/valid/test files"
             )
     splits = {s: [p.decode("utf-8")] for s, p in pieces.items()}
     bounds = {"train": (0, c1), "valid": (c1, c2), "test": (c2, n)}
-    sources = {s: [f"{path.name}[{a}:{b}]"] for s, (a, b) in bounds.items()}
-    return Corpus.from_splits(name, splits, sources)
+    sources = {s: [f"{label}[{a}:{b}]"] for s, (a, b) in bounds.items()}
+    return splits, sources
 
 
 def _visible_files(root: Path, recursive: bool) -> list[Path]:
@@ -337,6 +384,37 @@ def _visible_files(root: Path, recursive: bool) -> list[Path]:
 
 def _corpus_from_folder(name: str, root: Path) -> Corpus:
     top = _visible_files(root, recursive=False)
+    return _corpus_from_paths(name, root, top, lambda: _visible_files(root, recursive=True))
+
+
+def _corpus_from_glob(pattern: str) -> Corpus:
+    expanded = os.path.expanduser(pattern)
+    files = sorted(
+        Path(p)
+        for p in glob.glob(expanded, recursive=True)
+        if Path(p).is_file() and not Path(p).name.startswith(".")
+    )
+    if not files:
+        raise UserError(f"no files match {pattern!r}; check the pattern (quote it in the shell)")
+    if len(files) == 1:
+        return _corpus_from_file(pattern, files[0])
+    # names relative to the pattern's folder without wildcards, as for a folder
+    static = []
+    for part in Path(expanded).parts:
+        if glob.has_magic(part):
+            break
+        static.append(part)
+    root = Path(*static) if static else Path(".")
+    if root == Path(expanded) or not root.is_dir():
+        root = root.parent
+    return _corpus_from_paths(pattern, root, files, lambda: files)
+
+
+def _corpus_from_paths(
+    name: str, root: Path, top: list[Path], all_files: Callable[[], list[Path]]
+) -> Corpus:
+    """Files named train/valid/test among `top` are the splits; otherwise every file of
+    `all_files()` is a document, split by the hash of its path relative to `root`."""
     by_split: dict[str, list[Path]] = {s: [] for s in SPLITS}
     for p in top:
         words = _split_words(p.name)
@@ -357,22 +435,52 @@ def _corpus_from_folder(name: str, root: Path) -> Corpus:
             sources[split] = [p.name for p in paths]
         return Corpus.from_splits(name, splits, sources)
 
-    files = _visible_files(root, recursive=True)
     names, docs = [], []
-    for p in files:
+    for p in all_files():
         text = _read_text(p)
         if text.strip():
             names.append(p.relative_to(root).as_posix())
             docs.append(text)
     if not docs:
-        raise UserError(f"folder {root} has no text files; put UTF-8 text files in it")
+        raise UserError(f"{name} has no text files; put UTF-8 text files in it")
     if len(docs) < 3:
         raise UserError(
-            f"folder {root} has {len(docs)} text file(s), too few to split into train/valid/test "
+            f"{name} has {len(docs)} text file(s), too few to split into train/valid/test "
             "by file; add files, name them train/valid/test, or pass a single file (split by "
             "byte range)"
         )
     return _split_documents(name, names, docs, test_min_bytes=0)
+
+
+def _corpus_from_hf(spec: str) -> Corpus:
+    rows, names, lines = load_hf_splits(spec)
+    missing = [s for s in ("valid", "test") if s not in rows]
+    if lines:
+        texts = {s: "".join(r if r.endswith("\n") else r + "\n" for r in rows[s]) for s in rows}
+        splits = {s: [t] for s, t in texts.items()}
+        sources = {s: [f"{s}[0:{len(rows[s])}]"] for s in rows}
+        if missing:
+            fractions = (0.90, 0.95) if len(missing) == 2 else (0.95, 0.95)
+            carved, carved_sources = _cut_text(texts["train"], spec, "train", fractions)
+            if missing == ["valid"]:
+                carved["valid"], carved["test"] = carved["test"], carved["valid"]
+                carved_sources["valid"] = carved_sources["test"]
+            for s in ("train", *missing):
+                splits[s], sources[s] = carved[s], carved_sources[s]
+        return Corpus.from_splits(spec, splits, sources)
+    splits, sources = dict(rows), dict(names)
+    if missing:
+        idx = split_by_name_hash(names["train"])
+        train_rows, train_names = rows["train"], names["train"]
+        keep = list(idx["train"]) + [
+            i for s in ("valid", "test") if s not in missing for i in idx[s]
+        ]
+        splits["train"] = [train_rows[i] for i in sorted(keep)]
+        sources["train"] = [train_names[i] for i in sorted(keep)]
+        for s in missing:
+            splits[s] = [train_rows[i] for i in idx[s]]
+            sources[s] = [train_names[i] for i in idx[s]]
+    return Corpus.from_splits(spec, splits, sources)
 
 
 def _split_documents(
