@@ -93,7 +93,9 @@ def main() -> None:
         base = rows.get("sdpa")
         for path, r in rows.items():
             t_ratio = f"{r['seconds'] / base['seconds']:.2f}" if base else "—"
-            m_ratio = f"{r['peak_mib'] / base['peak_mib']:.2f}" if base and base["peak_mib"] else "—"
+            m_ratio = (
+                f"{r['peak_mib'] / base['peak_mib']:.2f}" if base and base["peak_mib"] else "—"
+            )
             print(
                 f"| {n} | {path} | {r['seconds']:.3f} | {t_ratio} | {r['peak_mib']:.0f} | {m_ratio} |",
                 flush=True,

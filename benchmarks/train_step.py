@@ -23,7 +23,9 @@ from extrapos.train import TrainConfig, make_optimizer
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seq-len", type=int, nargs="+", default=[128, 512])
     parser.add_argument("--tokens", type=int, default=2048, help="tokens per step")
     parser.add_argument("--repeats", type=int, default=20)
@@ -61,7 +63,9 @@ def main() -> None:
         for method in args.methods:
             median = statistics.median(times[method])
             ratio = f"{median / base:.2f}" if base else "—"
-            print(f"| {seq_len} | {method} | {median * 1e3:.1f} | {batch * seq_len / median:,.0f} | {ratio} |")
+            print(
+                f"| {seq_len} | {method} | {median * 1e3:.1f} | {batch * seq_len / median:,.0f} | {ratio} |"
+            )
 
 
 if __name__ == "__main__":

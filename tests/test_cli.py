@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from extrapos.cli import main
 from extrapos.encodings import list_encodings
@@ -125,3 +126,38 @@ def test_console_entry_point_exit_code(tmp_path):
         [cmd[0], "-m", "extrapos", "--debug", *cmd[3:]], capture_output=True, text=True, check=False
     )
     assert debug.returncode == 2 and "Traceback" in debug.stderr
+
+
+def test_eval_and_generate_with_a_rope_extension(bench_dir, tmp_path, capsys):
+    from extrapos.cli import EXTENSION_NAMES
+    from extrapos.extend import EXTENSIONS
+
+    assert EXTENSION_NAMES == EXTENSIONS
+    run = str(bench_dir / "runs" / "rope-seed0")
+    out = tmp_path / "ext.json"
+    argv = ["eval", run, "--lengths", "16,64", "--extend", "yarn", "--max-tokens", "256"]
+    assert main([*argv, "--out", str(out)]) == 0
+    records = json.loads(out.read_text())["results"]
+    assert [r["extension"] for r in records] == ["yarn", "yarn"]
+    assert records[0]["tokens"] == records[1]["tokens"]  # the same targets at both lengths
+    plain = tmp_path / "plain.json"
+    assert main([*argv[:4], "--max-tokens", "256", "--out", str(plain)]) == 0
+    # at the train length (factor 1) YaRN is plain RoPE; at 4× it is YaRN with factor 4
+    base = json.loads(plain.read_text())["results"]
+    assert records[0]["ppl"] == pytest.approx(base[0]["ppl"], rel=1e-6)
+    from extrapos.checkpoint import load_model
+    from extrapos.data import load_corpus
+    from extrapos.evaluate import perplexity
+    from extrapos.extend import rope_extended
+
+    model = load_model(run)
+    tokens = load_corpus().tokens("test", model.tokenizer)[:257]
+    plain_logits = model(tokens[None, :64])
+    with rope_extended(model, "yarn", 16, 64):
+        assert records[1]["ppl"] == pytest.approx(perplexity(model, tokens, 64)["ppl"], rel=1e-6)
+        assert not torch.equal(model(tokens[None, :64]), plain_logits)
+    argv = ["generate", run, "--prompt", "ab", "--max-new-tokens", "70", "--extend", "rerope"]
+    assert main([*argv, "--temperature", "0"]) == 0
+    alibi = str(bench_dir / "runs" / "alibi-seed0")
+    assert main(["eval", alibi, "--lengths", "16", "--extend", "yarn"]) == 2
+    assert "trained with encoding 'rope'" in capsys.readouterr().err

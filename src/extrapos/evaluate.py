@@ -17,6 +17,7 @@ every length scores exactly the same targets; it reports how many targets each s
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -166,3 +167,32 @@ def evaluate_lengths(
                 continue
         records.append(perplexity(model, tokens, length, protocol, stride, progress=progress))
     return records
+
+
+def write_records_csv(
+    path: str | Path, records: list[dict[str, Any]], exclude: tuple[str, ...] = ("position_nll",)
+) -> None:
+    """Write flat records (from `evaluate_lengths`, `evaluate_task`, `passkey_grid`, …) as CSV:
+    one row per record, columns in first-seen order; list/dict values JSON-encoded; `exclude`
+    drops long per-position fields (they go to JSON)."""
+    import csv
+    import io
+    import json
+
+    from extrapos.io import write_text
+
+    columns: list[str] = []
+    for record in records:
+        columns += [k for k in record if k not in columns and k not in exclude]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for record in records:
+        writer.writerow(
+            {
+                k: json.dumps(v) if isinstance(v, list | dict) else ("" if v is None else v)
+                for k, v in record.items()
+                if k in columns
+            }
+        )
+    write_text(path, buf.getvalue())
