@@ -16,7 +16,7 @@ Presets (flags override their fields):
 | preset | methods | seeds | budget | for |
 |---|---|---|---|---|
 | quick | the six classics | 1 | 250 steps × 2,048 tokens | a first look, ≤ 5 min on 2 CPU cores |
-| standard | every registered encoding | 3 | 1,500 steps × 2,048 tokens | the leaderboard, ~1 h on 2 cores |
+| standard | every registered encoding | 3 | 400 steps × 2,048 tokens | the leaderboard, ~1.5 h on 2 cores (estimated) |
 | paper | every registered encoding | 3 | 12 layers, d 768, train 512, 20k steps × 16k tokens | a GPU |
 """
 
@@ -52,7 +52,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval_tokens": 16384,
         "extensions": ["linear", "ntk", "dynamic", "yarn"],
     },
-    "standard": {"methods": None, "seeds": [0, 1, 2], "steps": 1500, "eval_tokens": 65536},
+    "standard": {"methods": None, "seeds": [0, 1, 2], "steps": 400, "eval_tokens": 32768},
     "paper": {
         "methods": None,
         "seeds": [0, 1, 2],

@@ -329,7 +329,7 @@ def plot_attention_stats(
     return data
 
 
-def _geometric_bins(
+def geometric_bins(
     values: Sequence[float | None], per_octave: int
 ) -> tuple[list[float], list[float]]:
     """Average values[o] (o = 0-based offset, x = o + 1) in bins [2^(k/p), 2^((k+1)/p))."""
@@ -384,7 +384,7 @@ def plot_position_nll(
     for curve in payload["curves"]:
         values = curve["position_nll"]
         if per_octave > 0:
-            xs, ys = _geometric_bins(values, per_octave)
+            xs, ys = geometric_bins(values, per_octave)
         else:
             pairs = [(o + 1, v) for o, v in enumerate(values) if v is not None]
             xs, ys = [p[0] for p in pairs], [p[1] for p in pairs]

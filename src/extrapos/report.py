@@ -167,7 +167,7 @@ def plot_ppl(results: dict[str, Any]) -> bytes:
 
 def plot_positions(results: dict[str, Any]) -> bytes | None:
     """PNG: mean loss at each position of the longest windows (first seed), one line per
-    method, averaged over bins of 16 positions."""
+    method, averaged within quarter-octave bins of position."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -183,15 +183,12 @@ def plot_positions(results: dict[str, Any]) -> bytes | None:
                 seen.add(run["method"])
     if not curves:
         return None
+    from extrapos.diagnostics import geometric_bins
+
     fig, ax = plt.subplots(figsize=(8, 4.8), dpi=110)
-    width = 16
     for method, _length, nll, extends in curves:
-        xs = list(range(0, len(nll) - width + 1, width))
-        ys = []
-        for i in xs:
-            window = [v for v in nll[i : i + width] if v is not None]
-            ys.append(sum(window) / len(window) if window else float("nan"))
-        ax.plot([x + width / 2 for x in xs], ys, "--" if extends else "-", label=method)
+        xs, ys = geometric_bins(nll, per_octave=4)  # log-x: average within quarter octaves
+        ax.plot(xs, ys, "--" if extends else "-", label=method)
     ax.axvline(results["train_len"], color="gray", linestyle=":", label="train length")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("position in window")
