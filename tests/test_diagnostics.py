@@ -13,10 +13,10 @@ from extrapos.checkpoint import save_model
 from extrapos.cli import main
 from extrapos.data import ByteTokenizer
 from extrapos.diagnostics import (
-    _geometric_bins,
     attention_probabilities,
     attention_stats,
     distance_bins,
+    geometric_bins,
     plot_attention_stats,
     plot_position_nll,
     write_position_nll,
@@ -130,9 +130,9 @@ def test_attention_plot(tmp_path):
 
 
 def test_geometric_bins_average():
-    xs, ys = _geometric_bins([2.0] * 100, per_octave=2)
+    xs, ys = geometric_bins([2.0] * 100, per_octave=2)
     assert ys == pytest.approx([2.0] * len(ys)) and xs == sorted(xs)
-    xs, ys = _geometric_bins([1.0, 3.0, 5.0, None], per_octave=1)  # x = 1 | 2, 3 | (4)
+    xs, ys = geometric_bins([1.0, 3.0, 5.0, None], per_octave=1)  # x = 1 | 2, 3 | (4)
     assert ys == [1.0, 4.0] and xs == pytest.approx([2**0.5, 2**1.5])
 
 
