@@ -137,6 +137,20 @@ def _run_corpus(run_dir: Path, data: str | None) -> Any:
     return corpus
 
 
+def _print_perplexities(records: list[dict[str, Any]]) -> None:
+    """One line per evaluated length (or the reason a length could not be evaluated)."""
+    for r in records:
+        if r.get("ppl") is None:
+            print(f"L={r['length']:>6}: n/a ({r['error']})")
+            continue
+        bpb = r["bits_per_byte"]
+        bpb_text = "n/a" if bpb is None else f"{bpb:.4f}"
+        print(
+            f"L={r['length']:>6}: ppl {r['ppl']:.4f}  bits/byte {bpb_text}  "
+            f"({r['tokens']:,} tokens scored, {r['windows']} windows)"
+        )
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
     from extrapos.checkpoint import load_model
     from extrapos.evaluate import evaluate_lengths
@@ -156,15 +170,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
             max_tokens=args.max_tokens,
             progress=True,
         )
-    for r in records:
-        if r.get("ppl") is None:
-            print(f"L={r['length']:>6}: n/a ({r['error']})")
-        else:
-            bpb = r["bits_per_byte"]
-            print(
-                f"L={r['length']:>6}: ppl {r['ppl']:.4f}  bits/byte {bpb:.4f}  "
-                f"({r['tokens']:,} tokens scored, {r['windows']} windows)"
-            )
+    _print_perplexities(records)
     payload = {
         "run_dir": str(args.run_dir),
         "corpus": corpus.name,
@@ -313,16 +319,7 @@ def cmd_eval_hf(args: argparse.Namespace) -> None:
         max_tokens=args.max_tokens,
         progress=True,
     )
-    for r in records:
-        if r.get("ppl") is None:
-            print(f"L={r['length']:>6}: n/a ({r['error']})")
-        else:
-            bpb = r["bits_per_byte"]
-            bpb_text = "n/a" if bpb is None else f"{bpb:.4f}"
-            print(
-                f"L={r['length']:>6}: ppl {r['ppl']:.4f}  bits/byte {bpb_text}  "
-                f"({r['tokens']:,} tokens scored, {r['windows']} windows)"
-            )
+    _print_perplexities(records)
     if args.out:
         payload = {
             "model_dir": str(args.model_dir),
