@@ -167,6 +167,30 @@ def _compiled_flex():  # noqa: ANN202  (a compiled callable)
     return torch.compile(flex_attention, dynamic=True)
 
 
+def bidirectional_bias_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    signed_table: Tensor,
+    q_positions: Tensor,
+    k_positions: Tensor,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> Tensor:
+    """Encoder (non-causal) attention with a signed distance bias: every query sees every key,
+    B[h, i, j] = signed_table[h, n - 1 + pos_i - pos_j] (see `signed_distance_bias`). Query
+    chunks each gather only their own (h, c, t) block; differentiable in q, k, v and the table."""
+    n = (signed_table.shape[-1] + 1) // 2
+    outs = []
+    for start in range(0, q.shape[-2], chunk_size):
+        stop = min(start + chunk_size, q.shape[-2])
+        offsets = (q_positions[start:stop, None] - k_positions[None, :]).clamp(1 - n, n - 1)
+        block = signed_table[:, offsets + n - 1].to(q.dtype)  # (h, c, t)
+        outs.append(
+            F.scaled_dot_product_attention(q[..., start:stop, :], k, v, attn_mask=block[None])
+        )
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-2)
+
+
 @functools.lru_cache(maxsize=32)
 def causal_block_mask(s: int, t: int, q_offset: int, device: str):  # noqa: ANN201
     """FlexAttention's causal `BlockMask` (key j visible to query i iff j <= q_offset + i),
@@ -246,8 +270,12 @@ def attention(
     q_offset: int = 0,
     backend: Backend | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    causal: bool = True,
 ) -> Tensor:
     """Causal attention, with a distance-bias table when given (see module docstring).
+
+    `causal=False` is encoder attention: every query sees every key, and `bias_table` is a
+    signed (h, 2n - 1) table (`PositionalEncoding.signed_distance_bias`).
 
     q (b, h, s, d); k, v (b, h, t, d), t = q_offset + s; bias_table (h, n) with n > the largest
     position difference; q_positions (s,), k_positions (t,) default to the sequence indices.
@@ -255,6 +283,15 @@ def attention(
     """
     if backend is not None:
         _check_backend(backend)
+    if not causal:
+        if bias_table is None:
+            return F.scaled_dot_product_attention(q, k, v)
+        s, t = q.shape[-2], k.shape[-2]
+        q_positions = torch.arange(s, device=q.device) if q_positions is None else q_positions
+        k_positions = torch.arange(t, device=q.device) if k_positions is None else k_positions
+        return bidirectional_bias_attention(
+            q, k, v, bias_table, q_positions, k_positions, chunk_size
+        )
     if bias_table is None:
         return causal_sdpa(q, k, v, q_offset)
     s, t = q.shape[-2], k.shape[-2]

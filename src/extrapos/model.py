@@ -44,6 +44,10 @@ class GPTConfig:
     # [0, random_positions) instead of 0..s-1, so positions of long test sequences were seen in
     # training. None: off.
     random_positions: int | None = None
+    # False: an encoder — every token attends to every token, distance biases use their
+    # bidirectional form (`signed_distance_bias`: symmetric ALiBi, T5's both-sign buckets). Not
+    # trainable with next-token loss and not for generation.
+    causal: bool = True
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "n_layer", "n_head", "d_model"):
@@ -93,8 +97,9 @@ class PositionContext:
     q_positions: Tensor  # (s,)
     k_positions: Tensor  # (t,)
     q_offset: int  # index of the first new token (= cached length)
-    bias_table: Tensor | None  # (h, n) or None
+    bias_table: Tensor | None  # (h, n), or (h, 2n - 1) signed when not causal, or None
     ffn_term: Tensor | None  # (s, d_ff) or None
+    causal: bool = True
 
 
 class KVCache:
@@ -162,6 +167,7 @@ class CausalSelfAttention(nn.Module):
             q_positions=ctx.q_positions,
             k_positions=ctx.k_positions,
             q_offset=ctx.q_offset,
+            causal=ctx.causal,
         )
         return self.out(y.transpose(1, 2).reshape(b, s, -1))
 
@@ -256,12 +262,31 @@ class GPT(nn.Module):
         k_positions = (
             positions if cache is None else torch.cat((cache.positions.to(device), positions))
         )
+        causal = self.config.causal
+        if not causal:
+            self._check_bidirectional(cache)
         bias_table = None
-        if "bias" in enc.sites:
+        if "bias" in enc.sites and causal:
             num_distances = int(positions.max() - k_positions.min()) + 1
             bias_table = enc.distance_bias(num_distances)
+        elif "bias" in enc.sites:
+            bias_table = enc.signed_distance_bias(int(positions.max() - positions.min()) + 1)
         ffn_term = enc.ffn_term(positions, self.config.d_ff) if "ffn" in enc.sites else None
-        return PositionContext(enc, positions, k_positions, offset, bias_table, ffn_term)
+        return PositionContext(
+            enc, positions, k_positions, offset, bias_table, ffn_term, causal=causal
+        )
+
+    def _check_bidirectional(self, cache: KVCache | None) -> None:
+        if cache is not None:
+            raise UserError(
+                "an encoder model (causal=False) has no KV cache: every token sees the whole "
+                "sequence; run it on the full sequence"
+            )
+        if "attention" in self.encoding.sites:
+            raise UserError(
+                f"encoding '{self.encoding.name}' computes causal attention itself and has no "
+                f"bidirectional form; use causal=True or an input/q-k/bias encoding"
+            )
 
     def sample_positions(self, s: int, device: torch.device) -> Tensor:
         """A sorted random subset of s positions from [0, random_positions) (s,): fresh ones
@@ -314,6 +339,8 @@ class GPT(nn.Module):
         (dynamic NTK) keep their cache: keys are cached before rotation. temperature 0 means
         greedy decoding.
         """
+        if not self.config.causal:
+            raise UserError("an encoder model (causal=False) cannot generate text; use causal=True")
         if use_cache and not self.encoding.supports_kv_cache:
             warnings.warn(
                 f"encoding '{self.encoding.name}' cannot reuse cached keys; recomputing the full "

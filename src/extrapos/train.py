@@ -366,6 +366,11 @@ def train(
     info = distributed_info()
     device = _resolve_device(train_config.device, info)
     run_dir = Path(run_dir) if run_dir is not None else None
+    if not model_config.causal:
+        raise UserError(
+            "causal=False builds an encoder, which next-token training would let see its "
+            "targets; train with causal=True"
+        )
     if model_config.vocab_size != tokenizer.vocab_size:
         raise UserError(
             f"model vocab_size={model_config.vocab_size} differs from the tokenizer's "

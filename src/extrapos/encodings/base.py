@@ -115,6 +115,16 @@ class PositionalEncoding(nn.Module):
         """-> (h, n) float32 table: entry [h, k] is the score bias for pos_i - pos_j = k >= 0."""
         raise NotImplementedError
 
+    def signed_distance_bias(self, num_distances: int) -> Tensor:
+        """Bias table for an encoder (non-causal) model: (h, 2n - 1) float32 whose entry
+        [h, n - 1 + k] is the bias for pos_i - pos_j = k, k in [-(n - 1), n - 1].
+
+        Default: the symmetric extension B(k) = B(|k|) of `distance_bias` — symmetric ALiBi
+        (-m·|i - j|), KERPLE, Sandwich. T5 overrides it with its both-sign buckets.
+        """
+        table = self.distance_bias(num_distances)
+        return torch.cat((table[:, 1:].flip(-1), table), dim=-1)
+
     def ffn_term(self, positions: Tensor, d_ff: int) -> Tensor:
         """(s,) positions -> (s, d_ff) term added to the FFN's hidden pre-activation."""
         raise NotImplementedError

@@ -137,6 +137,12 @@ class T5Bias(PositionalEncoding):
         buckets = t5_buckets(distances, self.num_buckets, self.max_distance)
         return self.weight[buckets].T.float()
 
+    def signed_distance_bias(self, num_distances: int) -> Tensor:
+        """T5's encoder rule: half the buckets for keys at or before the query, half after."""
+        distances = torch.arange(1 - num_distances, num_distances, device=self.weight.device)
+        buckets = t5_buckets(distances, self.num_buckets, self.max_distance, bidirectional=True)
+        return self.weight[buckets].T.float()
+
     def extra_repr(self) -> str:
         return f"num_buckets={self.num_buckets}, max_distance={self.max_distance}"
 
