@@ -338,3 +338,28 @@ def test_no_warning_on_the_default_training_path() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         attention(q, k, v, bias_table=_table(4)).sum().backward()
+
+
+def test_a_flex_compile_failure_falls_back_to_the_chunked_path(monkeypatch) -> None:
+    """Inductor's CPU codegen fails on some shapes; attention() must still return the right
+    numbers (chunked), warn once, and not try flex again."""
+    import extrapos.attention as attn_module
+
+    calls = {"n": 0}
+
+    def broken(*args, **kwargs):
+        calls["n"] += 1
+        raise RuntimeError("C++ compile error: 'cur_kvSplitSize7' was not declared")
+
+    monkeypatch.setattr(attn_module, "flex_bias_attention", broken)
+    monkeypatch.setattr(attn_module, "_flex_failed", False)
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 16, 8) for _ in range(3))
+    table = torch.randn(2, 16)
+    pos = torch.arange(16)
+    expected = attn_module.chunked_bias_attention(q, k, v, table, pos, pos)
+    with pytest.warns(UserWarning, match="FlexAttention failed to compile"):
+        out = attn_module.attention(q, k, v, bias_table=table, backend="flex")
+    torch.testing.assert_close(out, expected)
+    attn_module.attention(q, k, v, bias_table=table, backend="flex")
+    assert calls["n"] == 1

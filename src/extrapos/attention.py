@@ -41,6 +41,21 @@ FLEX_MIN_LEN = 4096
 DEFAULT_CHUNK_SIZE = 512
 
 _default_backend: Backend = "auto"
+_flex_failed = False  # set when FlexAttention failed to compile once: chunked from then on
+
+
+def _disable_flex(exc: BaseException) -> None:
+    """FlexAttention compiles through inductor; on CPU (torch 2.13) its C++ codegen fails for
+    some shapes (e.g. `cur_kvSplitSize7 was not declared`). Fall back to the exact chunked path
+    for the rest of the process, and say so once."""
+    global _flex_failed
+    _flex_failed = True
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    warnings.warn(
+        f"FlexAttention failed to compile ({type(exc).__name__}: {first_line[:200]}); using the "
+        f"chunked path from now on (same numbers, O(h·chunk·n) memory)",
+        stacklevel=3,
+    )
 
 
 def _check_backend(backend: str) -> None:
@@ -316,8 +331,13 @@ def attention(
             # The same bug hits a table whose length n differs from KV_LEN (positions with gaps,
             # n > t): any size other than the one shared symbol breaks the generated C++.
             pass
-        else:
-            return flex_bias_attention(q, k, v, bias_table, q_positions, k_positions, q_offset)
+        elif not _flex_failed:
+            try:
+                return flex_bias_attention(
+                    q, k, v, bias_table, q_positions, k_positions, q_offset
+                )
+            except Exception as exc:  # inductor's CPU codegen fails on some shapes (torch 2.13)
+                _disable_flex(exc)
     if chosen == "sdpa":
         raise ValueError("backend 'sdpa' cannot apply a score bias; use 'chunked' or 'flex'")
     return chunked_bias_attention(

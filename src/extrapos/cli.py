@@ -137,6 +137,30 @@ def _run_corpus(run_dir: Path, data: str | None) -> Any:
     return corpus
 
 
+def cmd_profile(args: argparse.Namespace) -> None:
+    from extrapos.encodings import encoding_class
+    from extrapos.io import write_bytes, write_json, write_text
+    from extrapos.profile import markdown, plot, profile
+
+    for method in args.methods:
+        encoding_class(method)  # unknown -> one line listing the known names
+    result = profile(
+        args.methods,
+        args.lengths,
+        repeats=args.repeats,
+        n_layer=args.n_layer,
+        n_head=args.n_head,
+        d_model=args.d_model,
+    )
+    out = Path(args.out)
+    table = markdown(result)
+    write_json(out / "profile.json", result)
+    write_text(out / "profile.md", table + "\n")
+    write_bytes(out / "profile.png", plot(result))
+    print(table)
+    print(f"wrote {out / 'profile.json'}, profile.md and profile.png")
+
+
 def _print_perplexities(records: list[dict[str, Any]]) -> None:
     """One line per evaluated length (or the reason a length could not be evaluated)."""
     for r in records:
@@ -720,6 +744,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", default=None, help="default byte")
     p.add_argument("--eval-tokens", type=int, default=None, help="targets scored per length")
     p.add_argument("--out", default="bench_out", help="output directory (default bench_out)")
+
+    p = add("profile", cmd_profile, "time and memory vs sequence length per encoding, fitted")
+    p.add_argument(
+        "--methods", type=_name_list, default=["nope", "rope", "alibi", "t5", "kerple_log"]
+    )
+    p.add_argument("--lengths", type=_int_list, default=[512, 1024, 2048, 4096])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--n-layer", type=int, default=4)
+    p.add_argument("--n-head", type=int, default=4)
+    p.add_argument("--d-model", type=int, default=128)
+    p.add_argument("--out", default="profile_out", help="output directory")
 
     p = add("report", cmd_report, "re-render (or merge) reports from bench results.json")
     p.add_argument("dirs", nargs="+", help="bench output directories")
