@@ -1,9 +1,11 @@
 """Time and memory of each encoding vs sequence length, measured, with fitted exponents.
 
-For every method and length n, a GPT of the bench's shape runs one forward pass (inference, no
-gradients) on n random tokens; the median of `repeats` passes is its time, and the rise of the
-process's peak resident memory during the passes (Linux: VmHWM, reset through
-/proc/self/clear_refs before each measurement) is its memory. The complexity of a method is the
+For every method and length n, a fresh Python process builds a GPT of the bench's shape and runs
+forward passes (inference, no gradients) on n random tokens: the rise of its peak resident memory
+(Linux VmHWM, reset through /proc/self/clear_refs after one warm-up pass) over `repeats` passes
+is the memory, and their median the time. A fresh process and
+glibc's fixed mmap threshold (MALLOC_MMAP_THRESHOLD_) make every large allocation a new mapping,
+so memory freed by an earlier measurement cannot hide a later one's peak. The complexity of a method is the
 least-squares slope of log(time) and log(memory) against log(n) — ≈ 2 for attention that builds
 n × n scores, ≈ 1 for memory that stays per-distance.
 """
@@ -54,11 +56,13 @@ def loglog_slope(xs: list[float], ys: list[float]) -> float | None:
 
 
 def measure(model: GPT, n: int, repeats: int = 3) -> dict[str, Any]:
-    """Median forward time (s) and peak extra memory (MiB, None where not measurable) at n."""
+    """Median time (s) of `repeats` forwards at n after one warm-up forward (caches, compiled
+    kernels), and the rise of peak resident memory (MiB; None where not measurable) during them.
+    Meant for a fresh process with a fixed mmap threshold (see module docstring)."""
     model.encoding.check_positions(n - 1)
     idx = torch.randint(0, model.config.vocab_size, (1, n))
     with torch.inference_mode():
-        model(idx)  # warm: caches, compiled kernels
+        model(idx)  # warm-up: its compile and cache memory is not the method's working set
         can_reset = _reset_peak()
         before = _rss_kib("VmRSS")
         times = []
@@ -69,6 +73,34 @@ def measure(model: GPT, n: int, repeats: int = 3) -> dict[str, Any]:
         peak = _rss_kib("VmHWM")
     memory = (peak - before) / 1024 if can_reset and peak is not None and before else None
     return {"n": n, "seconds": statistics.median(times), "peak_mib": memory}
+
+
+def _build(method: str, n_max: int, n_layer: int, n_head: int, d_model: int) -> GPT:
+    params = {"max_len": n_max} if method == "learned" else {}
+    torch.manual_seed(0)
+    config = GPTConfig(
+        n_layer=n_layer, n_head=n_head, d_model=d_model, encoding=method, encoding_params=params
+    )
+    return GPT(config).eval()
+
+
+def measure_in_subprocess(
+    method: str, n: int, repeats: int, n_layer: int, n_head: int, d_model: int
+) -> dict[str, Any]:
+    """`measure` in a fresh interpreter (see module docstring)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    args = [method, n, repeats, n_layer, n_head, d_model]
+    cmd = [sys.executable, "-m", "extrapos.profile", *map(str, args)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if proc.returncode != 0:
+        reason = "killed (out of memory?)" if proc.returncode < 0 else proc.stderr.strip()[-300:]
+        raise UserError(f"profiling {method} at n={n} failed: {reason}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def profile(
@@ -85,18 +117,13 @@ def profile(
         raise UserError("profile needs at least one method and positive --lengths")
     records, fits = [], {}
     for method in methods:
-        params = {"max_len": max(lengths)} if method == "learned" else {}
-        torch.manual_seed(0)
-        model = GPT(
-            GPTConfig(
-                n_layer=n_layer,
-                n_head=n_head,
-                d_model=d_model,
-                encoding=method,
-                encoding_params=params,
-            )
-        ).eval()
-        rows = [{"method": method, **measure(model, n, repeats)} for n in sorted(lengths)]
+        rows = [
+            {
+                "method": method,
+                **measure_in_subprocess(method, n, repeats, n_layer, n_head, d_model),
+            }
+            for n in sorted(lengths)
+        ]
         records += rows
         fits[method] = {
             "time_exponent": loglog_slope([r["n"] for r in rows], [r["seconds"] for r in rows]),
@@ -161,3 +188,12 @@ def plot(result: dict[str, Any]) -> bytes:
     fig.savefig(buf, format="png")
     plt.close(fig)
     return buf.getvalue()
+
+
+if __name__ == "__main__":  # one measurement, for `measure_in_subprocess`
+    import json
+    import sys
+
+    method, n, repeats, n_layer, n_head, d_model = sys.argv[1:7]
+    model = _build(method, int(n), int(n_layer), int(n_head), int(d_model))
+    print(json.dumps(measure(model, int(n), int(repeats))))
