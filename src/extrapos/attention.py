@@ -333,9 +333,7 @@ def attention(
             pass
         elif not _flex_failed:
             try:
-                return flex_bias_attention(
-                    q, k, v, bias_table, q_positions, k_positions, q_offset
-                )
+                return flex_bias_attention(q, k, v, bias_table, q_positions, k_positions, q_offset)
             except Exception as exc:  # inductor's CPU codegen fails on some shapes (torch 2.13)
                 _disable_flex(exc)
     if chosen == "sdpa":

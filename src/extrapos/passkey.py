@@ -28,7 +28,6 @@ with `.logits`) and a `.tokenizer`.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -281,7 +280,7 @@ def finetune_passkey(
     encoding's reach (as in Mohtashami & Jaggi 2023, who fine-tune before testing). Returns
     {"losses": per step, "train_seconds"}; the model is left in eval mode.
     """
-    from extrapos.train import TrainConfig, lr_factor, make_optimizer
+    from extrapos.train import TrainConfig, fit_steps
 
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     if tokenizer is None:
@@ -296,37 +295,18 @@ def finetune_passkey(
         grad_clip=grad_clip,
         seed=seed,
     )
-    optimizer = make_optimizer(model, config)  # type: ignore[arg-type]
     device = _device(model)
     rng = np.random.default_rng(seed)
-    losses: list[float] = []
-    model.train()
-    start = time.perf_counter()
-    bar = tqdm(range(steps), disable=not progress, leave=False, desc="passkey fine-tune")
-    for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = lr * lr_factor(step, config)
+
+    def loss_at(step: int) -> torch.Tensor:
         examples = [
             make_passkey_example(
-                tokenizer,
-                length,
-                float(rng.random()),
-                random_key(rng, key_digits),
-                filler,
-                intro,
+                tokenizer, length, float(rng.random()), random_key(rng, key_digits), filler, intro
             )
             for _ in range(batch_size)
         ]
         inputs, targets, mask = (t.to(device) for t in _collate(examples))
-        logits = _logits(model, inputs)
-        loss = F.cross_entropy(logits[mask], targets[mask])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    bar.close()
-    model.eval()
-    return {"losses": losses, "train_seconds": time.perf_counter() - start}
+        return F.cross_entropy(_logits(model, inputs)[mask], targets[mask])
+
+    losses, seconds = fit_steps(model, config, loss_at, "passkey fine-tune", progress)
+    return {"losses": losses, "train_seconds": seconds}

@@ -40,6 +40,7 @@ import inspect
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,6 +170,40 @@ def lr_factor(step: int, config: TrainConfig) -> float:
     progress = min(1.0, (step - warmup) / span)
     cosine = 0.5 * (1 + math.cos(math.pi * progress))
     return config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine
+
+
+def fit_steps(
+    model: torch.nn.Module,
+    config: TrainConfig,
+    loss_at: Callable[[int], torch.Tensor],
+    description: str = "train",
+    progress: bool = True,
+) -> tuple[list[float], float]:
+    """The bare optimization loop for objectives other than the corpus LM (tasks, passkey
+    fine-tunes): `config.steps` AdamW steps (`make_optimizer`) at lr · `lr_factor`, on the loss
+    `loss_at(step)`, clipped at `config.grad_clip`; a non-finite loss stops with the step
+    number. Returns the loss per step and the seconds spent; the model is left in eval mode."""
+    optimizer = make_optimizer(model, config)  # type: ignore[arg-type]
+    losses: list[float] = []
+    model.train()
+    start = time.perf_counter()
+    bar = tqdm(range(config.steps), desc=description, disable=not progress, leave=False)
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr * lr_factor(step, config)
+        loss = loss_at(step)
+        if not torch.isfinite(loss):
+            raise UserError(f"loss became {loss.item()} at step {step}; lower the learning rate")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    bar.close()
+    model.eval()
+    return losses, time.perf_counter() - start
 
 
 def make_optimizer(model: GPT, config: TrainConfig) -> torch.optim.AdamW:

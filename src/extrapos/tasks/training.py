@@ -16,7 +16,6 @@ Optimization reuses `extrapos.train.make_optimizer` and `lr_factor` (AdamW, warm
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,8 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-from tqdm.auto import tqdm
+from torch import Tensor
 
 from extrapos.errors import UserError
 from extrapos.model import GPT, GPTConfig
@@ -104,7 +102,7 @@ def train_on_task(
     the task's tokens). `train_lengths`: an int L (sizes 1 … L) or a list of sizes. Returns the
     trained model (in eval mode), the loss per step and the training time.
     """
-    from extrapos.train import TrainConfig, lr_factor, make_optimizer
+    from extrapos.train import TrainConfig, fit_steps
 
     lengths = resolve_lengths(train_lengths, task)
     longest = max(task.seq_len(n) for n in lengths)
@@ -121,34 +119,19 @@ def train_on_task(
     torch.manual_seed(seed)
     model = GPT(dataclasses.replace(model_config, vocab_size=task.vocab_size)).to(device)
     model.encoding.check_positions((random_positions or longest) - 1)
-    optimizer = make_optimizer(model, train_config)
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
-    losses: list[float] = []
-    model.train()
-    start = time.perf_counter()
-    bar = tqdm(range(steps), desc=description, disable=not progress, leave=False)
-    for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = lr * lr_factor(step, train_config)
+
+    def loss_at(step: int) -> torch.Tensor:
         batch = task.sample_batch(rng, batch_size, int(rng.choice(lengths))).to(device)
         positions = None
         if random_positions is not None:
             positions = sample_positions(generator, batch.inputs.shape[1], random_positions)
             positions = positions.to(device)
-        loss = task_loss(_forward(model, batch.inputs, positions), batch)
-        if not torch.isfinite(loss):
-            raise UserError(f"loss became {loss.item()} at step {step}; lower the learning rate")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    bar.close()
-    model.eval()
-    return TaskTrainResult(model, losses, time.perf_counter() - start, lengths, steps)
+        return task_loss(_forward(model, batch.inputs, positions), batch)
+
+    losses, seconds = fit_steps(model, train_config, loss_at, description, progress)
+    return TaskTrainResult(model, losses, seconds, lengths, steps)
 
 
 @torch.inference_mode()
