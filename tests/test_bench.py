@@ -14,6 +14,8 @@ from extrapos.extend import EXTENSIONS, describe_extension, extension_scaling, r
 from extrapos.model import GPT, GPTConfig
 from extrapos.report import mean_ci95, merge
 
+NO_PROBES = {"tasks": [], "passkey_steps": 0, "memory": False}
+
 
 def test_presets_resolve_and_flags_override():
     quick = BenchConfig.from_preset("quick")
@@ -92,7 +94,7 @@ def test_killed_bench_reruns_only_missing_runs(tmp_path):
     the earlier run is kept verbatim, the missing one is trained again."""
     cfg = BenchConfig.from_preset(
         "quick", methods=["alibi", "nope"], steps=2, train_len=8, eval_lens=[8, 16], eval_tokens=64,
-        protocols=["nonoverlap"], extensions=[],
+        protocols=["nonoverlap"], extensions=[], **NO_PROBES,
     )  # fmt: skip
     first = run_bench(cfg, tmp_path, progress=False, save_runs=False)
     data = json.loads((tmp_path / "results.json").read_text())
@@ -103,7 +105,7 @@ def test_killed_bench_reruns_only_missing_runs(tmp_path):
     assert [r["method"] for r in second["runs"]] == ["alibi", "nope"]
     other = BenchConfig.from_preset(
         "quick", methods=["alibi"], steps=3, train_len=8, eval_lens=[8, 16], eval_tokens=64,
-        protocols=["nonoverlap"], extensions=[],
+        protocols=["nonoverlap"], extensions=[], **NO_PROBES,
     )  # fmt: skip
     third = run_bench(other, tmp_path, progress=False, save_runs=False)  # other settings: rerun
     assert third["settings"]["steps"] == 3
@@ -114,8 +116,73 @@ def test_merge_refuses_different_settings(tmp_path):
     for name, steps in (("a", 2), ("b", 3)):
         cfg = BenchConfig.from_preset(
             "quick", methods=["nope"], steps=steps, train_len=8, eval_lens=[8], eval_tokens=64,
-            protocols=["nonoverlap"], extensions=[],
+            protocols=["nonoverlap"], extensions=[], **NO_PROBES,
         )  # fmt: skip
         run_bench(cfg, tmp_path / name, progress=False, save_runs=False)
     with pytest.raises(UserError, match="cannot merge"):
         merge([tmp_path / "a", tmp_path / "b"])
+
+
+def _probe_config(**overrides):
+    settings = {
+        "methods": ["rope", "alibi"], "steps": 2, "train_len": 128, "eval_lens": [128, 256],
+        "eval_tokens": 256, "protocols": ["nonoverlap"], "extensions": ["linear"],
+        "tasks": ["parity"], "task_train_len": 4, "task_steps": 2, "task_samples": 4,
+        "passkey_steps": 2, "passkey_depths": [0.0, 1.0], "passkey_trials": 2, "memory": False,
+    }  # fmt: skip
+    return BenchConfig.from_preset("quick", **{**settings, **overrides})
+
+
+def test_bench_runs_tasks_and_passkey_and_reports_them(tmp_path):
+    results = run_bench(_probe_config(), tmp_path, progress=False, save_runs=False)
+    tasks = {(r["method"], r["task"], r["seed"]): r for r in results["task_runs"]}
+    assert set(tasks) == {("rope", "parity", 0), ("alibi", "parity", 0)}
+    for run in tasks.values():
+        assert [r["length"] for r in run["records"]] == [4, 8, 16, 32]  # 1, 2, 4, 8 × train size
+        assert all(0.0 <= r["accuracy"] <= 1.0 for r in run["records"])
+    # the rope fine-tune is also scored with each extension; each row has every (length, depth)
+    assert [r["method"] for r in results["passkey_runs"]] == ["rope", "rope+linear", "alibi"]
+    for run in results["passkey_runs"]:
+        cells = {(r["length"], r["depth"]) for r in run["records"]}
+        assert cells == {(n, d) for n in (128, 256) for d in (0.0, 1.0)}
+        assert all(r["n_trials"] == 2 and 0 <= r["accuracy"] <= 1 for r in run["records"])
+    report = (tmp_path / "report.md").read_text()
+    assert "## Synthetic tasks" in report and "## Passkey retrieval" in report
+    assert (tmp_path / "task_accuracy.png").stat().st_size > 0
+    assert (tmp_path / "passkey_accuracy.png").stat().st_size > 0
+    html = (tmp_path / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 4  # ppl, positions, tasks, passkey
+    rows = (tmp_path / "tasks.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 2 * 4  # header + method × size
+    rows = (tmp_path / "passkey.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 3 * 2 * 2  # header + row × length × depth
+
+
+def test_changing_probe_settings_keeps_the_language_model_runs(tmp_path, monkeypatch):
+    first = run_bench(_probe_config(), tmp_path, progress=False, save_runs=True)
+    import extrapos.bench as bench
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a kept language-model run was trained again")
+
+    monkeypatch.setattr(bench, "_run_method", no_training)
+    second = run_bench(_probe_config(passkey_trials=3), tmp_path, progress=False)
+    assert second["runs"] == first["runs"] and second["task_runs"] == first["task_runs"]
+    # the passkey stage reran from the saved checkpoints, with 3 keys per cell now
+    assert all(r["n_trials"] == 3 for run in second["passkey_runs"] for r in run["records"])
+
+
+def test_a_train_length_too_short_for_a_passkey_prompt_is_reported_not_raised(tmp_path):
+    config = _probe_config(train_len=32, eval_lens=[32, 64], eval_tokens=64, tasks=[])
+    results = run_bench(config, tmp_path, progress=False, save_runs=False)
+    assert all("shorter than the prompt" in run["error"] for run in results["passkey_runs"])
+    assert "shorter than the prompt" in (tmp_path / "report.md").read_text()
+
+
+def test_bench_measures_forward_cost_in_a_fresh_process(tmp_path):
+    config = _probe_config(methods=["nope"], tasks=[], passkey_steps=0, memory=True)
+    results = run_bench(config, tmp_path, progress=False, save_runs=False)
+    (cost,) = results["costs"]
+    assert cost["method"] == "nope" and cost["length"] == 256
+    assert cost["forward_seconds"] > 0 and cost["peak_mib"] > 0
+    assert "peak MiB @ 256" in (tmp_path / "report.md").read_text()

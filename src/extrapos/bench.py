@@ -1,11 +1,21 @@
 """The main job: train every method short, evaluate it long, write results and a report.
 
-Every method gets the same model shape, data, seeds and token budget. Each (method, seed) is
-trained once and evaluated at every length under each protocol; inference-time RoPE extensions
-(PI, NTK, dynamic NTK, YaRN, Llama 3, ReRoPE, Self-Extend, log-n) are applied to each trained
-`rope` model as extra rows `rope+<name>`, each length with its own factor (eval / train length). After every run the results file is
-rewritten atomically, so a killed bench loses at most the run in progress, and a rerun with the
-same `--out` and settings keeps every finished run.
+Every method gets the same model shape, data, seeds and token budget. Stages:
+
+1. language model: each (method, seed) is trained once and evaluated at every length under
+   each protocol; inference-time RoPE extensions (PI, NTK, dynamic NTK, YaRN, Llama 3, ReRoPE,
+   Self-Extend, log-n) are applied to each trained `rope` model as extra rows `rope+<name>`,
+   each length with its own factor (eval / train length);
+2. synthetic tasks: a small fresh model per (method, task, seed), trained at short sizes and
+   scored at longer ones (`extrapos.bench_probes.task_probe`);
+3. passkey: a copy of each trained language model fine-tuned on passkeys at the train length,
+   scored at every evaluation length and depth (with the RoPE extensions for `rope`);
+4. cost: time and peak memory of one forward at the longest length, in a fresh process.
+
+After every record the results file is rewritten atomically, so a killed bench loses at most
+the record in progress, and a rerun with the same `--out` keeps every finished record whose
+stage settings are unchanged (changing a task or passkey setting does not retrain the language
+models: the passkey stage reloads them from `runs/`).
 
 `learned` cannot represent positions past its table; the bench sizes its table to the longest
 evaluation length, so rows past `train_len` exist but are never trained: what "extrapolating" a
@@ -13,11 +23,11 @@ learned table means. The report says so.
 
 Presets (flags override their fields):
 
-| preset | methods | seeds | budget | for |
-|---|---|---|---|---|
-| quick | the six classics | 1 | 250 steps × 2,048 tokens | a first look, ≤ 5 min on 2 CPU cores |
-| standard | every registered encoding | 3 | 400 steps × 2,048 tokens | the leaderboard, ~1.5 h on 2 cores (estimated) |
-| paper | every registered encoding | 3 | 12 layers, d 768, train 512, 20k steps × 16k tokens | a GPU |
+| preset | methods | seeds | language model | tasks; passkey | for |
+|---|---|---|---|---|---|
+| quick | the six classics | 1 | 250 steps × 2,048 tokens | selective_copy; 60 steps, 3 depths × 4 keys | a first look, ≤ 5 min on 2 CPU cores |
+| standard | every registered encoding | 3 | 400 steps × 2,048 tokens | 3 tasks; 100 steps, 5 depths × 5 keys | the leaderboard |
+| paper | every registered encoding | 3 | 12 layers, d 768, train 512, 20k steps × 16k tokens | 3 tasks × 2k steps; 500 steps, 20 keys | a GPU |
 """
 
 from __future__ import annotations
@@ -44,6 +54,8 @@ from extrapos.train import TrainConfig, train
 RESULTS_VERSION = 1
 CLASSIC_METHODS = ("sinusoidal", "learned", "nope", "rope", "alibi", "t5")
 
+STANDARD_TASKS = ("selective_copy", "sort", "counting")
+
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "methods": list(CLASSIC_METHODS),
@@ -51,8 +63,18 @@ PRESETS: dict[str, dict[str, Any]] = {
         "steps": 250,
         "eval_tokens": 16384,
         "extensions": ["linear", "ntk", "dynamic", "yarn"],
+        "tasks": ["selective_copy"],
+        "passkey_steps": 60,
+        "passkey_depths": [0.0, 0.5, 1.0],
+        "passkey_trials": 4,
     },
-    "standard": {"methods": None, "seeds": [0, 1, 2], "steps": 400, "eval_tokens": 32768},
+    "standard": {
+        "methods": None,
+        "seeds": [0, 1, 2],
+        "steps": 400,
+        "eval_tokens": 32768,
+        "tasks": list(STANDARD_TASKS),
+    },
     "paper": {
         "methods": None,
         "seeds": [0, 1, 2],
@@ -64,8 +86,20 @@ PRESETS: dict[str, dict[str, Any]] = {
         "n_head": 12,
         "d_model": 768,
         "eval_tokens": 262144,
+        "tasks": list(STANDARD_TASKS),
+        "task_steps": 2000,
+        "task_train_len": 16,
+        "passkey_steps": 500,
+        "passkey_trials": 20,
     },
 }
+
+# BenchConfig fields by what they set: which runs exist (selection), the language-model runs,
+# the task runs, and the passkey fine-tunes. A finished run is kept when its group's fields
+# (and, for passkey and cost, the language-model fields) are unchanged.
+SELECTION_FIELDS = ("preset", "methods", "seeds", "extensions", "tasks", "memory")
+TASK_FIELDS = ("task_train_len", "task_eval_lens", "task_steps", "task_samples")
+PASSKEY_FIELDS = ("passkey_steps", "passkey_depths", "passkey_trials")
 
 
 @dataclass
@@ -88,6 +122,15 @@ class BenchConfig:
     n_head: int = 4
     d_model: int = 128
     eval_tokens: int = 16384  # targets scored per length (the same targets at every length)
+    tasks: list[str] = field(default_factory=list)  # synthetic tasks (extrapos tasks --list)
+    task_train_len: int = 8  # task sizes 1..task_train_len in training
+    task_eval_lens: list[int] | None = None  # None: 1×, 2×, 4×, 8× task_train_len
+    task_steps: int = 300
+    task_samples: int = 128  # problems per size
+    passkey_steps: int = 100  # fine-tune steps at train_len; 0: no passkey
+    passkey_depths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+    passkey_trials: int = 5  # keys per (length, depth)
+    memory: bool = True  # peak memory and time of a forward at the longest length
 
     @classmethod
     def from_preset(cls, preset: str = "quick", **overrides: Any) -> BenchConfig:
@@ -131,6 +174,24 @@ class BenchConfig:
                 f"eval_tokens={self.eval_tokens} is below the longest eval length "
                 f"{max(self.eval_lens)}; raise --eval-tokens"
             )
+        from extrapos.tasks import get_task
+
+        for task in self.tasks:
+            get_task(task)  # unknown -> UserError listing the known tasks
+        if len(set(self.tasks)) != len(self.tasks):
+            raise UserError(f"--tasks lists a task twice: {self.tasks}")
+        for name in ("task_train_len", "task_steps", "task_samples", "passkey_trials"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.passkey_steps < 0:
+            raise UserError(f"passkey_steps must be >= 0 (0: no passkey), got {self.passkey_steps}")
+        if self.task_eval_lens is None:
+            self.task_eval_lens = [self.task_train_len * f for f in (1, 2, 4, 8)]
+        if not self.task_eval_lens or min(self.task_eval_lens) < 1:
+            raise UserError(f"task_eval_lens must be positive sizes, got {self.task_eval_lens}")
+        self.task_eval_lens = sorted(set(self.task_eval_lens))
+        if not self.passkey_depths or not all(0 <= d <= 1 for d in self.passkey_depths):
+            raise UserError(f"passkey_depths must lie in [0, 1], got {self.passkey_depths}")
         # the model and train configs validate the rest
         self.model_config("nope")
         self.train_config(self.seeds[0])
@@ -159,12 +220,18 @@ class BenchConfig:
         )
 
     def settings(self) -> dict[str, Any]:
-        """What must match for a finished run to be reused: all but the methods, seeds and
-        extensions (which only select runs)."""
-        d = asdict(self)
-        for key in ("methods", "seeds", "extensions", "preset"):
-            d.pop(key)
-        return d
+        """What must match for a finished language-model run to be reused: every field that is
+        not a selection of runs nor a task or passkey setting."""
+        skip = {*SELECTION_FIELDS, *TASK_FIELDS, *PASSKEY_FIELDS}
+        return {k: v for k, v in asdict(self).items() if k not in skip}
+
+    def task_settings(self) -> dict[str, Any]:
+        from extrapos.bench_probes import TASK_MODEL
+
+        return {**{k: getattr(self, k) for k in TASK_FIELDS}, "model": TASK_MODEL}
+
+    def passkey_settings(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in PASSKEY_FIELDS}
 
 
 def environment() -> dict[str, Any]:
@@ -184,7 +251,8 @@ def run_bench(
 ) -> dict[str, Any]:
     """Run the comparison into out_dir: results.json, report.md, report.html, CSV and plots.
 
-    Finished runs found in out_dir/results.json with the same settings are kept.
+    Stages, each kept from an earlier results.json in out_dir where its settings match:
+    language-model runs (and RoPE extension rows), synthetic tasks, passkey, cost.
     """
     from extrapos.report import write_report
 
@@ -207,29 +275,54 @@ def run_bench(
         "protocols": config.protocols,
         "preset": config.preset,
         "settings": config.settings(),
+        "task_settings": config.task_settings(),
+        "passkey_settings": config.passkey_settings(),
         "environment": environment(),
         "runs": [],
+        "task_runs": [],
+        "passkey_runs": [],
+        "costs": [],
     }
     previous = _previous_runs(out_dir / "results.json", results)
+    models: dict[tuple[str, int], Any] = {}  # trained in this process (else loaded)
 
-    def keep_or_run(key: tuple[str, int], run: Any) -> None:
-        done = previous.get(key)
+    def keep_or_run(
+        stage: str, key: tuple[Any, ...], run: Any, rows: set[str] | None = None
+    ) -> None:
+        """Keep the finished record(s) under `key`, else run(). `rows`: the methods a list of
+        records must hold (extra ones are dropped, a missing one means run again)."""
+        done = previous[stage].get(key)
+        if done is not None and rows is not None:
+            done = [r for r in done if r["method"] in rows]
+            if {r["method"] for r in done} != rows:
+                done = None
         if done is None:
             done = run()
         elif progress:
-            print(
-                f"{key[0]} (seed {key[1]}): kept from {out_dir / 'results.json'}", file=sys.stderr
-            )
-        results["runs"].append(done)
+            shown = " ".join(map(str, key))
+            print(f"{stage} {shown}: kept from {out_dir / 'results.json'}", file=sys.stderr)
+        results[stage] += done if isinstance(done, list) else [done]
         write_json(out_dir / "results.json", results)
+
+    def model_of(method: str, seed: int) -> Any:
+        if (method, seed) not in models:
+            from extrapos.checkpoint import load_model
+
+            run_dir = out_dir / "runs" / f"{method}-seed{seed}"
+            if not (run_dir / "config.json").is_file():
+                raise UserError(
+                    f"the {method} (seed {seed}) model is needed but was neither trained in "
+                    f"this bench nor saved in {run_dir}; rerun with a fresh --out"
+                )
+            models[(method, seed)] = load_model(run_dir)
+        return models[(method, seed)]
 
     assert config.methods is not None
     for seed in config.seeds:
         for method in config.methods:
-            model_box: dict[str, Any] = {}
 
-            def run_method(method: str = method, seed: int = seed, box: dict = model_box) -> Any:
-                summary, box["model"] = _run_method(
+            def run_method(method: str = method, seed: int = seed) -> Any:
+                summary, models[(method, seed)] = _run_method(
                     config,
                     method,
                     seed,
@@ -242,26 +335,136 @@ def run_bench(
                 )
                 return summary
 
-            keep_or_run((method, seed), run_method)
+            keep_or_run("runs", (method, seed), run_method)
             if method != "rope":
                 continue
             for ext in config.extensions:
                 keep_or_run(
+                    "runs",
                     (f"rope+{ext}", seed),
-                    lambda ext=ext, seed=seed, box=model_box: _run_extension(
-                        config, ext, seed, box, test_tokens, out_dir, progress
+                    lambda ext=ext, seed=seed: _run_extension(
+                        config, ext, seed, model_of("rope", seed), test_tokens, progress
                     ),
                 )
+    _run_probes(config, results, keep_or_run, model_of, progress)
     write_report(results, out_dir)
     return results
 
 
-def _previous_runs(path: Path, results: dict[str, Any]) -> dict[tuple[str, int], dict[str, Any]]:
+def _run_probes(
+    config: BenchConfig,
+    results: dict[str, Any],
+    keep_or_run: Any,
+    model_of: Any,
+    progress: bool,
+) -> None:
+    """The task, passkey and cost stages (see `extrapos.bench_probes`)."""
+    from extrapos.bench_probes import cost_probe, passkey_probe, task_probe
+
+    assert config.methods is not None and config.eval_lens is not None
+    for seed in config.seeds:
+        for task in config.tasks:
+            for method in config.methods:
+                keep_or_run(
+                    "task_runs",
+                    (method, task, seed),
+                    lambda method=method, task=task, seed=seed: _said(
+                        task_probe(
+                            method,
+                            task,
+                            seed,
+                            train_len=config.task_train_len,
+                            eval_lens=config.task_eval_lens or [],
+                            steps=config.task_steps,
+                            samples=config.task_samples,
+                            progress=progress,
+                        ),
+                        progress,
+                    ),
+                )
+    if config.passkey_steps:
+        for seed in config.seeds:
+            for method in config.methods:
+                keep_or_run(
+                    "passkey_runs",
+                    (method, seed),
+                    lambda method=method, seed=seed: [
+                        _said(row, progress)
+                        for row in passkey_probe(
+                            model_of(method, seed),
+                            method,
+                            seed,
+                            train_len=config.train_len,
+                            lengths=config.eval_lens or [],
+                            depths=config.passkey_depths,
+                            trials=config.passkey_trials,
+                            steps=config.passkey_steps,
+                            extensions=config.extensions,
+                            progress=progress,
+                        )
+                    ],
+                    rows={method, *(f"rope+{e}" for e in config.extensions if method == "rope")},
+                )
+    if config.memory:
+        for method in config.methods:
+            keep_or_run(
+                "costs",
+                (method,),
+                lambda method=method: cost_probe(
+                    method,
+                    max(config.eval_lens or [1]),
+                    n_layer=config.n_layer,
+                    n_head=config.n_head,
+                    d_model=config.d_model,
+                ),
+            )
+
+
+def _said(record: dict[str, Any], progress: bool) -> dict[str, Any]:
+    """Print a task or passkey record's accuracies by length; return it."""
+    if progress:
+        by_len: dict[int, list[float]] = {}
+        for r in record["records"]:
+            if r.get("accuracy") is not None:
+                by_len.setdefault(r["length"], []).append(r["accuracy"])
+        shown = ", ".join(f"{n}: {sum(v) / len(v):.2f}" for n, v in by_len.items())
+        what = f"task {record['task']}" if "task" in record else "passkey"
+        print(f"{record['method']} (seed {record['seed']}) {what}: acc {shown}", file=sys.stderr)
+    return record
+
+
+# results fields that must be unchanged for a finished record of each stage to be kept
+_STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
+    "runs": ("settings",),
+    "task_runs": ("task_settings",),
+    "passkey_runs": ("settings", "passkey_settings"),
+    "costs": ("settings",),
+}
+
+
+def _previous_runs(path: Path, results: dict[str, Any]) -> dict[str, dict[tuple[Any, ...], Any]]:
+    """Per stage, the finished records of an earlier results.json whose settings still hold,
+    by key. Passkey rows of one fine-tune (the method's own and its `rope+<ext>` rows) are
+    kept together under the method's key."""
+    from extrapos.report import RECORD_KEYS
+
+    kept: dict[str, dict[tuple[Any, ...], Any]] = {stage: {} for stage in _STAGE_SETTINGS}
     if not path.is_file():
-        return {}
+        return kept
     old = read_json(path, "bench results")
-    same = all(old.get(k) == results[k] for k in ("version", "corpus_hash", "settings"))
-    return {(r["method"], r.get("seed", 0)): r for r in old.get("runs", [])} if same else {}
+    if any(old.get(k) != results[k] for k in ("version", "corpus_hash")):
+        return kept
+    for stage, must_match in _STAGE_SETTINGS.items():
+        if any(old.get(k) != results[k] for k in must_match):
+            continue
+        for record in old.get(stage, []):
+            key = tuple(record.get(f, 0 if f == "seed" else None) for f in RECORD_KEYS[stage])
+            if stage == "passkey_runs":
+                owner = (record.get("extends") or key[0], key[1])
+                kept[stage].setdefault(owner, []).append(record)
+            else:
+                kept[stage][key] = record
+    return kept
 
 
 def _evaluate(
@@ -340,19 +543,12 @@ def _run_extension(
     config: BenchConfig,
     ext: str,
     seed: int,
-    box: dict[str, Any],
+    model: Any,
     test_tokens: torch.Tensor,
-    out_dir: Path,
     progress: bool,
 ) -> dict[str, Any]:
     """Evaluate the trained rope model of this seed with scaling `ext`, each length with its
     own factor (eval_len / train_len)."""
-    model = box.get("model")
-    if model is None:  # the rope run was kept from an earlier bench: load its checkpoint
-        from extrapos.checkpoint import load_model
-
-        model = load_model(out_dir / "runs" / f"rope-seed{seed}")
-        box["model"] = model
     parts: dict[str, Any] = {}
     for length in config.eval_lens or []:
         with rope_extended(model, ext, config.train_len, length):

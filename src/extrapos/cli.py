@@ -290,6 +290,11 @@ def cmd_bench(args: argparse.Namespace) -> None:
         data=args.data,
         tokenizer=args.tokenizer,
         eval_tokens=args.eval_tokens,
+        tasks=args.tasks,
+        task_steps=args.task_steps,
+        passkey_steps=args.passkey_steps,
+        passkey_trials=args.passkey_trials,
+        memory=args.memory,
     )
     run_bench(config, args.out)
     print(f"wrote {Path(args.out) / 'results.json'}, report.md, report.html, results.csv, plots")
@@ -743,6 +748,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="'builtin' (default), a text file or a folder")
     p.add_argument("--tokenizer", default=None, help="default byte")
     p.add_argument("--eval-tokens", type=int, default=None, help="targets scored per length")
+    p.add_argument(
+        "--tasks",
+        type=lambda text: [] if text.strip() in ("", "none") else _name_list(text),
+        default=None,
+        help="synthetic tasks (see `extrapos tasks --list`; 'none' for none)",
+    )
+    p.add_argument("--task-steps", type=int, default=None, help="training steps per task model")
+    p.add_argument(
+        "--passkey-steps", type=int, default=None, help="passkey fine-tune steps (0: no passkey)"
+    )
+    p.add_argument("--passkey-trials", type=int, default=None, help="keys per (length, depth)")
+    p.add_argument(
+        "--memory",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="measure a forward's time and peak memory at the longest length (default on)",
+    )
     p.add_argument("--out", default="bench_out", help="output directory (default bench_out)")
 
     p = add("profile", cmd_profile, "time and memory vs sequence length per encoding, fitted")

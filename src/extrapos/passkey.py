@@ -213,8 +213,8 @@ def passkey_grid(
 
     `tokenizer` defaults to `model.tokenizer`. Returns flat records {"length", "depth",
     "accuracy", "digit_accuracy", "n_trials", "seq_len" (tokens read, the longest trial),
-    "actual_depth" (mean)}; a length the model cannot represent gives accuracy None and the
-    reason in "error". Keys depend only on (seed, length, depth index, trial).
+    "actual_depth" (mean)}; a length the model cannot represent, or too short for the prompt,
+    gives accuracy None and the reason in "error". Keys depend only on (seed, length, depth index, trial).
     """
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     if tokenizer is None:
@@ -228,14 +228,14 @@ def passkey_grid(
     cells = [(n, j, d) for n in lengths for j, d in enumerate(depths)]
     for length, j, depth in tqdm(cells, disable=not progress, leave=False, desc="passkey"):
         rng = np.random.default_rng([seed, length, j])
-        examples = [
-            make_passkey_example(
-                tokenizer, length, depth, random_key(rng, key_digits), filler, intro
-            )
-            for _ in range(n_trials)
-        ]
         record: dict[str, Any] = {"length": int(length), "depth": float(depth)}
         try:
+            examples = [
+                make_passkey_example(
+                    tokenizer, length, depth, random_key(rng, key_digits), filler, intro
+                )
+                for _ in range(n_trials)
+            ]
             scores = score_examples(model, examples, batch_size)
         except UserError as exc:
             records.append({**record, "accuracy": None, "digit_accuracy": None, "error": str(exc)})

@@ -105,9 +105,18 @@ def ppl_table(results: dict[str, Any], protocol: str) -> tuple[list[str], list[l
 
 
 def cost_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Parameters, training time and throughput, evaluation time, and (where the bench
+    measured them) time and peak-memory rise of one forward at the longest length."""
+    from extrapos.report_probes import cost_columns
+
     header = ["method", "params", "train s", "train tokens/s", "eval s", "seeds"]
-    rows = [
-        [
+    measured = cost_columns(results)
+    if measured:
+        longest = max(results["eval_lens"])
+        header += [f"forward s @ {longest}", f"peak MiB @ {longest}"]
+    rows = []
+    for e in summarize(results):
+        row = [
             e["method"],
             f"{e['num_params']:,}",
             "—" if e["extends"] else f"{e['train_seconds']:.0f}",
@@ -115,8 +124,9 @@ def cost_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             f"{e['eval_seconds']:.1f}",
             ",".join(map(str, e["seeds"])),
         ]
-        for e in summarize(results)
-    ]
+        if measured:
+            row += list(measured.get(e["method"], ("—", "—")))
+        rows.append(row)
     return header, rows
 
 
@@ -199,12 +209,13 @@ def plot_positions(results: dict[str, Any]) -> bytes | None:
     return _png(fig)
 
 
-def _png(fig: Any) -> bytes:
+def _png(fig: Any, tight: bool = True) -> bytes:
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
+    if tight:
+        fig.tight_layout()
+    fig.savefig(buf, format="png", bbox_inches=None if tight else "tight")
     plt.close(fig)
     return buf.getvalue()
 
@@ -232,7 +243,63 @@ def _notes(results: dict[str, Any]) -> list[str]:
     for entry in summarize(results):
         for length, error in entry["errors"].items():
             notes.append(f"`{entry['method']}` at L={length}: {error}")
+    if results.get("costs"):
+        notes.append(
+            "Cost: `forward s` and `peak MiB` are one inference forward of a fresh model at the "
+            "longest length, in a fresh process (peak resident-memory rise over the loaded "
+            "model); train tokens/s and eval s are wall time of this bench on this machine."
+        )
     return notes
+
+
+def _probe_sections(
+    results: dict[str, Any],
+) -> list[tuple[str, str, list[tuple[list[str], list[list[str]]]], list[str]]]:
+    """(title, intro, tables, notes) of the task and passkey sections present in results."""
+    from extrapos.report_probes import (
+        grid_table,
+        passkey_grid_by_depth,
+        passkey_grid_by_length,
+        probe_errors,
+        task_grids,
+    )
+
+    sections = []
+    grids = task_grids(results)
+    if grids:
+        ts = results.get("task_settings") or {}
+        shape = ts.get("model") or {}
+        intro = (
+            f"Exact-match accuracy by problem size. A fresh GPT ({shape.get('n_layer')} layers, "
+            f"d_model {shape.get('d_model')}, {shape.get('n_head')} heads) per method, "
+            f"task and seed, trained {ts.get('task_steps')} steps on sizes 1..{ts.get('task_train_len')}; "
+            f"{ts.get('task_samples')} problems per size, the same for every method."
+        )
+        tables = [grid_table(grid, f"{task}", "n=") for task, grid in grids.items()]
+        sections.append(("Synthetic tasks", intro, tables, []))
+    if results.get("passkey_runs"):
+        ps = results.get("passkey_settings") or {}
+        by_length = passkey_grid_by_length(results)
+        longest, by_depth = passkey_grid_by_depth(results)
+        intro = (
+            f"Each trained model (a copy) fine-tuned {ps.get('passkey_steps')} steps on passkey "
+            f"prompts of {results['train_len']} tokens, then asked for a 5-digit key at every "
+            f"length and depth ({ps.get('passkey_trials')} keys per cell; no intro sentence). "
+            "Accuracy: the whole key right (teacher-forced argmax). `rope+<name>`: the "
+            "fine-tuned `rope` copy with that extension."
+        )
+        tables = []
+        if by_length:
+            tables = [
+                grid_table(by_length, "method (mean over depths)", "L="),
+                grid_table(by_depth, f"method (L={longest}, by depth %)", "d="),
+            ]
+        sections.append(("Passkey retrieval", intro, tables, []))
+    errors = probe_errors(results)
+    if errors and sections:
+        title, intro, tables, _ = sections[-1]
+        sections[-1] = (title, intro, tables, errors)
+    return sections
 
 
 def _scored(results: dict[str, Any]) -> str:
@@ -289,13 +356,26 @@ def render_markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
     parts += [*[f"- {note}" for note in _notes(results)], ""]
     for title, name in plots.items():
         parts += [f"![{title}]({name})", ""]
+    for title, intro, tables, notes in _probe_sections(results):
+        parts += [f"## {title}", "", intro, ""]
+        for table in tables:
+            parts += [markdown_table(*table), ""]
+        parts += [*[f"- {note}" for note in notes], *([""] if notes else [])]
     parts += ["## Cost", "", markdown_table(*cost_table(results)), ""]
-    parts += ["## Configuration", "", "```"]
-    parts += [f"{k}: {v}" for k, v in results.get("settings", {}).items()]
+    parts += ["## Configuration", "", "```", *_settings_lines(results)]
     parts += ["```", "", "## Environment", "", "```"]
     parts += [f"{k}: {v}" for k, v in results.get("environment", {}).items()]
     parts += ["```", "", "All numbers are also in results.csv and results.json.", ""]
     return "\n".join(parts)
+
+
+def _settings_lines(results: dict[str, Any]) -> list[str]:
+    groups = [results.get("settings", {})]
+    if results.get("task_runs"):
+        groups.append(results.get("task_settings") or {})
+    if results.get("passkey_runs"):
+        groups.append(results.get("passkey_settings") or {})
+    return [f"{k}: {v}" for group in groups for k, v in group.items()]
 
 
 def _html_table(header: list[str], rows: list[list[str]]) -> str:
@@ -319,7 +399,13 @@ def render_html(results: dict[str, Any], images: dict[str, bytes]) -> str:
         for title, png in images.items()
     )
     notes = "".join(f"<li>{esc(n)}</li>" for n in _notes(results))
-    settings = esc("\n".join(f"{k}: {v}" for k, v in results.get("settings", {}).items()))
+    probes = "".join(
+        f"<h2>{esc(title)}</h2><p>{esc(intro)}</p>"
+        + "".join(_html_table(*t) for t in tables)
+        + ("<ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>" if notes else "")
+        for title, intro, tables, notes in _probe_sections(results)
+    )
+    settings = esc("\n".join(_settings_lines(results)))
     env = esc("\n".join(f"{k}: {v}" for k, v in results.get("environment", {}).items()))
     style = (
         "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
@@ -332,7 +418,7 @@ def render_html(results: dict[str, Any], images: dict[str, bytes]) -> str:
         f"<style>{style}</style></head><body><h1>extrapos bench report</h1>"
         f"<p>Corpus <code>{esc(results['corpus'])}</code>, tokenizer "
         f"<code>{esc(results['tokenizer'])}</code>, train length {results['train_len']}.</p>"
-        f"{tables}<ul>{notes}</ul>{figs}<h2>Cost</h2>{_html_table(*cost_table(results))}"
+        f"{tables}<ul>{notes}</ul>{figs}{probes}<h2>Cost</h2>{_html_table(*cost_table(results))}"
         f"<h2>Configuration</h2><pre>{settings}</pre><h2>Environment</h2><pre>{env}</pre>"
         f"</body></html>\n"
     )
@@ -347,9 +433,24 @@ def write_report(results: dict[str, Any], out_dir: str | Path) -> None:
     if positions is not None:
         images["Loss by position in the longest windows"] = positions
         files["Loss by position in the longest windows"] = POSITION_PLOT
+    from extrapos import report_probes as rp
+
+    for title, name, png in (
+        ("Task accuracy by size", rp.TASK_PLOT, rp.plot_tasks(results)),
+        ("Passkey accuracy", rp.PASSKEY_PLOT, rp.plot_passkey(results)),
+    ):
+        if png is not None:
+            images[title], files[title] = png, name
     for title, png in images.items():
         write_bytes(out_dir / files[title], png)
     write_csv(results, out_dir / "results.csv")
+    for name, text in (
+        ("tasks.csv", rp.tasks_csv(results)),
+        ("passkey.csv", rp.passkey_csv(results)),
+        ("costs.csv", rp.costs_csv(results)),
+    ):
+        if text is not None:
+            write_text(out_dir / name, text)
     write_text(out_dir / "report.md", render_markdown(results, files))
     write_text(out_dir / "report.html", render_html(results, images))
 
@@ -358,7 +459,7 @@ def merge(dirs: list[str | Path]) -> dict[str, Any]:
     """Combine the runs of several bench directories with the same corpus, lengths and
     settings (e.g. seeds or methods run separately); later directories win on duplicates."""
     merged: dict[str, Any] | None = None
-    runs: dict[tuple[str, int], dict[str, Any]] = {}
+    stages: dict[str, dict[tuple[Any, ...], dict[str, Any]]] = {s: {} for s in RECORD_KEYS}
     for d in dirs:
         results = read_json(Path(d) / "results.json", "bench results")
         if merged is None:
@@ -370,10 +471,31 @@ def merge(dirs: list[str | Path]) -> dict[str, Any]:
                         f"cannot merge {d}: its {key} differs from {dirs[0]}'s; merge only "
                         f"benches run with the same settings"
                     )
-        for run in results["runs"]:
-            runs[(run["method"], run.get("seed", 0))] = run
+            for key in ("task_settings", "passkey_settings"):
+                stage = "task_runs" if key == "task_settings" else "passkey_runs"
+                if results.get(stage) and merged.get(stage) and results[key] != merged[key]:
+                    raise UserError(
+                        f"cannot merge {d}: its {key} differ from {dirs[0]}'s; merge only "
+                        f"benches run with the same task and passkey settings"
+                    )
+                if results.get(stage) and not merged.get(stage):
+                    merged[key] = results[key]
+        for stage, fields in RECORD_KEYS.items():
+            for record in results.get(stage, []):
+                stages[stage][tuple(record.get(f, 0 if f == "seed" else None) for f in fields)] = (
+                    record
+                )
     assert merged is not None
-    return {**merged, "runs": list(runs.values())}
+    return {**merged, **{stage: list(recs.values()) for stage, recs in stages.items()}}
+
+
+# the fields that identify a record of each results.json list
+RECORD_KEYS = {
+    "runs": ("method", "seed"),
+    "task_runs": ("method", "task", "seed"),
+    "passkey_runs": ("method", "seed"),
+    "costs": ("method",),
+}
 
 
 def rerender(dirs: list[str | Path], out: str | Path | None = None) -> Path:
