@@ -25,8 +25,8 @@ Presets (flags override their fields):
 
 | preset | methods | seeds | language model | tasks; passkey | for |
 |---|---|---|---|---|---|
-| quick | the six classics | 1 | 250 steps × 2,048 tokens | selective_copy; 60 steps, 3 depths × 4 keys | a first look, ≤ 5 min on 2 CPU cores |
-| standard | every registered encoding | 3 | 400 steps × 2,048 tokens | 3 tasks; 100 steps, 5 depths × 5 keys | the leaderboard |
+| quick | the six classics | 1 | 200 steps × 2,048 tokens | selective_copy; 60 steps, 3 depths × 4 keys | a first look, ≤ 5 min on 2 CPU cores |
+| standard | every registered encoding | 3 | 300 steps × 2,048 tokens | 3 tasks; 100 steps, 5 depths × 4 keys | the leaderboard |
 | paper | every registered encoding | 3 | 12 layers, d 768, train 512, 20k steps × 16k tokens | 3 tasks × 2k steps; 500 steps, 20 keys | a GPU |
 """
 
@@ -60,8 +60,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "methods": list(CLASSIC_METHODS),
         "seeds": [0],
-        "steps": 250,
-        "eval_tokens": 16384,
+        "steps": 200,
+        "eval_tokens": 8192,
         "extensions": ["linear", "ntk", "dynamic", "yarn"],
         "tasks": ["selective_copy"],
         "passkey_steps": 60,
@@ -71,9 +71,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "standard": {
         "methods": None,
         "seeds": [0, 1, 2],
-        "steps": 400,
-        "eval_tokens": 32768,
+        "steps": 300,
+        "eval_tokens": 16384,
         "tasks": list(STANDARD_TASKS),
+        "passkey_trials": 4,
     },
     "paper": {
         "methods": None,
