@@ -117,6 +117,12 @@ def save_checkpoint(
             shutil.rmtree(final)
         os.rename(tmp, final)
         _fsync_dir(root)
+    except OSError as exc:  # a full disk, a quota, a vanished folder
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(
+            f"could not write checkpoint step {step} in {root}: {exc.strerror or exc}; free "
+            "space or pick another --out (earlier checkpoints are intact)"
+        ) from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -200,8 +206,9 @@ def load_model(run_dir: str | Path, map_location: str | torch.device = "cpu") ->
         ) from exc
     if missing or unexpected:
         raise UserError(
-            f"checkpoint {weights} does not match its config: missing {sorted(missing)}, "
-            f"unexpected {sorted(unexpected)}"
+            f"checkpoint {weights} does not match its config (missing {sorted(missing)}, "
+            f"unexpected {sorted(unexpected)}): the weights are another model's; restore this "
+            f"run's {WEIGHTS} or re-train"
         )
     model.tokenizer = load_tokenizer(run_dir / TOKENIZER)
     return model.to(map_location)

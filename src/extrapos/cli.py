@@ -9,7 +9,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from extrapos.errors import UserError
 
@@ -180,6 +180,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from extrapos.evaluate import evaluate_lengths
 
     model = load_model(args.run_dir)
+    if min(args.lengths) < 1:
+        raise UserError(f"--lengths must be positive, got {args.lengths}")
+    if not getattr(args, "extend", None):  # a learned table too short: say so before any work
+        model.encoding.check_positions(max(args.lengths) - 1)
     corpus = _run_corpus(Path(args.run_dir), args.data)
     tokens = corpus.tokens(args.split, model.tokenizer)
     if getattr(args, "extend", None):
@@ -573,8 +577,15 @@ def cmd_diagnose(args: argparse.Namespace) -> None:
 EXTENSION_NAMES = ("linear", "ntk", "dynamic", "yarn", "llama3", "rerope", "self_extend", "logn")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (what is wrong and where to look), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="extrapos",
         description="Positional encodings that extrapolate: train short, test long.",
     )
@@ -873,7 +884,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a one-line usage error (2), already printed
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         args.fn(args)
     except UserError as exc:

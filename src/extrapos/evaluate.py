@@ -134,7 +134,7 @@ def common_prefix(num_tokens: int, lengths: list[int], max_tokens: int | None = 
     if usable == 0:
         raise UserError(
             f"the evaluation data has {num_tokens} tokens, fewer than the longest length + 1 = "
-            f"{longest + 1}; use shorter --eval-lens or more data"
+            f"{longest + 1}; use shorter lengths or more data"
         )
     return usable + 1
 

@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -338,22 +337,13 @@ def tokenizer_from_dict(d: dict[str, Any]) -> Tokenizer:
 
 
 def save_tokenizer(tok: Tokenizer, path: str | os.PathLike[str]) -> None:
-    """Write `tok.to_dict()` as JSON to `path`, atomically (temp file in the same dir + replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write `tok.to_dict()` as JSON to `path`, atomically (`extrapos.io.write_text`)."""
+    from extrapos.io import write_text
+
     d = tok.to_dict()
     # the `tokenizers` JSON is written as the library writes it (compact, its key order)
     text = json.dumps(d) if "type" not in d else json.dumps(d, indent=2, sort_keys=True) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text(path, text)
 
 
 def load_tokenizer(path: str | os.PathLike[str]) -> Tokenizer:
