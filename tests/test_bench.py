@@ -186,3 +186,35 @@ def test_bench_measures_forward_cost_in_a_fresh_process(tmp_path):
     assert cost["method"] == "nope" and cost["length"] == 256
     assert cost["forward_seconds"] > 0 and cost["peak_mib"] > 0
     assert "peak MiB @ 256" in (tmp_path / "report.md").read_text()
+
+
+def test_sigkilled_bench_rerun_keeps_every_finished_run(tmp_path):
+    """A real `extrapos bench` SIGKILLed after its first finished run: results.json is whole,
+    and the rerun keeps what it holds verbatim and runs the rest."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    argv = [sys.executable, "-m", "extrapos", "bench", "--methods", "alibi,nope,rope,t5",
+            "--steps", "40", "--train-len", "16", "--eval-lens", "16,32", "--eval-tokens", "64",
+            "--extensions", "none", "--tasks", "none", "--passkey-steps", "0", "--no-memory",
+            "--out", str(tmp_path)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results = tmp_path / "results.json"
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        if results.exists() and json.loads(results.read_text())["runs"]:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the bench finished before it could be killed"
+    finished = json.loads(results.read_text())["runs"]  # parses: never half written
+    assert 1 <= len(finished) < 4
+    rerun = subprocess.run(argv, env=env, capture_output=True, text=True, check=True)
+    assert rerun.stderr.count("kept from") == len(finished)
+    after = json.loads(results.read_text())["runs"]
+    assert [r["method"] for r in after] == ["alibi", "nope", "rope", "t5"]
+    assert after[: len(finished)] == finished

@@ -7,6 +7,7 @@ import importlib.util
 import json
 import math
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -336,30 +337,42 @@ def text_file(tmp_path_factory):
     return path
 
 
-def test_sigkill_mid_run_then_resume_gives_the_same_weights(tmp_path, text_file):
-    """A real `extrapos train` killed with SIGKILL after a checkpoint, then `--resume`d, ends
-    with exactly the weights of an uninterrupted run (and one log row per step)."""
-    steps = "60"
-    args = ("--steps", steps, "--save-every", "2")
+def test_sigkilled_at_random_points_then_resumed_gives_the_same_weights(tmp_path, text_file):
+    """A real `extrapos train` SIGKILLed three times at random moments (after a new checkpoint
+    plus a random delay, so sometimes mid-step, sometimes mid-save), each time `--resume`d,
+    ends with exactly the weights and log of an uninterrupted run, and no leftover files."""
+    steps = 200
+    args = ("--steps", str(steps), "--save-every", "3")
     env = _single_thread_env()
     whole = tmp_path / "whole"
     subprocess.run(_cli(whole, text_file, *args), env=env, check=True, capture_output=True)
 
+    rng = random.Random(20261130)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(
-        _cli(killed, text_file, *args),
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 120
-    while not list_checkpoints(killed) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
-    saved = [s for s, _ in list_checkpoints(killed)]
-    assert saved and saved[-1] < int(steps)  # killed mid-run, after at least one checkpoint
-    assert not (killed / "checkpoints" / f"step_{int(steps):08d}").exists()
+    kills: list[int] = []
+    for attempt in range(3):
+        resume = ("--resume",) if attempt else ()
+        proc = subprocess.Popen(
+            _cli(killed, text_file, *args, *resume),
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        last = kills[-1] if kills else 0
+        deadline = time.monotonic() + 120
+
+        def newest() -> int:
+            saved = list_checkpoints(killed)
+            return saved[-1][0] if saved else 0
+
+        while newest() <= last and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0.0, 0.05))
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+        kills.append(newest())
+        assert 0 < kills[-1] < steps
+    assert kills == sorted(kills) and len(set(kills)) == 3  # three different points
 
     subprocess.run(
         _cli(killed, text_file, *args, "--resume"), env=env, check=True, capture_output=True
@@ -368,8 +381,9 @@ def test_sigkill_mid_run_then_resume_gives_the_same_weights(tmp_path, text_file)
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name
-    assert [int(r["step"]) for r in read_log(killed)] == list(range(1, int(steps) + 1))
+    assert [int(r["step"]) for r in read_log(killed)] == list(range(1, steps + 1))
     assert [r["loss"] for r in read_log(killed)] == [r["loss"] for r in read_log(whole)]
+    assert not [p for p in killed.rglob("*") if p.name.endswith(".tmp")]
 
 
 def test_bpe_run_saves_and_reloads_its_tokenizer(tmp_path, text_file):

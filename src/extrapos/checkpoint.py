@@ -138,16 +138,23 @@ def clear_checkpoints(run_dir: str | Path) -> None:
     """Remove a run's step checkpoints, leftovers of killed saves and a legacy train_state.pt
     (a fresh run in an old folder must not resume from, or keep, another run's state)."""
     run_dir = Path(run_dir)
+    remove_partial_checkpoints(run_dir)
     shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
     (run_dir / TRAIN_STATE).unlink(missing_ok=True)
 
 
 def remove_partial_checkpoints(run_dir: str | Path) -> None:
-    """Delete temporary folders left by saves that were killed."""
-    root = Path(run_dir) / CHECKPOINTS
+    """Delete what saves that were killed left behind: temporary step folders, and the
+    temporary files of atomic writes (`extrapos.io.atomic_path`: `.NAME.XXXX.tmp`) in the run
+    folder."""
+    run_dir = Path(run_dir)
+    root = run_dir / CHECKPOINTS
     if root.is_dir():
         for p in root.glob(".step_*.tmp"):
             shutil.rmtree(p, ignore_errors=True)
+    for p in run_dir.glob(".*.tmp"):
+        if p.is_file():
+            p.unlink(missing_ok=True)
 
 
 def _publish(src: Path, dst: Path) -> None:
