@@ -95,6 +95,14 @@ def causal_sdpa(q: Tensor, k: Tensor, v: Tensor, q_offset: int = 0) -> Tensor:
     return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(s, t, q_offset, q.device))
 
 
+def bias_dtype(q: Tensor) -> torch.dtype:
+    """The dtype an additive bias is handed to SDPA in: float32 on CPU, whose SDPA kernels add a
+    float32 mask to bf16/fp16 scores in float32 (a bf16 ALiBi bias of -300 is off by up to 1 in
+    the logits; measured 100x the output error of a float32 one); the query's dtype elsewhere,
+    where fused kernels need matching dtypes."""
+    return torch.float32 if q.device.type == "cpu" else q.dtype
+
+
 def bias_block(
     table: Tensor, q_positions: Tensor, k_positions: Tensor, q_index: Tensor, dtype: torch.dtype
 ) -> Tensor:
@@ -149,7 +157,7 @@ def chunked_bias_attention(
         and int(q_positions[0]) - int(k_positions[0]) == q_offset
     )
     t = k.shape[-2]
-    source = toeplitz_source(table.to(q.dtype), t) if toeplitz else None
+    source = toeplitz_source(table.to(bias_dtype(q)), t) if toeplitz else None
     outs = []
     for start in range(0, s, chunk_size):
         stop = min(start + chunk_size, s)
@@ -164,7 +172,9 @@ def chunked_bias_attention(
             keys, values = k[..., :seen, :].flip(-2), v[..., :seen, :].flip(-2)
         else:
             q_index = torch.arange(q_offset + start, q_offset + stop, device=q.device)
-            block = bias_block(table, q_positions[start:stop], k_positions[:seen], q_index, q.dtype)
+            block = bias_block(
+                table, q_positions[start:stop], k_positions[:seen], q_index, bias_dtype(q)
+            )
             keys, values = k[..., :seen, :], v[..., :seen, :]
         # a 4-D mask keeps SDPA on its fast CPU kernel (a 3-D one is 2.5x slower, measured)
         outs.append(
@@ -199,7 +209,7 @@ def bidirectional_bias_attention(
     for start in range(0, q.shape[-2], chunk_size):
         stop = min(start + chunk_size, q.shape[-2])
         offsets = (q_positions[start:stop, None] - k_positions[None, :]).clamp(1 - n, n - 1)
-        block = signed_table[:, offsets + n - 1].to(q.dtype)  # (h, c, t)
+        block = signed_table[:, offsets + n - 1].to(bias_dtype(q))  # (h, c, t)
         outs.append(
             F.scaled_dot_product_attention(q[..., start:stop, :], k, v, attn_mask=block[None])
         )
