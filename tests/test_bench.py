@@ -218,3 +218,27 @@ def test_sigkilled_bench_rerun_keeps_every_finished_run(tmp_path):
     after = json.loads(results.read_text())["runs"]
     assert [r["method"] for r in after] == ["alibi", "nope", "rope", "t5"]
     assert after[: len(finished)] == finished
+
+
+TIMINGS = {"train_seconds", "eval_seconds", "tokens_per_second", "finetune_seconds"}
+
+
+def _numbers(results: dict) -> dict:
+    """Every recorded result but wall-clock times and the environment (date, argv)."""
+    strip = lambda run: {k: v for k, v in run.items() if k not in TIMINGS}  # noqa: E731
+    return {
+        stage: [strip(r) for r in results[stage]]
+        for stage in ("runs", "task_runs", "passkey_runs")
+    }
+
+
+def test_the_same_seed_gives_the_same_results(tmp_path):
+    """Two benches with the same settings, in different folders, record identical numbers
+    (losses, perplexities, per-position losses, task and passkey accuracies)."""
+    config = _probe_config(steps=3, task_steps=3, passkey_steps=2)
+    a = run_bench(config, tmp_path / "a", progress=False, save_runs=False)
+    b = run_bench(config, tmp_path / "b", progress=False, save_runs=False)
+    assert _numbers(a) == _numbers(b)
+    other = run_bench(_probe_config(steps=3, task_steps=3, passkey_steps=2, seeds=[1]),
+                      tmp_path / "c", progress=False, save_runs=False)  # fmt: skip
+    assert _numbers(other)["runs"] != _numbers(a)["runs"]  # the seed matters
