@@ -227,8 +227,7 @@ def _numbers(results: dict) -> dict:
     """Every recorded result but wall-clock times and the environment (date, argv)."""
     strip = lambda run: {k: v for k, v in run.items() if k not in TIMINGS}  # noqa: E731
     return {
-        stage: [strip(r) for r in results[stage]]
-        for stage in ("runs", "task_runs", "passkey_runs")
+        stage: [strip(r) for r in results[stage]] for stage in ("runs", "task_runs", "passkey_runs")
     }
 
 

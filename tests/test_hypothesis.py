@@ -1,12 +1,12 @@
 """Property-based tests (hypothesis) over encodings, their parameters and lengths.
 
-    every encoding:        finite logits of shape (b, s, V); a later token never changes an
-                           earlier logit (causality); shift-invariant encodings give the same
-                           logits at any offset.
-    RoPE, every scaling:   (R_{m+o} q)·(R_{n+o} k) = (R_m q)·(R_n k) for offsets up to 2e5;
-                           |R_m q| = attention_factor · |q|.
-    bias tables:           the table for n distances starts with the table for m < n.
-    evaluation windows:    the scored targets are each scored once, contiguous from the first.
+every encoding:        finite logits of shape (b, s, V); a later token never changes an
+                       earlier logit (causality); shift-invariant encodings give the same
+                       logits at any offset.
+RoPE, every scaling:   (R_{m+o} q)·(R_{n+o} k) = (R_m q)·(R_n k) for offsets up to 2e5;
+                       |R_m q| = attention_factor · |q|.
+bias tables:           the table for n distances starts with the table for m < n.
+evaluation windows:    the scored targets are each scored once, contiguous from the first.
 """
 
 from __future__ import annotations
