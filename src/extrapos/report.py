@@ -291,8 +291,13 @@ def _probe_sections(
         tables = []
         if by_length:
             tables = [
-                grid_table(by_length, "method (mean over depths)", "L="),
-                grid_table(by_depth, f"method (L={longest}, by depth %)", "d="),
+                grid_table(by_length, "whole key (mean over depths)", "L="),
+                grid_table(
+                    passkey_grid_by_length(results, "digit_accuracy"),
+                    "fraction of key tokens right",
+                    "L=",
+                ),
+                grid_table(by_depth, f"whole key at L={longest}, by depth %", "d="),
             ]
         sections.append(("Passkey retrieval", intro, tables, []))
     errors = probe_errors(results)

@@ -41,14 +41,15 @@ def task_grids(results: dict[str, Any]) -> dict[str, Grid]:
     return {task: _grid(recs) for task, recs in per_task.items()}
 
 
-def passkey_grid_by_length(results: dict[str, Any]) -> Grid:
-    """method -> length -> per-seed passkey accuracy (each the mean over depths)."""
+def passkey_grid_by_length(results: dict[str, Any], metric: str = "accuracy") -> Grid:
+    """method -> length -> per-seed passkey `metric` ("accuracy": the whole key right;
+    "digit_accuracy": the fraction of its tokens right), each the mean over depths."""
     per_seed: dict[tuple[str, int, int], list[float]] = {}
     for run in results.get("passkey_runs", []):
         for r in run["records"]:
             cell = per_seed.setdefault((run["method"], r["length"], run["seed"]), [])
-            if r.get("accuracy") is not None:
-                cell.append(r["accuracy"])
+            if r.get(metric) is not None:
+                cell.append(r[metric])
     return _grid([(m, n, sum(v) / len(v) if v else None) for (m, n, _seed), v in per_seed.items()])
 
 
@@ -172,13 +173,16 @@ def plot_passkey(results: dict[str, Any]) -> bytes | None:
         return None
     longest, by_depth = passkey_grid_by_depth(results)
     train = results.get("train_len")
+    digits = passkey_grid_by_length(results, "digit_accuracy")
     return plot_heatmaps(
         [
-            ("mean over depths", by_length, "context length (tokens)"),
-            (f"at L={longest}", by_depth, "depth of the key (% of filler)"),
+            ("whole key", by_length, "context length (tokens)"),
+            ("key tokens right", digits, "context length (tokens)"),
+            (f"whole key at L={longest}", by_depth, "depth (% of filler)"),
         ],
-        f"Passkey accuracy (fine-tuned at {train} tokens; dotted: train length)",
-        [train, None],
+        f"Passkey accuracy, mean over depths and seeds (fine-tuned at {train} tokens; dotted: "
+        "train length; a key token is right by chance ~1 in 10)",
+        [train, train, None],
     )
 
 
