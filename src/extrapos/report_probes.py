@@ -194,49 +194,33 @@ def _csv(header: list[str], rows: list[list[Any]]) -> str:
     return buf.getvalue()
 
 
-def tasks_csv(results: dict[str, Any]) -> str | None:
-    runs = results.get("task_runs", [])
+def _records_csv(
+    runs: list[dict[str, Any]], run_keys: tuple[str, ...], record_keys: tuple[str, ...]
+) -> str | None:
+    """One CSV row per record of every run: the run's `run_keys`, then the record's."""
     if not runs:
         return None
-    header = ["method", "task", "seed", "size", "accuracy", "token_accuracy", "chance_accuracy"]
-    return _csv(
-        header,
-        [
-            [
-                run["method"],
-                run["task"],
-                run["seed"],
-                r["length"],
-                r.get("accuracy"),
-                r.get("token_accuracy"),
-                r.get("chance_accuracy"),
-            ]
-            for run in runs
-            for r in run["records"]
-        ],  # fmt: skip
+    rows = [
+        [run.get(k) for k in run_keys] + [r.get(k) for k in record_keys]
+        for run in runs
+        for r in run["records"]
+    ]
+    return _csv([*run_keys, *record_keys], rows)
+
+
+def tasks_csv(results: dict[str, Any]) -> str | None:
+    return _records_csv(
+        results.get("task_runs", []),
+        ("method", "task", "seed"),
+        ("length", "accuracy", "token_accuracy", "chance_accuracy"),
     )
 
 
 def passkey_csv(results: dict[str, Any]) -> str | None:
-    runs = results.get("passkey_runs", [])
-    if not runs:
-        return None
-    header = ["method", "seed", "length", "depth", "accuracy", "digit_accuracy", "n_trials"]
-    return _csv(
-        header,
-        [
-            [
-                run["method"],
-                run["seed"],
-                r["length"],
-                r["depth"],
-                r.get("accuracy"),
-                r.get("digit_accuracy"),
-                r.get("n_trials"),
-            ]
-            for run in runs
-            for r in run["records"]
-        ],  # fmt: skip
+    return _records_csv(
+        results.get("passkey_runs", []),
+        ("method", "seed"),
+        ("length", "depth", "accuracy", "digit_accuracy", "n_trials"),
     )
 
 
