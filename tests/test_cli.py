@@ -13,7 +13,8 @@ from extrapos.cli import main
 from extrapos.encodings import list_encodings
 
 TINY_BENCH = ["bench", "--steps", "3", "--train-len", "16", "--eval-lens", "16,32,64",
-              "--eval-tokens", "256", "--extensions", "linear,yarn", "--seeds", "0,1"]  # fmt: skip
+              "--eval-tokens", "256", "--extensions", "linear,yarn", "--seeds", "0,1",
+              "--task-steps", "2", "--no-memory"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +52,11 @@ def test_bench_writes_results_and_report(bench_dir):
     rows = (bench_dir / "results.csv").read_text().splitlines()
     assert len(rows) == 1 + 2 * 5 * 2 * 3  # header + seeds × methods × protocols × lengths
     assert "data:image/png;base64," in (bench_dir / "report.html").read_text()
+    # the quick preset's task runs; its passkey fine-tune cannot fit a prompt in 16 bytes
+    tasks = {(r["method"], r["task"], r["seed"]) for r in results["task_runs"]}
+    assert tasks == {(m, "selective_copy", s) for m in ("rope", "alibi", "learned") for s in (0, 1)}
+    assert all("shorter than the prompt" in r["error"] for r in results["passkey_runs"])
+    assert "## Synthetic tasks" in report and "shorter than the prompt" in report
 
 
 def test_bench_rerun_keeps_finished_methods(bench_dir, capsys):
