@@ -96,11 +96,13 @@ def causal_sdpa(q: Tensor, k: Tensor, v: Tensor, q_offset: int = 0) -> Tensor:
 
 
 def bias_dtype(q: Tensor) -> torch.dtype:
-    """The dtype an additive bias is handed to SDPA in: float32 on CPU, whose SDPA kernels add a
-    float32 mask to bf16/fp16 scores in float32 (a bf16 ALiBi bias of -300 is off by up to 1 in
+    """The dtype an additive bias is handed to SDPA in: at least float32 on CPU, whose SDPA kernels
+    add a float32 mask to bf16/fp16 scores in float32 (a bf16 ALiBi bias of -300 is off by up to 1 in
     the logits; measured 100x the output error of a float32 one); the query's dtype elsewhere,
     where fused kernels need matching dtypes."""
-    return torch.float32 if q.device.type == "cpu" else q.dtype
+    if q.device.type != "cpu":
+        return q.dtype
+    return torch.promote_types(q.dtype, torch.float32)  # never mix float64 q with float32
 
 
 def bias_block(

@@ -532,6 +532,9 @@ def cmd_passkey(args: argparse.Namespace) -> None:
         intro=intro,
         progress=True,
     )
+    errors = [f"length {r['length']}: {r['error']}" for r in records if r.get("error")]
+    if errors:  # a length the model cannot represent or a prompt cannot fit: nothing written
+        raise UserError(errors[0])
     by = {(r["length"], r["depth"]): r for r in records}
 
     def cell(depth: str, n: Any) -> str:
