@@ -135,7 +135,7 @@ def test_console_entry_point_exit_code(tmp_path):
 
 
 def test_eval_and_generate_with_a_rope_extension(bench_dir, tmp_path, capsys):
-    from extrapos.cli import EXTENSION_NAMES
+    from extrapos.cli.args import EXTENSION_NAMES
     from extrapos.probes.extensions import EXTENSIONS
 
     assert EXTENSION_NAMES == EXTENSIONS
