@@ -266,8 +266,11 @@ def test_resume_reaches_the_same_weights(tmp_path, corpus, monkeypatch):
 def test_resume_with_other_settings_refuses(tmp_path, corpus):
     tok = build_tokenizer("byte")
     train(tiny(), config(), corpus, tok, run_dir=tmp_path, progress=False)
-    with pytest.raises(UserError, match="another configuration"):
+    with pytest.raises(UserError, match=r"another train\.lr \(saved .*, now 0\.5\)"):
         train(tiny(), config(lr=0.5), corpus, tok, run_dir=tmp_path, resume=True, progress=False)
+    other_model = GPTConfig(**{**tiny().to_dict(), "n_layer": 3})
+    with pytest.raises(UserError, match=r"another model\.n_layer \(saved 1, now 3\)"):
+        train(other_model, config(), corpus, tok, run_dir=tmp_path, resume=True, progress=False)
 
 
 def test_corrupt_weights_give_a_clear_error(tmp_path, corpus):
