@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from extrapos.core.errors import UserError
+from extrapos.core.results import RESULTS_VERSION  # noqa: F401  (re-exported)
 from extrapos.core.settings import setting
 from extrapos.data import build_tokenizer
 from extrapos.encodings import encoding_class, list_encodings
@@ -23,7 +24,6 @@ from extrapos.probes.extensions import EXTENSIONS
 from extrapos.probes.perplexity import PROTOCOLS
 from extrapos.training.config import TrainConfig
 
-RESULTS_VERSION = 1
 CLASSIC_METHODS = ("sinusoidal", "learned", "nope", "rope", "alibi", "t5")
 
 STANDARD_TASKS = ("selective_copy", "sort", "counting")

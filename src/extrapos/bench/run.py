@@ -49,6 +49,7 @@ from extrapos.bench.config import (  # noqa: F401  (re-exported)
 )
 from extrapos.core.errors import UserError
 from extrapos.core.files import read_json, write_json
+from extrapos.core.results import record_key
 from extrapos.data import build_tokenizer, load_corpus
 from extrapos.probes.extensions import describe_extension, rope_extended
 from extrapos.probes.perplexity import common_prefix, evaluate_lengths
@@ -70,13 +71,13 @@ def environment() -> dict[str, Any]:
 def run_bench(
     config: BenchConfig, out_dir: str | Path, progress: bool = True, save_runs: bool = True
 ) -> dict[str, Any]:
-    """Run the comparison into out_dir: results.json, report.md, report.html, CSV and plots.
+    """Run the comparison into out_dir/results.json (and out_dir/runs/), and return it.
 
     Stages, each kept from an earlier results.json in out_dir where its settings match:
-    language-model runs (and RoPE extension rows), synthetic tasks, passkey, cost.
+    language-model runs (and RoPE extension rows), synthetic tasks, passkey, cost. The report
+    is the layer above: `extrapos.report.write_report(results, out_dir)` (what `extrapos
+    bench` does next).
     """
-    from extrapos.report.lm import write_report
-
     out_dir = Path(out_dir)
     corpus = load_corpus(config.data)
     tokenizer = build_tokenizer(config.tokenizer)
@@ -164,11 +165,10 @@ def run_bench(
                     "runs",
                     (f"rope+{ext}", seed),
                     lambda ext=ext, seed=seed: _run_extension(
-                        config, ext, seed, model_of("rope", seed), test_tokens, progress
+                        config, ext, seed, model_of("rope", seed), tokenizer, test_tokens, progress
                     ),
                 )
-    _run_probes(config, results, keep_or_run, model_of, progress)
-    write_report(results, out_dir)
+    _run_probes(config, results, keep_or_run, model_of, tokenizer, progress)
     return results
 
 
@@ -177,6 +177,7 @@ def _run_probes(
     results: dict[str, Any],
     keep_or_run: Any,
     model_of: Any,
+    tokenizer: Any,
     progress: bool,
 ) -> None:
     """The task, passkey and cost stages (see `extrapos.bench.stages`)."""
@@ -213,6 +214,7 @@ def _run_probes(
                         _said(row, progress)
                         for row in passkey_probe(
                             model_of(method, seed),
+                            tokenizer,
                             method,
                             seed,
                             train_len=config.train_len,
@@ -267,7 +269,6 @@ def _previous_runs(path: Path, results: dict[str, Any]) -> dict[str, dict[tuple[
     """Per stage, the finished records of an earlier results.json whose settings still hold,
     by key. Passkey rows of one fine-tune (the method's own and its `rope+<ext>` rows) are
     kept together under the method's key."""
-    from extrapos.report.lm import RECORD_KEYS
 
     kept: dict[str, dict[tuple[Any, ...], Any]] = {stage: {} for stage in _STAGE_SETTINGS}
     if not path.is_file():
@@ -279,7 +280,7 @@ def _previous_runs(path: Path, results: dict[str, Any]) -> dict[str, dict[tuple[
         if any(old.get(k) != results[k] for k in must_match):
             continue
         for record in old.get(stage, []):
-            key = tuple(record.get(f, 0 if f == "seed" else None) for f in RECORD_KEYS[stage])
+            key = record_key(stage, record)
             if stage == "passkey_runs":
                 owner = (record.get("extends") or key[0], key[1])
                 kept[stage].setdefault(owner, []).append(record)
@@ -294,6 +295,7 @@ def _evaluate(
     protocols: list[str],
     test_tokens: torch.Tensor,
     progress: bool,
+    token_bytes: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """ppl (first protocol), ppl per protocol, bits per byte, tokens scored, errors, the
     per-position loss at the longest length, and the time it took. `test_tokens` is already
@@ -307,6 +309,7 @@ def _evaluate(
             lengths,
             protocol=protocol,
             progress=progress,  # type: ignore[arg-type]
+            token_bytes=token_bytes,
         )
         by_protocol[protocol] = {str(r["length"]): r for r in records}
     first = by_protocol[protocols[0]]
@@ -350,7 +353,14 @@ def _run_method(
         "method": method,
         "params": model_config.encoding_params,
         "seed": seed,
-        **_evaluate(result.model, config.eval_lens or [], config.protocols, test_tokens, progress),
+        **_evaluate(
+            result.model,
+            config.eval_lens or [],
+            config.protocols,
+            test_tokens,
+            progress,
+            tokenizer.token_bytes(),
+        ),
         "final_train_loss": sum(result.losses[-20:]) / len(result.losses[-20:]),
         "train_seconds": round(result.train_seconds, 2),
         "tokens_per_second": round(result.tokens_per_second),
@@ -365,6 +375,7 @@ def _run_extension(
     ext: str,
     seed: int,
     model: Any,
+    tokenizer: Any,
     test_tokens: torch.Tensor,
     progress: bool,
 ) -> dict[str, Any]:
@@ -373,7 +384,9 @@ def _run_extension(
     parts: dict[str, Any] = {}
     for length in config.eval_lens or []:
         with rope_extended(model, ext, config.train_len, length):
-            part = _evaluate(model, [length], config.protocols, test_tokens, progress=False)
+            part = _evaluate(
+                model, [length], config.protocols, test_tokens, False, tokenizer.token_bytes()
+            )
         parts[length] = (part, describe_extension(ext, config.train_len, length))
     merged: dict[str, Any] = {"ppl_by_protocol": {p: {} for p in config.protocols}}
     for key in ("ppl", "bits_per_byte", "tokens_scored", "errors", "position_nll"):

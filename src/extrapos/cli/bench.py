@@ -12,9 +12,10 @@ from extrapos.core.settings import field_default
 
 def cmd_bench(args: argparse.Namespace) -> None:
     from extrapos.bench.run import BenchConfig, run_bench
+    from extrapos.report.lm import write_report
 
     config = BenchConfig.from_preset(args.preset, **dataclass_flags(args, "bench"))
-    run_bench(config, args.out)
+    write_report(run_bench(config, args.out), args.out)
     print(f"wrote {Path(args.out) / 'results.json'}, report.md, report.html, results.csv, plots")
 
 

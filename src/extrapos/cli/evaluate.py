@@ -19,17 +19,18 @@ from extrapos.core.errors import UserError
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from extrapos.probes.perplexity import evaluate_lengths
-    from extrapos.training.run_dir import load_model
+    from extrapos.training.run_dir import load_run
 
-    model = load_model(args.run_dir)
+    run = load_run(args.run_dir)
+    model = run.model
     if min(args.lengths) < 1:
         raise UserError(f"--lengths must be positive, got {args.lengths}")
     if not getattr(args, "extend", None):  # a learned table too short: say so before any work
         model.encoding.check_positions(max(args.lengths) - 1)
     corpus = run_corpus(Path(args.run_dir), args.data)
-    tokens = corpus.tokens(args.split, model.tokenizer)
+    tokens = corpus.tokens(args.split, run.tokenizer)
     if getattr(args, "extend", None):
-        records = _evaluate_extended(model, tokens, args)
+        records = _evaluate_extended(model, tokens, args, run.tokenizer.token_bytes())
     else:
         records = evaluate_lengths(
             model,
@@ -39,6 +40,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
             stride=args.stride,
             max_tokens=args.max_tokens,
             progress=True,
+            token_bytes=run.tokenizer.token_bytes(),
         )
     print_perplexities(records)
     payload = {
@@ -72,7 +74,9 @@ def _train_len(run_dir: str) -> int:
     return int(train_len)
 
 
-def _evaluate_extended(model: Any, tokens: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
+def _evaluate_extended(
+    model: Any, tokens: Any, args: argparse.Namespace, token_bytes: Any
+) -> list[dict[str, Any]]:
     """Each length with the RoPE extension set for it (factor = length / train length), over
     one trimmed stream so every length scores the same targets."""
     from extrapos.probes.extensions import rope_extended
@@ -84,7 +88,13 @@ def _evaluate_extended(model: Any, tokens: Any, args: argparse.Namespace) -> lis
     for length in args.lengths:
         with rope_extended(model, args.extend, train_len, length):
             records += evaluate_lengths(
-                model, tokens, [length], protocol=args.protocol, stride=args.stride, progress=True
+                model,
+                tokens,
+                [length],
+                protocol=args.protocol,
+                stride=args.stride,
+                progress=True,
+                token_bytes=token_bytes,
             )
         records[-1]["extension"] = args.extend
     return records
@@ -96,10 +106,11 @@ def cmd_generate(args: argparse.Namespace) -> None:
     import torch
 
     from extrapos.probes.extensions import rope_extended
-    from extrapos.training.run_dir import load_model
+    from extrapos.training.run_dir import load_run
 
-    model = load_model(args.run_dir)
-    prompt = model.tokenizer.encode(args.prompt)
+    run = load_run(args.run_dir)
+    model, tokenizer = run.model, run.tokenizer
+    prompt = tokenizer.encode(args.prompt)
     if prompt.numel() == 0:
         raise UserError("--prompt is empty; give at least one character")
     generator = torch.Generator().manual_seed(args.seed)
@@ -118,7 +129,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
             top_p=args.top_p,
             generator=generator,
         )
-    print(model.tokenizer.decode(out[0]))
+    print(tokenizer.decode(out[0]))
 
 
 def register(sub: argparse._SubParsersAction) -> None:

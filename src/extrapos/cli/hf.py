@@ -47,6 +47,7 @@ def cmd_eval_hf(args: argparse.Namespace) -> None:
         stride=args.stride,
         max_tokens=args.max_tokens,
         progress=True,
+        token_bytes=model.tokenizer.token_bytes(),
     )
     print_perplexities(records)
     if args.out:

@@ -102,13 +102,15 @@ def cmd_tasks(args: argparse.Namespace) -> None:
 
 def cmd_passkey(args: argparse.Namespace) -> None:
     from extrapos.probes.passkey import INTRO, finetune_passkey, passkey_grid
-    from extrapos.training.run_dir import load_model
+    from extrapos.training.run_dir import load_run
 
-    model = load_model(args.run_dir)
+    run = load_run(args.run_dir)
+    model = run.model
     intro = "" if args.no_intro else INTRO
     if args.finetune_steps:
         info = finetune_passkey(
             model,
+            run.tokenizer,
             length=args.finetune_len,
             steps=args.finetune_steps,
             lr=args.finetune_lr,
@@ -123,6 +125,7 @@ def cmd_passkey(args: argparse.Namespace) -> None:
         )
     records = passkey_grid(
         model,
+        run.tokenizer,
         lengths=args.lengths,
         depths=args.depths,
         n_trials=args.trials,
@@ -152,10 +155,11 @@ def cmd_passkey(args: argparse.Namespace) -> None:
 
 def cmd_diagnose(args: argparse.Namespace) -> None:
     from extrapos.probes.diagnostics import attention_stats, plot_attention_stats
-    from extrapos.training.run_dir import load_model
+    from extrapos.training.run_dir import load_run
 
-    model = load_model(args.run_dir)
-    tokens = run_corpus(Path(args.run_dir), args.data).tokens(args.split, model.tokenizer)
+    run = load_run(args.run_dir)
+    model = run.model
+    tokens = run_corpus(Path(args.run_dir), args.data).tokens(args.split, run.tokenizer)
     records = attention_stats(model, tokens, args.lengths, n_windows=args.windows)
     by = {(f"layer {r['layer']} head {r['head']}", r["length"]): r for r in records}
     rows = list(dict.fromkeys(f"layer {r['layer']} head {r['head']}" for r in records))

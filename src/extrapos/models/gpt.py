@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,15 @@ from extrapos.encodings import PositionalEncoding, build_for_model
 from extrapos.encodings.base import EMBEDDING_INIT_STD
 from extrapos.kernels.attention import attention
 from extrapos.models.config import GPTConfig
+
+#: set by the run layer (`extrapos.training.run_dir`) so that `GPT.from_checkpoint` works
+#: without the model knowing what a run directory is
+_checkpoint_loader: Callable[[str | Path], GPT] | None = None
+
+
+def set_checkpoint_loader(loader: Callable[[str | Path], GPT]) -> None:
+    global _checkpoint_loader
+    _checkpoint_loader = loader
 
 
 @dataclass
@@ -162,7 +171,6 @@ class GPT(nn.Module):
         self._init_weights()
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight
-        self.tokenizer: Any = None  # set by from_checkpoint / training, used for bits per byte
 
     def _init_weights(self) -> None:
         # GPT-2 init: N(0, 0.02); residual output projections scaled by 1/sqrt(2·n_layer).
@@ -308,10 +316,12 @@ class GPT(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, run_dir: str | Path) -> GPT:
-        """Load a trained run directory (weights, config, tokenizer)."""
-        from extrapos.training.run_dir import load_model
-
-        return load_model(run_dir)
+        """The model of a trained run directory (weights and config; its tokenizer comes with
+        `extrapos.training.run_dir.load_run`). Run directories are the run layer's business:
+        it registers its loader here when imported (importing `extrapos` does)."""
+        if _checkpoint_loader is None:
+            raise UserError("no checkpoint loader: import extrapos.training.run_dir first")
+        return _checkpoint_loader(run_dir)
 
 
 def sample_next(

@@ -99,6 +99,7 @@ class TrainResult:
     steps: int
     valid: list[tuple[int, float]] = field(default_factory=list)  # (step, valid loss)
     step_seconds: list[float] = field(default_factory=list)  # steps run by this call
+    tokenizer: Tokenizer | None = None  # the tokenizer the model was trained with
 
 
 def sample_batch(
@@ -350,6 +351,7 @@ def train(
         steps=train_config.steps,
         valid=state.valid,
         step_seconds=step_seconds,
+        tokenizer=tokenizer,
     )
 
 
