@@ -70,18 +70,14 @@ def test_uniform_attention_matches_hand_computation():
 
 @pytest.mark.parametrize("encoding", list_encodings())
 def test_recomputed_attention_reproduces_the_layers(encoding):
-    """check=True (the default) verifies W_out(P v) against each layer's real output; rows of
-    P are causal distributions; chunking the queries changes nothing."""
+    """Every registered encoding, those that attend themselves too: check=True (the default)
+    verifies W_out(P v) against each layer's real output; rows of P are causal distributions;
+    chunking the queries changes nothing."""
     model = tiny(encoding)
     with torch.no_grad():  # zero-initialized tables (t5, …) would hide a missing bias
         for p in model.encoding.parameters():
             p.add_(0.5 * torch.randn_like(p))
     idx = torch.randint(0, 32, (2, 24), generator=torch.Generator().manual_seed(1))
-    enc = model.encoding
-    if "attention" in enc.sites and not hasattr(enc, "attention_probabilities"):
-        with pytest.raises(UserError, match="computes its own attention"):
-            attention_probabilities(model, idx)
-        return
     maps = attention_probabilities(model, idx)
     assert len(maps) == 2 and maps[0].shape == (2, 2, 24, 24)
     for p in maps:
