@@ -76,7 +76,7 @@ ROPE_VARIANTS: dict[str, dict[str, Any]] = {
     },
 }
 KV_CASES = [
-    pytest.param(name, {}, id=name) for name in ENCODINGS if _model(name).encoding.supports_kv_cache
+    pytest.param(name, {}, id=name) for name in ENCODINGS if _model(name).encoding.cache != "none"
 ] + [pytest.param("rope", params, id=case) for case, params in ROPE_VARIANTS.items()]
 
 
@@ -326,7 +326,7 @@ def test_length_dependent_rope_decodes_exactly_with_a_cache(scaling: dict) -> No
     incremental logits of the last token equal a full forward over the t-token prefix (which
     crosses the trained length 8, where the frequencies switch)."""
     model = _model("rope", scaling=scaling, max_position_embeddings=8)
-    assert model.encoding.rotation_depends_on_length and model.encoding.supports_kv_cache
+    assert model.encoding.cache == "raw"
     tokens = _tokens(1, 14)
     cache = KVCache(N_LAYER)
     with torch.no_grad():
@@ -344,12 +344,12 @@ def test_length_dependent_rope_decodes_exactly_with_a_cache(scaling: dict) -> No
 
 
 def test_generate_recomputes_for_an_encoding_without_kv_cache() -> None:
-    """An encoding that declares `supports_kv_cache = False` makes generate() warn and recompute
+    """An encoding that declares `cache = "none"` makes generate() warn and recompute
     the full sequence each step; the tokens equal the uncached run."""
     model = _model("rope")
 
     class Uncacheable(type(model.encoding)):  # test-only; never registered
-        supports_kv_cache = False
+        cache = "none"
 
     model.encoding.__class__ = Uncacheable
     prompt = _tokens(1, 6)
