@@ -16,8 +16,8 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from extrapos.encodings.base import Positions
 from extrapos.encodings import build_encoding, list_encodings, t5_buckets
+from extrapos.encodings.base import Positions
 from extrapos.encodings.bias import (
     FIRE,
     KERPLE_EPS,

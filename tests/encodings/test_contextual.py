@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import Tensor
 
-from extrapos.encodings.base import Positions
 from extrapos.encodings import build_encoding, contextual, encoding_parameters
+from extrapos.encodings.base import Positions
 from extrapos.encodings.contextual import (
     CoPE,
     contextual_positions,
@@ -355,3 +355,37 @@ def test_txl_sinusoids_follow_the_reference_layout() -> None:
 def test_invalid_values_name_the_field(name: str, params: dict, field: str) -> None:
     with pytest.raises(ValueError, match=field):
         build_encoding(name, **params)
+
+
+@pytest.mark.parametrize("bias", ["t5", "kerple_power", "sandwich"])
+def test_dape_composes_over_any_registered_bias_encoding(bias: str) -> None:
+    """DAPE's B is the named registered encoding (one per layer, its own parameters): with f ≡ 0
+    it is exactly that encoding's chunked bias attention."""
+    enc = _build("dape", bias=bias)
+    assert [type(b).name for b in enc.biases] == [bias] * LAYERS
+    with torch.no_grad():
+        enc.mlps[1][-1].weight.zero_(), enc.mlps[1][-1].bias.zero_()
+    reference = build_encoding(bias, num_heads=H).double()
+    reference.load_state_dict(enc.biases[1].state_dict())
+    q, k, v = _qkv()
+    expected = attention(
+        q[..., 4:, :], k, v, bias_table=reference.distance_bias(T), q_offset=4, backend="chunked"
+    )
+    enc.chunk_size = 3
+    torch.testing.assert_close(_attend(enc, q, k, v, 4), expected, atol=1e-6, rtol=1e-6)
+
+
+def test_dape_bias_params_reach_the_bias_encoding_and_old_checkpoints_load() -> None:
+    """bias_params build the base encoding; a state dict from before the composition (KERPLE's
+    r1, r2 as (L, h) tensors of DAPE itself) loads into the per-layer encodings."""
+    enc = build_encoding(
+        "dape", num_heads=H, num_layers=2, bias="t5", bias_params={"num_buckets": 8}
+    )
+    assert all(b.num_buckets == 8 for b in enc.biases)
+    kerple = build_encoding("dape", num_heads=H, num_layers=2, bias="kerple_log")
+    old = {k: v for k, v in kerple.state_dict().items() if not k.startswith("biases.")}
+    old["r1"], old["r2"] = torch.rand(2, H) + 0.5, torch.rand(2, H) + 0.5
+    kerple.load_state_dict(dict(old))
+    for layer in range(2):
+        assert torch.equal(kerple.biases[layer].r1.detach(), old["r1"][layer])
+        assert torch.equal(kerple.biases[layer].r2.detach(), old["r2"][layer])

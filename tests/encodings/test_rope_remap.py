@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from extrapos.encodings.base import Positions
 from extrapos.encodings import build_encoding
+from extrapos.encodings.base import Positions
 
 HEAD_DIM, HEADS, S = 8, 2, 40
 

@@ -473,3 +473,38 @@ def test_num_params_counts_tied_weights_once(name: str) -> None:
     assert tied.num_params() == expected
     assert untied.num_params() == expected + VOCAB * D_MODEL
     assert untied.lm_head.weight.data_ptr() != untied.embed.weight.data_ptr()
+
+
+# ---------------------------------------------------------------------------------------------
+# GPT(config, encoding=...): a built encoding injected
+
+
+def test_an_injected_encoding_gives_the_same_model_as_the_config() -> None:
+    """Building the encoding first and passing it in equals building it from the config: same
+    draws, same weights, bit-identical logits; the model uses the very module passed."""
+    from extrapos.encodings import build_for_model
+
+    params = {"scaling": {"rope_type": "linear", "factor": 2.0}}
+    config = _config("rope", encoding_params=params)
+    torch.manual_seed(0)
+    reference = GPT(config).eval()
+    torch.manual_seed(0)
+    enc = build_for_model(
+        "rope", params, d_model=config.d_model, num_heads=config.n_head,
+        head_dim=config.head_dim, num_layers=config.n_layer, d_ff=config.d_ff,
+    )  # fmt: skip
+    model = GPT(config, encoding=enc).eval()
+    assert model.encoding is enc
+    tokens = _tokens(2, 12)
+    with torch.no_grad():
+        assert torch.equal(model(tokens), reference(tokens))
+
+
+def test_an_injected_encoding_must_match_the_config_name() -> None:
+    from extrapos.core.errors import UserError
+    from extrapos.encodings import build_encoding
+
+    with pytest.raises(UserError, match="config.encoding is 'rope'"):
+        GPT(_config("rope"), encoding=build_encoding("alibi", num_heads=N_HEAD))
+    with pytest.raises(UserError, match="must be a PositionalEncoding"):
+        GPT(_config("rope"), encoding="alibi")  # type: ignore[arg-type]
