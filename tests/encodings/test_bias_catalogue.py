@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from extrapos.encodings import build_encoding, list_encodings, t5_buckets
+from extrapos.encodings.base import Positions
 from extrapos.encodings.bias import (
     FIRE,
     KERPLE_EPS,
@@ -289,7 +290,7 @@ def test_fire_attend_equals_the_dense_reference(
             mask = bias.masked_fill(~visible, float("-inf"))
             out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         else:
-            out = fire.attend(q, k, v, q_pos, k_pos, offset)
+            out = fire.attend(q, k, v, Positions(q_pos, k_pos, offset))
         out.square().sum().backward()
         return out.detach(), [p.grad.clone() for p in fire.parameters()]
 

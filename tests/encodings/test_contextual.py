@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from extrapos.encodings import build_encoding, contextual, encoding_parameters
+from extrapos.encodings.base import Positions
 from extrapos.encodings.contextual import (
     CoPE,
     contextual_positions,
@@ -38,7 +39,8 @@ def _build(name: str, num_layers: int = LAYERS, **params: object):
         for p in enc.parameters():
             p.copy_(torch.randn_like(p) * 0.5)
         if name == "dape" and enc.bias == "kerple_log":
-            enc.r1.abs_(), enc.r2.abs_()
+            for base in enc.biases:
+                base.r1.abs_(), base.r2.abs_()
     return enc.double()
 
 
@@ -64,7 +66,7 @@ def _attend(enc, q: Tensor, k: Tensor, v: Tensor, q_offset: int, positions: Tens
     """Blockwise attention of queries q_offset .. t-1 against all t keys."""
     positions = torch.arange(k.shape[-2]) if positions is None else positions
     return enc.attend(
-        q[..., q_offset:, :], k, v, positions[q_offset:], positions, q_offset, layer=1
+        q[..., q_offset:, :], k, v, Positions(positions[q_offset:], positions, q_offset), layer=1
     )
 
 
@@ -97,8 +99,9 @@ def dape_logit(enc, q: Tensor, k: Tensor, positions: Tensor, layer: int = 1) -> 
         if enc.bias == "alibi":
             slopes = torch.tensor([2.0 ** (-8.0 * (n + 1) / H) for n in range(H)])
             return -slopes.double() * distance
-        r1, r2 = enc.r1[layer].detach(), enc.r2[layer].detach()
-        return -r1 * torch.log(1 + r2 * distance)
+        r1, r2 = enc.biases[layer].r1.detach(), enc.biases[layer].r2.detach()
+        # bias tables are float32 by contract (`distance_bias`), also for DAPE's B
+        return (-r1 * torch.log(1 + r2 * distance)).float().double()
 
     def logit(b: int, h: int, i: int, j: int) -> float:
         s = torch.stack([q[b, n, i] @ k[b, n, j] / math.sqrt(D) for n in range(H)])
@@ -200,7 +203,7 @@ def test_gradients_reach_every_parameter_and_input(case: str) -> None:
     enc = _build(case.split("-")[0], num_layers=1, **params)
     enc.chunk_size = 3
     q, k, v = (x.requires_grad_() for x in _qkv())
-    out = enc.attend(q, k, v, torch.arange(T), torch.arange(T), 0, layer=0)
+    out = enc.attend(q, k, v, Positions.arange(T), layer=0)
     (out * torch.randn_like(out)).sum().backward()
     for name, p in [*enc.named_parameters(), ("q", q), ("k", k), ("v", v)]:
         assert p.grad is not None, f"{name} got no gradient"
@@ -213,8 +216,8 @@ def test_bfloat16_inputs_match_the_float32_path(case: str) -> None:
     enc = _case(case)[0].float()
     q, k, v = (x.float() for x in _qkv(t=64))
     positions = torch.arange(1000, 1064)  # far positions: the positional math stays float32
-    full = enc.attend(q, k, v, positions, positions, 0, layer=1)
-    half = enc.attend(*(x.bfloat16() for x in (q, k, v)), positions, positions, 0, layer=1)
+    full = enc.attend(q, k, v, Positions(positions, positions), layer=1)
+    half = enc.attend(*(x.bfloat16() for x in (q, k, v)), Positions(positions, positions), layer=1)
     assert half.dtype == torch.bfloat16
     torch.testing.assert_close(half.float(), full, atol=3e-2, rtol=3e-2)
 
@@ -300,7 +303,7 @@ def test_dape_without_its_mlp_output_is_the_static_bias(bias: str, static: str) 
     reference = build_encoding(static, num_heads=H).double()
     if bias == "kerple_log":
         with torch.no_grad():
-            reference.r1.copy_(enc.r1[1]), reference.r2.copy_(enc.r2[1])
+            reference.r1.copy_(enc.biases[1].r1), reference.r2.copy_(enc.biases[1].r2)
     q, k, v = _qkv()
     expected = attention(
         q[..., 4:, :], k, v, bias_table=reference.distance_bias(T), q_offset=4, backend="chunked"
@@ -341,7 +344,7 @@ def test_txl_sinusoids_follow_the_reference_layout() -> None:
         ("cope", {"head_dim": 0}, "head_dim"),
         ("cope", {"head_dim": 4, "chunk_size": 0}, "chunk_size"),
         ("cope", {"head_dim": 4, "num_layers": 0}, "num_layers"),
-        ("dape", {"num_heads": 2, "bias": "t5"}, "bias"),
+        ("dape", {"num_heads": 2, "bias": "rope"}, "bias"),  # not a distance-bias encoding
         ("dape", {"num_heads": 2, "mlp_width": 0}, "mlp_width"),
         ("dape", {"num_heads": 0}, "num_heads"),
         ("txl", {"d_model": 7, "num_heads": 1, "head_dim": 7}, "d_model"),
@@ -352,3 +355,37 @@ def test_txl_sinusoids_follow_the_reference_layout() -> None:
 def test_invalid_values_name_the_field(name: str, params: dict, field: str) -> None:
     with pytest.raises(ValueError, match=field):
         build_encoding(name, **params)
+
+
+@pytest.mark.parametrize("bias", ["t5", "kerple_power", "sandwich"])
+def test_dape_composes_over_any_registered_bias_encoding(bias: str) -> None:
+    """DAPE's B is the named registered encoding (one per layer, its own parameters): with f ≡ 0
+    it is exactly that encoding's chunked bias attention."""
+    enc = _build("dape", bias=bias)
+    assert [type(b).name for b in enc.biases] == [bias] * LAYERS
+    with torch.no_grad():
+        enc.mlps[1][-1].weight.zero_(), enc.mlps[1][-1].bias.zero_()
+    reference = build_encoding(bias, num_heads=H).double()
+    reference.load_state_dict(enc.biases[1].state_dict())
+    q, k, v = _qkv()
+    expected = attention(
+        q[..., 4:, :], k, v, bias_table=reference.distance_bias(T), q_offset=4, backend="chunked"
+    )
+    enc.chunk_size = 3
+    torch.testing.assert_close(_attend(enc, q, k, v, 4), expected, atol=1e-6, rtol=1e-6)
+
+
+def test_dape_bias_params_reach_the_bias_encoding_and_old_checkpoints_load() -> None:
+    """bias_params build the base encoding; a state dict from before the composition (KERPLE's
+    r1, r2 as (L, h) tensors of DAPE itself) loads into the per-layer encodings."""
+    enc = build_encoding(
+        "dape", num_heads=H, num_layers=2, bias="t5", bias_params={"num_buckets": 8}
+    )
+    assert all(b.num_buckets == 8 for b in enc.biases)
+    kerple = build_encoding("dape", num_heads=H, num_layers=2, bias="kerple_log")
+    old = {k: v for k, v in kerple.state_dict().items() if not k.startswith("biases.")}
+    old["r1"], old["r2"] = torch.rand(2, H) + 0.5, torch.rand(2, H) + 0.5
+    kerple.load_state_dict(dict(old))
+    for layer in range(2):
+        assert torch.equal(kerple.biases[layer].r1.detach(), old["r1"][layer])
+        assert torch.equal(kerple.biases[layer].r2.detach(), old["r2"][layer])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from extrapos.encodings.base import Positions
 from extrapos.models.gpt import GPT, GPTConfig
 
 
@@ -39,8 +40,8 @@ def test_each_layer_attends_with_its_own_encoding() -> None:
     nope = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
     qr, kr = enc.layer_encoding(0).rotate_qk(q, k, pos, pos)
     rope = torch.nn.functional.scaled_dot_product_attention(qr, kr, v, is_causal=True)
-    torch.testing.assert_close(enc.attend(q, k, v, pos, pos, 0, layer=3), nope)
-    torch.testing.assert_close(enc.attend(q, k, v, pos, pos, 0, layer=0), rope)
+    torch.testing.assert_close(enc.attend(q, k, v, Positions(pos, pos), layer=3), nope)
+    torch.testing.assert_close(enc.attend(q, k, v, Positions(pos, pos), layer=0), rope)
     assert not torch.allclose(nope, rope, atol=1e-3)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 import torch
@@ -27,6 +27,7 @@ from extrapos.encodings import (
     t5_buckets,
 )
 from extrapos.encodings.absolute import sinusoidal_table
+from extrapos.encodings.base import CACHE_MODES, Positions, Site
 from extrapos.encodings.rotary import RoPE
 from extrapos.kernels.attention import bias_block
 
@@ -408,3 +409,36 @@ def test_rotation_gradient_equals_autograd_of_the_formula() -> None:
     (expected,) = torch.autograd.grad(reference, x, upstream)
     torch.testing.assert_close(grad, expected)
     torch.testing.assert_close(rotate_half_split(x, cos, sin), reference)
+
+
+# ---------------------------------------------------------------------------------------------
+# interface v2: one cache field, five sites, Positions
+
+
+@pytest.mark.parametrize("name", list_encodings())
+def test_cache_field_is_one_of_three_and_fits_the_sites(name: str) -> None:
+    """`cache` is "rotated", "raw" or "none"; an encoding that attends itself gets raw keys
+    (its `attend` sees every key unrotated), so it never declares "rotated"."""
+    enc = _build(name)
+    assert enc.cache in CACHE_MODES
+    assert enc.sites <= set(get_args(Site))
+    if "attention" in enc.sites:
+        assert enc.cache != "rotated"
+
+
+def test_site_type_names_five_sites() -> None:
+    assert set(get_args(Site)) == {"input", "qk", "bias", "ffn", "attention"}
+
+
+def test_a_class_that_attends_itself_must_declare_raw_keys() -> None:
+    with pytest.raises(TypeError, match="cache = 'raw'"):
+
+        class Bad(PositionalEncoding):  # noqa: F841  (the class statement is the test)
+            def attend(self, q, k, v, positions, layer=0, probe=None):  # noqa: ANN001, ANN201
+                return v
+
+
+def test_positions_arange_and_for_keys() -> None:
+    p = Positions.arange(3, q_offset=2)
+    assert p.q.tolist() == [2, 3, 4] and p.k.tolist() == [0, 1, 2, 3, 4] and p.q_offset == 2
+    assert p.for_keys(3).tolist() == [2, 3, 4] and p.for_keys(5).tolist() == p.k.tolist()

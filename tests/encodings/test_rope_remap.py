@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from extrapos.encodings import build_encoding
+from extrapos.encodings.base import Positions
 
 HEAD_DIM, HEADS, S = 8, 2, 40
 
@@ -52,7 +53,7 @@ def test_attention_equals_per_pair_reference(case: str) -> None:
     enc = build_encoding(name, head_dim=HEAD_DIM, **params)
     q, k, v = tensors()
     pos = torch.arange(S)
-    out = enc.attend(q, k, v, pos, pos, 0)
+    out = enc.attend(q, k, v, Positions(pos, pos))
     torch.testing.assert_close(out, brute_force(enc, q, k, v, relative), atol=1e-5, rtol=1e-4)
 
 
@@ -63,7 +64,9 @@ def test_rerope_with_a_window_past_the_sequence_is_plain_rope() -> None:
     rope = build_encoding("rope", head_dim=HEAD_DIM)
     qr, kr = rope.rotate_qk(q, k, pos, pos)
     expected = torch.nn.functional.scaled_dot_product_attention(qr, kr, v, is_causal=True)
-    torch.testing.assert_close(rerope.attend(q, k, v, pos, pos, 0), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        rerope.attend(q, k, v, Positions(pos, pos)), expected, atol=1e-5, rtol=1e-5
+    )
 
 
 def test_rerope_far_scores_never_see_distances_past_the_window() -> None:
@@ -81,9 +84,7 @@ def test_rerope_far_scores_never_see_distances_past_the_window() -> None:
             q[:, :, :length],
             k[:, :, :length],
             torch.eye(length)[None, None].expand(1, HEADS, length, length),
-            pos[:length],
-            pos[:length],
-            0,
+            Positions(pos[:length], pos[:length]),
         )
         w = out[0, 0, -1]
         weights_far.append(w[: length - 4].std().item())

@@ -114,9 +114,9 @@ def test_long_positions_are_finite_and_scores_depend_only_on_the_distance() -> N
 
 def test_per_call_centring_needs_raw_keys_in_the_cache() -> None:
     """Keys rotated in an earlier call carry that call's centre, so the split scores differ: the
-    default declares rotation_depends_on_length, and the model caches raw keys instead."""
+    default declares cache = "raw", and the model caches raw keys instead."""
     enc = build_encoding("xpos", head_dim=D, scale_base=16.0)
-    assert enc.rotation_depends_on_length is True and enc.supports_kv_cache is True
+    assert enc.cache == "raw"
     q, k = _qk(20, 20, seed=2)
     pos = torch.arange(20)
     whole = _scores(enc, q, k, pos, pos)
@@ -133,7 +133,7 @@ def test_per_call_centring_needs_raw_keys_in_the_cache() -> None:
 
 def test_fixed_centre_is_kv_cache_exact() -> None:
     enc = build_encoding("xpos", head_dim=D, scale_base=16.0, center=0)
-    assert enc.supports_kv_cache is True and enc.rotation_depends_on_length is False
+    assert enc.cache == "rotated"
     q, k = _qk(20, 20, seed=2)
     pos = torch.arange(20)
     whole = _scores(enc, q, k, pos, pos)

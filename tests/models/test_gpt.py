@@ -76,7 +76,7 @@ ROPE_VARIANTS: dict[str, dict[str, Any]] = {
     },
 }
 KV_CASES = [
-    pytest.param(name, {}, id=name) for name in ENCODINGS if _model(name).encoding.supports_kv_cache
+    pytest.param(name, {}, id=name) for name in ENCODINGS if _model(name).encoding.cache != "none"
 ] + [pytest.param("rope", params, id=case) for case, params in ROPE_VARIANTS.items()]
 
 
@@ -326,7 +326,7 @@ def test_length_dependent_rope_decodes_exactly_with_a_cache(scaling: dict) -> No
     incremental logits of the last token equal a full forward over the t-token prefix (which
     crosses the trained length 8, where the frequencies switch)."""
     model = _model("rope", scaling=scaling, max_position_embeddings=8)
-    assert model.encoding.rotation_depends_on_length and model.encoding.supports_kv_cache
+    assert model.encoding.cache == "raw"
     tokens = _tokens(1, 14)
     cache = KVCache(N_LAYER)
     with torch.no_grad():
@@ -344,12 +344,12 @@ def test_length_dependent_rope_decodes_exactly_with_a_cache(scaling: dict) -> No
 
 
 def test_generate_recomputes_for_an_encoding_without_kv_cache() -> None:
-    """An encoding that declares `supports_kv_cache = False` makes generate() warn and recompute
+    """An encoding that declares `cache = "none"` makes generate() warn and recompute
     the full sequence each step; the tokens equal the uncached run."""
     model = _model("rope")
 
     class Uncacheable(type(model.encoding)):  # test-only; never registered
-        supports_kv_cache = False
+        cache = "none"
 
     model.encoding.__class__ = Uncacheable
     prompt = _tokens(1, 6)
@@ -473,3 +473,38 @@ def test_num_params_counts_tied_weights_once(name: str) -> None:
     assert tied.num_params() == expected
     assert untied.num_params() == expected + VOCAB * D_MODEL
     assert untied.lm_head.weight.data_ptr() != untied.embed.weight.data_ptr()
+
+
+# ---------------------------------------------------------------------------------------------
+# GPT(config, encoding=...): a built encoding injected
+
+
+def test_an_injected_encoding_gives_the_same_model_as_the_config() -> None:
+    """Building the encoding first and passing it in equals building it from the config: same
+    draws, same weights, bit-identical logits; the model uses the very module passed."""
+    from extrapos.encodings import build_for_model
+
+    params = {"scaling": {"rope_type": "linear", "factor": 2.0}}
+    config = _config("rope", encoding_params=params)
+    torch.manual_seed(0)
+    reference = GPT(config).eval()
+    torch.manual_seed(0)
+    enc = build_for_model(
+        "rope", params, d_model=config.d_model, num_heads=config.n_head,
+        head_dim=config.head_dim, num_layers=config.n_layer, d_ff=config.d_ff,
+    )  # fmt: skip
+    model = GPT(config, encoding=enc).eval()
+    assert model.encoding is enc
+    tokens = _tokens(2, 12)
+    with torch.no_grad():
+        assert torch.equal(model(tokens), reference(tokens))
+
+
+def test_an_injected_encoding_must_match_the_config_name() -> None:
+    from extrapos.core.errors import UserError
+    from extrapos.encodings import build_encoding
+
+    with pytest.raises(UserError, match="config.encoding is 'rope'"):
+        GPT(_config("rope"), encoding=build_encoding("alibi", num_heads=N_HEAD))
+    with pytest.raises(UserError, match="must be a PositionalEncoding"):
+        GPT(_config("rope"), encoding="alibi")  # type: ignore[arg-type]

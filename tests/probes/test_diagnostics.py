@@ -13,7 +13,7 @@ from extrapos.cli import main
 from extrapos.core.errors import UserError
 from extrapos.core.stats import geometric_bins
 from extrapos.data import ByteTokenizer
-from extrapos.encodings import list_encodings
+from extrapos.encodings import list_encodings, t5_buckets
 from extrapos.models.gpt import GPT, GPTConfig
 from extrapos.probes.diagnostics import (
     attention_probabilities,
@@ -70,18 +70,14 @@ def test_uniform_attention_matches_hand_computation():
 
 @pytest.mark.parametrize("encoding", list_encodings())
 def test_recomputed_attention_reproduces_the_layers(encoding):
-    """check=True (the default) verifies W_out(P v) against each layer's real output; rows of
-    P are causal distributions; chunking the queries changes nothing."""
+    """Every registered encoding, those that attend themselves too: check=True (the default)
+    verifies W_out(P v) against each layer's real output; rows of P are causal distributions;
+    chunking the queries changes nothing."""
     model = tiny(encoding)
     with torch.no_grad():  # zero-initialized tables (t5, …) would hide a missing bias
         for p in model.encoding.parameters():
             p.add_(0.5 * torch.randn_like(p))
     idx = torch.randint(0, 32, (2, 24), generator=torch.Generator().manual_seed(1))
-    enc = model.encoding
-    if "attention" in enc.sites and not hasattr(enc, "attention_probabilities"):
-        with pytest.raises(UserError, match="computes its own attention"):
-            attention_probabilities(model, idx)
-        return
     maps = attention_probabilities(model, idx)
     assert len(maps) == 2 and maps[0].shape == (2, 2, 24, 24)
     for p in maps:
@@ -193,3 +189,128 @@ def test_diagnose_command(run_dir, tmp_path, capsys):
         (0, h, n) for h in (0, 1) for n in (16, 64)
     }
     assert (tmp_path / "a.png").read_bytes().startswith(b"\x89PNG")
+
+
+# ---------------------------------------------------------------------------------------------
+# probabilities from the forward pass itself, for every encoding, against brute force
+
+
+def _scaled_up(encoding: str, **params) -> GPT:
+    torch.manual_seed(0)
+    model = GPT(
+        GPTConfig(
+            vocab_size=32,
+            n_layer=2,
+            n_head=2,
+            d_model=16,
+            encoding=encoding,
+            encoding_params=params,
+        )
+    ).eval()
+    with torch.no_grad():  # weights well above init scale, so attention is far from uniform
+        for name, p in model.named_parameters():
+            p.mul_(3.0) if not name.startswith("encoding") else p.add_(0.5 * torch.randn_like(p))
+    return model
+
+
+def _brute_force_scores(model: GPT, layer: int, q, k, n: int):
+    """(b, h, n, n) float64 scores before the causal mask, written out per encoding."""
+    enc = model.encoding
+    if enc.name == "hybrid":
+        enc = enc.layer_encoding(layer)
+    pos = torch.arange(n)
+    d = q.shape[-1]
+    if "qk" in enc.sites:
+        q, k = enc.rotate_qk(q, k, pos, pos)
+    scores = q.double() @ k.double().transpose(-1, -2) / math.sqrt(d)
+    distance = (pos[:, None] - pos[None, :]).clamp(min=0)
+    if enc.name == "alibi":  # B[h, i, j] = -m_h (i - j)
+        scores = scores - enc.slopes.double()[:, None, None] * distance
+    elif enc.name == "t5":  # B[h, i, j] = w[bucket(i - j), h]
+        buckets = t5_buckets(distance, enc.num_buckets, enc.max_distance)
+        scores = scores + enc.weight.double()[buckets].permute(2, 0, 1)
+    elif enc.name == "fire":
+        scores = scores + enc.position_bias(pos, pos).double()
+    else:
+        assert enc.name in ("rope", "nope"), enc.name
+    return scores
+
+
+@pytest.mark.parametrize(
+    ("encoding", "params"),
+    [
+        ("alibi", {}),
+        ("rope", {}),
+        ("t5", {}),
+        ("fire", {}),
+        ("hybrid", {"layers": ["rope", "nope"]}),
+    ],
+)
+def test_probabilities_equal_a_brute_force_softmax(encoding, params):
+    """P of every layer equals softmax(q·kᵀ/√d + B + M) computed densely, in float64, from the
+    layer's own input in that same pass — for standard sites (the dispatch's probed path) and
+    for encodings that attend themselves (FIRE, hybrid)."""
+    model = _scaled_up(encoding, **params)
+    n = 20
+    idx = torch.randint(0, 32, (2, n), generator=torch.Generator().manual_seed(3))
+    inputs = {}
+    handles = [
+        blk.attn.register_forward_pre_hook(
+            lambda mod, args, i=i: inputs.__setitem__(i, args[0].clone())
+        )
+        for i, blk in enumerate(model.blocks)
+    ]
+    maps = attention_probabilities(model, idx)
+    for h in handles:
+        h.remove()
+    visible = torch.tril(torch.ones(n, n, dtype=torch.bool))
+    for layer, probs in enumerate(maps):
+        inputs[layer] = inputs[layer].clone()  # out of inference mode
+        attn = model.blocks[layer].attn
+        with torch.no_grad():
+            q, k, _ = attn.qkv(inputs[layer]).view(2, n, 3, 2, 8).permute(2, 0, 3, 1, 4)
+            scores = _brute_force_scores(model, layer, q, k, n)
+        expected = scores.masked_fill(~visible, float("-inf")).softmax(-1)
+        torch.testing.assert_close(probs.double(), expected, atol=2e-6, rtol=1e-5)
+        torch.testing.assert_close(probs.sum(-1), torch.ones(2, 2, n))
+        assert float(probs.max()) > 0.9  # far from uniform: the bias and rotation matter
+
+
+def test_probabilities_of_a_plugin_encoding_that_ignores_the_probe_fail_loudly():
+    """An encoding that attends itself but does not report its probabilities is refused with a
+    message naming the probe, not given made-up statistics."""
+    from extrapos.encodings.base import PositionalEncoding
+    from extrapos.kernels.attention import causal_sdpa
+
+    class Silent(PositionalEncoding):  # test-only; never registered
+        name = "nope"
+        cache = "raw"
+
+        def attend(self, q, k, v, positions, layer=0, probe=None):
+            return causal_sdpa(q, k, v, positions.q_offset)
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=32, n_layer=1, n_head=2, d_model=16, encoding="nope"),
+                encoding=Silent())  # fmt: skip
+    with pytest.raises(UserError, match="must pass them to its probe"):
+        attention_probabilities(model, torch.randint(0, 32, (1, 8)))
+
+
+@pytest.mark.parametrize("encoding", list_encodings())
+def test_diagnose_command_runs_for_every_encoding(encoding, tmp_path, capsys):
+    """`extrapos diagnose` works for every registered encoding (it refused the 8 that attend
+    themselves before the one dispatch); every head's distance histogram is a distribution."""
+    text = tmp_path / "text.txt"
+    text.write_text("".join(f"line {i}: the quick brown fox jumps.\n" for i in range(40)))
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=256, n_layer=2, n_head=2, d_model=16, encoding=encoding)
+    record = {"model": config.to_dict(), "train": {"train_len": 16}, "data": {"name": str(text)}}
+    save_model(tmp_path / "run", GPT(config), record, ByteTokenizer())
+    out = tmp_path / "a.json"
+    argv = ["diagnose", str(tmp_path / "run"), "--lengths", "8,24", "--windows", "1"]
+    assert main([*argv, "--out", str(out)]) == 0
+    records = json.loads(out.read_text())["results"]
+    assert len(records) == 2 * 2 * 2  # layers x heads x lengths
+    for r in records:
+        assert sum(r["distance_hist"]) == pytest.approx(1.0, abs=1e-5)
+        assert 0 <= r["entropy"] <= math.log(r["length"]) + 1e-4  # at most n keys

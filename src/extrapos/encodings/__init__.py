@@ -1,4 +1,5 @@
-"""Positional encodings: one interface (`PositionalEncoding`), one registry.
+"""Positional encodings: one interface (`PositionalEncoding`, five sites), one registry, one
+dispatch (`encoded_attention`: which site acts inside attention is decided there only).
 
 Importing this package registers every built-in encoding; `list_encodings()` names them and
 `build_encoding(name, **params)` builds one.
@@ -17,8 +18,15 @@ from extrapos.encodings import (  # noqa: F401
     rotary,
     xpos,
 )
-from extrapos.encodings.base import PositionalEncoding, default_positions
+from extrapos.encodings.base import (
+    CacheMode,
+    PositionalEncoding,
+    Positions,
+    Site,
+    default_positions,
+)
 from extrapos.encodings.bias import alibi_bias_bidirectional, alibi_slopes, t5_buckets
+from extrapos.encodings.dispatch import encoded_attention
 from extrapos.encodings.registry import (
     build_encoding,
     build_for_model,
@@ -30,12 +38,16 @@ from extrapos.encodings.registry import (
 from extrapos.encodings.rope_scaling import rope_inv_freq
 
 __all__ = [
+    "CacheMode",
     "PositionalEncoding",
+    "Positions",
+    "Site",
     "alibi_bias_bidirectional",
     "alibi_slopes",
     "build_encoding",
     "build_for_model",
     "default_positions",
+    "encoded_attention",
     "encoding_class",
     "encoding_parameters",
     "list_encodings",

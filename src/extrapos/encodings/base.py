@@ -1,4 +1,4 @@
-"""The positional-encoding interface: four sites where position can enter a Transformer.
+"""The positional-encoding interface: five sites where position can enter a Transformer.
 
 Notation used in every encoding module:
 
@@ -12,7 +12,12 @@ Notation used in every encoding module:
 | `qk`    | `rotate_qk(q, k, q_positions, k_positions)` | rotated (b, h, s, d) q and k |
 | `bias`  | `distance_bias(num_distances)`         | (h, n) table, B[h, i, j] = table[h, pos_i - pos_j] |
 | `ffn`   | `ffn_term(positions, d_ff)`            | (s, d_ff) added inside the FFN |
-| `attention` | `attend(q, k, v, q_positions, k_positions, q_offset, layer)` | the attention output |
+| `attention` | `attend(q, k, v, positions, layer, probe)` | the attention output (b, h, s, d) |
+
+`positions` is a `Positions(q, k, q_offset)`: query positions (s,), key positions (t,) and the
+sequence index of the first query (the cached length). Which site an encoding uses is decided in
+one place, `extrapos.encodings.dispatch.encoded_attention`, called by the model (every layer),
+by `hybrid` (per layer) and, through the model, by the attention diagnostics.
 
 The `attention` site is for methods that remap relative positions pairwise and so cannot be
 expressed as one rotation or one table (ReRoPE, Self-Extend, STRING): the encoding receives
@@ -23,6 +28,19 @@ An encoding overrides the hooks of the sites it uses; `sites` is derived from wh
 overrides, so attention and the model call exactly what is implemented and no `use_*` flags exist.
 Positions are explicit 1-D int64 tensors (shared across the batch); the default is `arange`.
 
+KV-cache behaviour is one field, `cache`:
+
+| `cache` | the model caches keys … | encodings |
+|---|---|---|
+| `"rotated"` | after the q/k rotation (the default; also for bias/input/FFN/no sites) | rope, alibi, … |
+| `"raw"` | before any rotation, and hands all raw keys to the encoding at each step | dynamic NTK, LongRoPE, xPos with a moving centre, every `attention`-site encoding |
+| `"none"` | not at all: cached keys go stale as the sequence grows, `generate` recomputes | — |
+
+`attend` receives an optional `probe(start, probs)` callback: an encoding that computes attention
+itself calls it with the attention probabilities of each query chunk (b, h, c, t') — through
+`extrapos.kernels.chunks.blockwise_attention`, the one query-chunk loop — so attention
+diagnostics read the matrix the output is computed from.
+
 Biases are added to the *scaled* scores, softmax(q·kᵀ/√d + B), as in the ALiBi and T5 code.
 Distance-only biases are Toeplitz, so the encoding returns one value per distance and head; the
 attention code never materializes an (h, n, n) tensor from it (see `extrapos.kernels.attention`).
@@ -30,26 +48,54 @@ attention code never materializes an (h, n, n) tensor from it (see `extrapos.ker
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from extrapos.core.errors import UserError
+from extrapos.kernels.chunks import Probe
 
-Site = Literal["input", "qk", "bias", "ffn"]
+Site = Literal["input", "qk", "bias", "ffn", "attention"]
+CacheMode = Literal["rotated", "raw", "none"]
+CACHE_MODES: tuple[str, ...] = ("rotated", "raw", "none")
 
 #: standard deviation of the token-embedding init in `extrapos.models.gpt` (GPT-2's); input-site
 #: encodings size their vectors against it.
 EMBEDDING_INIT_STD = 0.02
 
-_SITE_HOOKS: dict[str, str] = {
+_SITE_HOOKS: dict[Site, str] = {
     "input": "input_embedding",
     "qk": "rotate_qk",
     "bias": "distance_bias",
     "ffn": "ffn_term",
     "attention": "attend",
 }
+
+
+@dataclass(frozen=True)
+class Positions:
+    """Where the queries and keys of one attention call sit.
+
+    q: (s,) int64 query positions; k: (t,) int64 key positions (cached keys first, then the s
+    new ones, so k[q_offset:] are the queries' own); q_offset: sequence index of the first query
+    (the number of cached keys). Causality is by sequence index, the encodings read positions.
+    """
+
+    q: Tensor
+    k: Tensor
+    q_offset: int = 0
+
+    @classmethod
+    def arange(cls, s: int, q_offset: int = 0, device: torch.device | None = None) -> Positions:
+        """Consecutive positions: queries at q_offset .. q_offset + s - 1, keys at 0 .. that."""
+        k = torch.arange(q_offset + s, device=device, dtype=torch.long)
+        return cls(k[q_offset:], k, q_offset)
+
+    def for_keys(self, t: int) -> Tensor:
+        """Positions of the last t keys (the new ones when only they are passed)."""
+        return self.k[self.k.shape[0] - t :]
 
 
 class PositionalEncoding(nn.Module):
@@ -59,17 +105,15 @@ class PositionalEncoding(nn.Module):
         name: the registry name (set by `register`).
         max_len: the number of positions the encoding can represent, or None when unbounded.
             Only encodings with a true limit (a learned table) set it; asking past it raises.
-        rotation_depends_on_length: whether the q/k rotation changes with the sequence length
-            (dynamic NTK, LongRoPE): the model then caches keys *before* rotation and rotates
-            the whole cache at each step, so decoding stays exact.
-        supports_kv_cache: whether keys computed at earlier steps stay valid when the sequence
-            grows, so incremental decoding equals a full forward.
+        cache: how the model caches keys (module docstring): "rotated" (after rotation),
+            "raw" (before it; the rotation depends on the length, or the encoding attends
+            itself) or "none" (cached keys go stale; no incremental decoding). Encodings at the
+            `attention` site cache "raw" (their `attend` gets all raw keys) or "none".
     """
 
     name: str = "?"
     max_len: int | None = None
-    supports_kv_cache: bool = True
-    rotation_depends_on_length: bool = False
+    cache: CacheMode = "rotated"
 
     @property
     def sites(self) -> frozenset[str]:
@@ -99,7 +143,7 @@ class PositionalEncoding(nn.Module):
                 f"extrapolates (e.g. alibi, rope)"
             )
 
-    # --- the four sites; each default says the site is unused -----------------------------
+    # --- the five sites; each default says the site is unused -----------------------------
 
     def input_embedding(self, positions: Tensor) -> Tensor:
         """(s,) int64 positions -> (s, D) float32 vectors added to the token embeddings."""
@@ -134,17 +178,26 @@ class PositionalEncoding(nn.Module):
         q: Tensor,
         k: Tensor,
         v: Tensor,
-        q_positions: Tensor,
-        k_positions: Tensor,
-        q_offset: int,
+        positions: Positions,
         layer: int = 0,
+        probe: Probe | None = None,
     ) -> Tensor:
         """Causal attention from raw q (b, h, s, d) and raw k, v (b, h, t, d) -> (b, h, s, d);
-        `layer` indexes per-layer parameters (see `num_layers` in the registry)."""
+        `layer` indexes per-layer parameters (see `num_layers` in the registry); `probe`, when
+        given, receives each query chunk's attention probabilities (module docstring)."""
         raise NotImplementedError
 
     def extra_repr(self) -> str:
         return f"sites={sorted(self.sites)}"
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.cache not in CACHE_MODES:
+            raise TypeError(f"{cls.__name__}.cache must be one of {CACHE_MODES}, got {cls.cache!r}")
+        if cls.attend is not PositionalEncoding.attend and cls.cache == "rotated":
+            raise TypeError(
+                f"{cls.__name__} attends itself from raw keys: declare cache = 'raw' (or 'none')"
+            )
 
 
 def default_positions(length: int, offset: int = 0, device: torch.device | None = None) -> Tensor:

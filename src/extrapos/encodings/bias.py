@@ -16,12 +16,12 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from extrapos.core.errors import UserError
-from extrapos.encodings.base import PositionalEncoding
+from extrapos.encodings.base import PositionalEncoding, Positions
 from extrapos.encodings.registry import register
+from extrapos.kernels.chunks import Probe, QueryChunk, blockwise_attention
 
 
 def alibi_slopes(num_heads: int) -> Tensor:
@@ -373,7 +373,8 @@ class FIRE(PositionalEncoding):
     and their positions and builds the (h, c, t) bias block of each query chunk from
     `position_bias`, never an (h, s, t) tensor for the whole sequence; chunks are sized so the
     MLP's (c, t, mlp_width) activations stay within `FIRE_BLOCK_ELEMENTS`. Rows depend only on
-    their own query position, so KV-cache decoding is exact.
+    their own query position, so KV-cache decoding is exact (`cache = "raw"`: no rotation, so
+    raw and rotated keys are the same).
 
     Args:
         num_heads: attention heads h (set by the model).
@@ -384,6 +385,8 @@ class FIRE(PositionalEncoding):
             every trained position is below the threshold: a distance-only bias in training).
         eps: added to ψ(max(L, i)) so position 0 does not divide by zero.
     """
+
+    cache = "raw"
 
     def __init__(
         self,
@@ -430,32 +433,25 @@ class FIRE(PositionalEncoding):
         q: Tensor,
         k: Tensor,
         v: Tensor,
-        q_positions: Tensor,
-        k_positions: Tensor,
-        q_offset: int,
+        positions: Positions,
         layer: int = 0,
+        probe: Probe | None = None,
     ) -> Tensor:
         """Causal attention with the FIRE bias: q (b, h, s, d), k and v (b, h, t, d) with
         t = q_offset + s -> (b, h, s, d). Query chunks each see the keys up to their last query
         and build only their own bias block; differentiable in q, k, v and every parameter."""
         s, t = q.shape[-2], k.shape[-2]
         rows = max(1, min(s, FIRE_BLOCK_ELEMENTS // (t * (self.mlp_width + self.num_heads))))
-        outs = []
-        for start in range(0, s, rows):
-            stop = min(start + rows, s)
-            seen = q_offset + stop  # keys visible to the chunk's last query
-            bias = self.position_bias(q_positions[start:stop], k_positions[:seen]).to(q.dtype)
-            q_index = torch.arange(q_offset + start, q_offset + stop, device=q.device)
-            visible = torch.arange(seen, device=q.device)[None, :] <= q_index[:, None]
-            outs.append(
-                F.scaled_dot_product_attention(
-                    q[..., start:stop, :],
-                    k[..., :seen, :],
-                    v[..., :seen, :],
-                    attn_mask=bias.masked_fill(~visible, float("-inf")),
-                )
+
+        def bias(chunk: QueryChunk) -> Tensor:  # (h, c, t')
+            block = self.position_bias(
+                positions.q[chunk.start : chunk.stop], positions.k[: chunk.seen]
             )
-        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-2)
+            return block.to(q.dtype)
+
+        return blockwise_attention(
+            q, k, v, q_offset=positions.q_offset, rows=rows, bias=bias, probe=probe
+        )
 
 
 __all__ = [

@@ -20,15 +20,21 @@ for float64 inputs) and the softmax output is cast back to v's dtype.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from extrapos.core.errors import UserError
-from extrapos.encodings.base import PositionalEncoding
-from extrapos.encodings.bias import KERPLE_EPS, alibi_slopes
-from extrapos.encodings.registry import register
+from extrapos.encodings.base import PositionalEncoding, Positions
+from extrapos.encodings.registry import (
+    build_encoding,
+    encoding_class,
+    encoding_parameters,
+    list_encodings,
+    register,
+)
+from extrapos.kernels.chunks import Probe, QueryChunk, blockwise_attention
 
 #: query chunks are sized so one chunk holds at most this many per-pair activations
 #: (b · c · t' · `_pair_width`), and never more than `chunk_size` queries.
@@ -44,13 +50,14 @@ def _positive(name: str, field: str, value: int) -> int:
 class _BlockwiseAttention(PositionalEncoding):
     """Shared machinery: causal attention by query chunks; subclasses give each chunk's logits.
 
-    The chunk loop, the causal mask (by sequence index: query q_offset + i sees keys
+    The chunk loop (`extrapos.kernels.chunks.blockwise_attention`), the causal mask (by sequence index: query q_offset + i sees keys
     j <= q_offset + i) and the softmax live here; `chunk_logits` returns the (b, h, c, t')
     pre-mask logits of one chunk. Every pair's logit depends only on its own query row and the
     keys up to it, so chunking and caching give the same result as one pass.
     """
 
     shift_invariant = True  # the subclasses use positions only through differences, or not at all
+    cache = "raw"  # attend() sees every raw key
     chunk_size: int
 
     def _pair_width(self, heads: int) -> int:
@@ -75,35 +82,31 @@ class _BlockwiseAttention(PositionalEncoding):
         q: Tensor,
         k: Tensor,
         v: Tensor,
-        q_positions: Tensor,
-        k_positions: Tensor,
-        q_offset: int,
+        positions: Positions,
         layer: int = 0,
+        probe: Probe | None = None,
     ) -> Tensor:
         """Causal attention: raw q (b, h, s, d), raw k and v (b, h, t, d) with t = q_offset + s
         -> (b, h, s, d) in v's dtype. Differentiable in q, k, v and every parameter."""
-        b, s, t = q.shape[0], q.shape[-2], k.shape[-2]
+        b, t = q.shape[0], k.shape[-2]
         dtype = torch.promote_types(q.dtype, torch.float32)
         budget = BLOCK_ELEMENTS // max(1, b * t * self._pair_width(q.shape[1]))
         rows = max(1, min(self.chunk_size, budget))  # queries per chunk
         qc, kc = q.to(dtype), k.to(dtype)
-        outs = []
-        for start in range(0, s, rows):
-            stop = min(start + rows, s)
-            seen = q_offset + stop  # keys visible to the chunk's last query
-            q_index = torch.arange(q_offset + start, q_offset + stop, device=q.device)
-            visible = torch.arange(seen, device=q.device)[None, :] <= q_index[:, None]  # (c, t')
-            logits = self.chunk_logits(
-                qc[..., start:stop, :],
-                kc[..., :seen, :],
-                q_positions[start:stop],
-                k_positions[:seen],
-                visible,
+
+        def logits(chunk: QueryChunk) -> Tensor:
+            return self.chunk_logits(
+                qc[..., chunk.start : chunk.stop, :],
+                kc[..., : chunk.seen, :],
+                positions.q[chunk.start : chunk.stop],
+                positions.k[: chunk.seen],
+                chunk.visible,
                 layer,
             )
-            weights = logits.masked_fill(~visible, float("-inf")).softmax(dim=-1)
-            outs.append(weights.to(v.dtype) @ v[..., :seen, :])
-        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-2)
+
+        return blockwise_attention(
+            q, k, v, q_offset=positions.q_offset, rows=rows, logits=logits, probe=probe
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,6 +211,16 @@ class CoPE(_BlockwiseAttention):
 # DAPE (Zheng et al. 2024)
 
 
+def _bias_encodings() -> list[str]:
+    """Registered encodings whose only site is a distance-bias table (DAPE's possible B)."""
+    return [
+        name
+        for name in list_encodings()
+        if encoding_class(name).distance_bias is not PositionalEncoding.distance_bias
+        and encoding_class(name).attend is PositionalEncoding.attend
+    ]
+
+
 @register("dape")
 class DAPE(_BlockwiseAttention):
     """Data-Adaptive Positional Encoding (Zheng et al. 2024, "DAPE: Data-Adaptive Positional
@@ -221,29 +234,34 @@ class DAPE(_BlockwiseAttention):
     its attention scores in every head.
 
     Variant (DAPE v1, the paper's main method, not DAPE v2's convolution over the score map):
-    B is ALiBi (`bias="alibi"`, B_h = -m_h·(i - j), the paper's slopes, `alibi_slopes`) or
-    KERPLE-log (`bias="kerple_log"`, B_h = -r1_h·log(1 + r2_h·(i - j)), r1, r2 learned per layer
-    and head, clamped to >= 0.01 before each use as in `kerple_log`). S is the *scaled* score;
-    the MLP sees the pairs past the causal boundary too (their B is 0, the reference's tril),
-    which cannot matter: the mask comes after f and each pair is independent. f keeps PyTorch's
-    default init, as the reference. The first layer is split into its S and B halves, so B's
-    part is computed once per chunk, not once per batch row.
+    B is any registered distance-bias encoding, named by `bias` and built once per layer with
+    `bias_params` (the paper uses ALiBi, `bias="alibi"`, B_h = -m_h·(i - j), and KERPLE-log,
+    `bias="kerple_log"`, B_h = -r1_h·log(1 + r2_h·(i - j)) with r1, r2 learned per layer and
+    head); B_ij = table[h, pos_i - pos_j] of that encoding's `distance_bias` (float32, as for
+    every bias table). S is the *scaled* score; the MLP sees the pairs past the causal
+    boundary too (their B is table[h, 0], the reference's tril gives 0: ALiBi and KERPLE have
+    B(0) = 0), which cannot matter: the mask comes after f and each pair is independent. f keeps
+    PyTorch's default init, as the reference. The first layer is split into its S and B halves,
+    so B's part is computed once per chunk, not once per batch row.
 
     Args:
         num_heads: h (set by the model).
-        num_layers: L (set by the model); one MLP (and KERPLE pair) per layer.
-        bias: the static bias B, "alibi" or "kerple_log".
+        num_layers: L (set by the model); one MLP (and one bias encoding) per layer.
+        bias: the static bias B: the name of a registered `bias`-site encoding (alibi,
+            kerple_log, kerple_power, sandwich, t5, …).
+        bias_params: its constructor parameters (besides num_heads).
         mlp_width: hidden width of f (32 in the paper).
         chunk_size: at most this many queries per block.
-    Parameters: `mlps` (L × [Linear(2h, width), LeakyReLU, Linear(width, h)]); with kerple_log
-    also `r1`, `r2` (L, h).
+    Parameters: `mlps` (L × [Linear(2h, width), LeakyReLU, Linear(width, h)]); `biases` (L
+    bias encodings, with their own parameters, e.g. KERPLE's r1, r2 (h,)).
     """
 
     def __init__(
         self,
         num_heads: int,
         num_layers: int = 1,
-        bias: Literal["alibi", "kerple_log"] = "alibi",
+        bias: str = "alibi",
+        bias_params: dict[str, Any] | None = None,
         mlp_width: int = 32,
         chunk_size: int = 256,
     ) -> None:
@@ -252,8 +270,11 @@ class DAPE(_BlockwiseAttention):
         self.num_layers = _positive("dape", "num_layers", num_layers)
         self.mlp_width = _positive("dape", "mlp_width", mlp_width)
         self.chunk_size = _positive("dape", "chunk_size", chunk_size)
-        if bias not in ("alibi", "kerple_log"):
-            raise UserError(f"dape: bias must be 'alibi' or 'kerple_log', got {bias!r}")
+        known = _bias_encodings()
+        if bias not in known:
+            raise UserError(
+                f"dape: bias must name a distance-bias encoding ({', '.join(known)}), got {bias!r}"
+            )
         self.bias = bias
         self.mlps = nn.ModuleList(
             nn.Sequential(
@@ -261,25 +282,34 @@ class DAPE(_BlockwiseAttention):
             )
             for _ in range(num_layers)
         )
-        if bias == "alibi":
-            self.register_buffer("slopes", alibi_slopes(num_heads), persistent=False)
-        else:  # KERPLE-log's reference init: r1 ~ U(0, 2), r2 ~ U(0, 1), then projected
-            self.r1 = nn.Parameter(torch.rand(num_layers, num_heads) * 2.0)
-            self.r2 = nn.Parameter(torch.rand(num_layers, num_heads))
+        params = dict(bias_params or {})
+        accepted = encoding_parameters(bias)
+        dims = {k: value for k, value in (("num_heads", num_heads),) if k in accepted}
+        if set(params) & set(dims):
+            raise UserError("dape: bias_params must not set num_heads (the model sets it)")
+        self.biases = nn.ModuleList(
+            build_encoding(bias, **dims, **params) for _ in range(num_layers)
+        )
 
     def _pair_width(self, heads: int) -> int:
         return self.mlp_width + 3 * heads  # the MLP's hidden layer, plus S, B and the output
 
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # checkpoints from before the bias was a registered encoding kept KERPLE-log's
+        # parameters as r1, r2 (L, h): move them to biases.{layer}.r1 / .r2 (h,)
+        for name in ("r1", "r2"):
+            old = state_dict.pop(prefix + name, None)
+            if old is not None:
+                for layer, row in enumerate(old):
+                    state_dict[f"{prefix}biases.{layer}.{name}"] = row
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
     def static_bias(self, distances: Tensor, layer: int, dtype: torch.dtype) -> Tensor:
         """B for distances (c, t') = pos_i - pos_j (negative ones, masked pairs, count as 0)
-        -> (h, c, t') in `dtype`."""
-        x = distances.clamp(min=0).to(dtype)
-        if self.bias == "alibi":
-            return -self.slopes.to(dtype)[:, None, None] * x
-        for param in (self.r1, self.r2):
-            param.data.clamp_(min=KERPLE_EPS)  # KERPLE's projection (see bias._Kerple)
-        r1, r2 = self.r1[layer].to(dtype), self.r2[layer].to(dtype)
-        return -r1[:, None, None] * torch.log1p(r2[:, None, None] * x)
+        -> (h, c, t') in `dtype`: the layer's bias table gathered at the distances."""
+        distances = distances.clamp(min=0)
+        table = self.biases[layer].distance_bias(int(distances.max()) + 1)  # (h, n)
+        return table[:, distances].to(dtype)
 
     def chunk_logits(
         self,

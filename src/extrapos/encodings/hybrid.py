@@ -7,7 +7,8 @@ Attention Strategy"; Llama 4's interleaved NoPE layers).
 Each named encoding is built once and shared by the layers that use it. Only encodings that
 act inside attention can differ per layer (q/k rotation, distance bias, none, or their own
 `attend`); input-site and FFN-site encodings act once per model and are refused. The hybrid
-uses the `attention` site, so the model caches raw keys and each layer rotates them itself.
+uses the `attention` site (`cache = "raw"`), so the model caches raw keys and each layer hands
+them to the one dispatch, `extrapos.encodings.dispatch.encoded_attention`, with its own encoding.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from typing import Any
 from torch import Tensor, nn
 
 from extrapos.core.errors import UserError
-from extrapos.encodings.base import PositionalEncoding
+from extrapos.encodings.base import PositionalEncoding, Positions
+from extrapos.encodings.dispatch import encoded_attention
 from extrapos.encodings.registry import build_for_model, register
-from extrapos.kernels.attention import attention
+from extrapos.kernels.chunks import Probe
 
 
 @register("hybrid")
@@ -34,6 +36,7 @@ class Hybrid(PositionalEncoding):
     """
 
     shift_invariant = True  # every allowed inner encoding is relative (checked below)
+    cache = "raw"  # each layer's encoding rotates the raw keys itself
 
     def __init__(
         self,
@@ -67,7 +70,7 @@ class Hybrid(PositionalEncoding):
                     f"hybrid: '{name}' acts at the {sorted(enc.sites)} site(s); per-layer "
                     f"encodings must act inside attention and be relative (q/k, bias, none)"
                 )
-            if enc.rotation_depends_on_length and not enc.supports_kv_cache:
+            if enc.cache == "none":
                 raise UserError(f"hybrid: '{name}' cannot be cached")
             self.inner[name] = enc
 
@@ -79,28 +82,11 @@ class Hybrid(PositionalEncoding):
         q: Tensor,
         k: Tensor,
         v: Tensor,
-        q_positions: Tensor,
-        k_positions: Tensor,
-        q_offset: int,
+        positions: Positions,
         layer: int = 0,
+        probe: Probe | None = None,
     ) -> Tensor:
-        enc = self.layer_encoding(layer)
-        if "attention" in enc.sites:
-            return enc.attend(q, k, v, q_positions, k_positions, q_offset, layer)
-        if "qk" in enc.sites:
-            q, k = enc.rotate_qk(q, k, q_positions, k_positions)
-        table = None
-        if "bias" in enc.sites:
-            table = enc.distance_bias(int(q_positions.max() - k_positions.min()) + 1)
-        return attention(
-            q,
-            k,
-            v,
-            bias_table=table,
-            q_positions=q_positions,
-            k_positions=k_positions,
-            q_offset=q_offset,
-        )
+        return encoded_attention(self.layer_encoding(layer), q, k, v, positions, layer, probe=probe)
 
     def extra_repr(self) -> str:
         return f"layers={self.layers}"

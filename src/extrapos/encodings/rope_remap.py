@@ -2,7 +2,8 @@
 
 Each method keeps ordinary RoPE for near pairs, d = i - j < window, and gives far pairs a
 relative position the model saw in training. A pair's score is q·R(f(d))·k, computed as two
-rotations of the same q and k (near and far) and a per-pair choice (see
+rotations of the same q and k (near and far) and a per-pair choice, by query chunks
+(`extrapos.kernels.chunks.blockwise_attention`; the same scores as
 `extrapos.kernels.attention.two_branch_attention`):
 
 | method | far relative position f(d), d >= window | far rotation of q at / k at |
@@ -28,9 +29,11 @@ import torch
 from torch import Tensor
 
 from extrapos.core.errors import UserError
+from extrapos.encodings.base import Positions
 from extrapos.encodings.registry import register
 from extrapos.encodings.rotary import RoPE
-from extrapos.kernels.attention import two_branch_attention
+from extrapos.kernels.attention import DEFAULT_CHUNK_SIZE
+from extrapos.kernels.chunks import Probe, QueryChunk, blockwise_attention
 
 
 class _RemappedRoPE(RoPE):
@@ -39,6 +42,7 @@ class _RemappedRoPE(RoPE):
 
     window: int  # distances below it use plain RoPE
     shift_invariant = True  # both branches depend on position differences only
+    cache = "raw"  # both rotations are applied to the raw keys at every step
 
     def _set_window(self, window: int, what: str = "window") -> None:
         if window < 1:
@@ -53,18 +57,36 @@ class _RemappedRoPE(RoPE):
         q: Tensor,
         k: Tensor,
         v: Tensor,
-        q_positions: Tensor,
-        k_positions: Tensor,
-        q_offset: int,
+        positions: Positions,
         layer: int = 0,
+        probe: Probe | None = None,
     ) -> Tensor:
+        """Two-branch causal attention (module docstring): for a pair at distance
+        d = pos_i - pos_j, score q_near·k_near/√d when d < window, q_far·k_far/√d beyond.
+        q (b, h, s, d) raw; k, v (b, h, t, d) raw -> (b, h, s, d); differentiable."""
+        q_positions, k_positions = positions.q, positions.k
         seq_len = max(int(q_positions.max()), int(k_positions.max())) + 1
         q_near, k_near = self.rotate_qk(q, k, q_positions, k_positions)
         qf_pos, kf_pos = self.far_positions(q_positions, k_positions)
         q_far = self.logn_scale(self.rotate_at(q, qf_pos, seq_len), q_positions)
         k_far = self.rotate_at(k, kf_pos, seq_len)
-        return two_branch_attention(
-            q_near, k_near, q_far, k_far, v, q_positions, k_positions, self.window, q_offset
+        scale = q.shape[-1] ** -0.5
+
+        def logits(chunk: QueryChunk) -> Tensor:  # (b, h, c, t')
+            rows, keys = slice(chunk.start, chunk.stop), slice(0, chunk.seen)
+            near = q_near[..., rows, :] @ k_near[..., keys, :].transpose(-1, -2)
+            far = q_far[..., rows, :] @ k_far[..., keys, :].transpose(-1, -2)
+            distance = q_positions[rows, None] - k_positions[None, keys]  # (c, t')
+            return torch.where(distance < self.window, near, far).float() * scale
+
+        return blockwise_attention(
+            q_near,
+            k_near,
+            v,
+            q_offset=positions.q_offset,
+            rows=DEFAULT_CHUNK_SIZE,
+            logits=logits,
+            probe=probe,
         )
 
     def extra_repr(self) -> str:

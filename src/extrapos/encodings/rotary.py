@@ -117,7 +117,8 @@ class RoPE(PositionalEncoding):
         self.length_dependent = (
             bool(self.scaling) and self.scaling["rope_type"] in _LENGTH_DEPENDENT
         )
-        self.rotation_depends_on_length = self.length_dependent
+        if self.length_dependent:  # frequencies change with the length: cache raw keys
+            self.cache = "raw"
         self._cos = torch.empty(0, rotary_dim // 2)
         self._sin = torch.empty(0, rotary_dim // 2)
         self._cache_key: int | None = None  # seq_len the cached tables were built for

@@ -19,7 +19,7 @@ scale_base 512, so the factors are computed relative to a centre c:
 - `center=None` (default, the reference's choice): c is the middle of the positions in the call,
   so any absolute position works (10^6 and beyond) as long as one call spans at most
   `max_span(dtype)` positions (≈ 67k in float32/bf16 at scale_base 512). Keys rotated with an
-  older centre would be stale, so `rotation_depends_on_length = True`: the model caches keys
+  older centre would be stale, so `cache = "raw"`: the model caches keys
   before rotation and rotates the whole cache with the current centre at every step (as
   torchscale does), and decoding stays exact at O(t) extra work per step.
 - `center=<int>`: a fixed centre; rotated keys stay valid in the KV cache (O(1) per step), and
@@ -97,8 +97,7 @@ class XPos(RoPE):
         self.center = center
         self.zeta = xpos_zeta(head_dim, self.gamma)  # (d/2,) float64, a constant
         # per-call centring: the model caches raw keys and rotates them all each step
-        self.rotation_depends_on_length = center is None
-        self.supports_kv_cache = True
+        self.cache = "raw" if center is None else "rotated"
 
     def max_distance(self, dtype: torch.dtype = torch.float32) -> int:
         """How far (in positions) any position may be from the call's centre: the factors

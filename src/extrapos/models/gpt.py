@@ -10,6 +10,7 @@ Shapes: b batch, s new tokens, t keys (cached + new), h heads, d head dim, D d_m
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable
@@ -22,8 +23,9 @@ from torch import Tensor, nn
 
 from extrapos.core.errors import UserError
 from extrapos.encodings import PositionalEncoding, build_for_model
-from extrapos.encodings.base import EMBEDDING_INIT_STD
-from extrapos.kernels.attention import attention
+from extrapos.encodings.base import EMBEDDING_INIT_STD, Positions
+from extrapos.encodings.dispatch import bias_table, encoded_attention
+from extrapos.kernels.attention import DEFAULT_CHUNK_SIZE
 from extrapos.models.config import GPTConfig
 
 #: set by the run layer (`extrapos.training.run_dir`) so that `GPT.from_checkpoint` works
@@ -37,16 +39,39 @@ def set_checkpoint_loader(loader: Callable[[str | Path], GPT]) -> None:
 
 
 @dataclass
+class AttentionProbe:
+    """Asks every attention layer for its attention probabilities (like HF's
+    `output_attentions`): `record(layer, start, probs)` receives probs (b, h, c, t') for the
+    queries [start, start + c) of `layer`, from the code that computes the layer's output
+    (`extrapos.encodings.dispatch.encoded_attention`); `chunk_size` bounds c where the dispatch
+    forms the matrix itself (encodings that attend themselves use their own chunks)."""
+
+    record: Callable[[int, int, Tensor], None]
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+
+
+@dataclass
 class PositionContext:
     """What every layer needs to know about positions for one forward pass."""
 
     encoding: PositionalEncoding
-    q_positions: Tensor  # (s,)
-    k_positions: Tensor  # (t,)
-    q_offset: int  # index of the first new token (= cached length)
+    positions: Positions  # queries (s,), keys (t,), q_offset = cached length
     bias_table: Tensor | None  # (h, n), or (h, 2n - 1) signed when not causal, or None
     ffn_term: Tensor | None  # (s, d_ff) or None
     causal: bool = True
+    probe: AttentionProbe | None = None
+
+    @property
+    def q_positions(self) -> Tensor:
+        return self.positions.q
+
+    @property
+    def k_positions(self) -> Tensor:
+        return self.positions.k
+
+    @property
+    def q_offset(self) -> int:
+        return self.positions.q_offset
 
 
 class KVCache:
@@ -90,31 +115,19 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: Tensor, ctx: PositionContext, cache: KVCache | None) -> Tensor:
         b, s, _ = x.shape
         q, k, v = self.qkv(x).view(b, s, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
-        # q, k, v: (b, h, s, d)
-        enc = ctx.encoding
-        if "attention" in enc.sites:  # the encoding attends itself, from raw q/k
-            if cache is not None:
-                k, v = cache.append(self.layer, k, v)
-            y = enc.attend(q, k, v, ctx.q_positions, ctx.k_positions, ctx.q_offset, self.layer)
-            return self.out(y.transpose(1, 2).reshape(b, s, -1))
-        if cache is not None and enc.rotation_depends_on_length:
-            # frequencies depend on the current length: cache raw keys, rotate them all now
-            k, v = cache.append(self.layer, k, v)  # (b, h, t, d)
-            q, k = enc.rotate_qk(q, k, ctx.q_positions, ctx.k_positions)
-        else:
-            if "qk" in enc.sites:
-                q, k = enc.rotate_qk(q, k, ctx.q_positions, ctx.k_positions[ctx.q_offset :])
-            if cache is not None:
-                k, v = cache.append(self.layer, k, v)  # (b, h, t, d)
-        y = attention(
+        # q, k, v: (b, h, s, d); the encoding's site decides the rest, in one place
+        y = encoded_attention(
+            ctx.encoding,
             q,
             k,
             v,
-            bias_table=ctx.bias_table,
-            q_positions=ctx.q_positions,
-            k_positions=ctx.k_positions,
-            q_offset=ctx.q_offset,
+            ctx.positions,
+            self.layer,
+            table=ctx.bias_table,
             causal=ctx.causal,
+            append=None if cache is None else functools.partial(cache.append, self.layer),
+            probe=None if ctx.probe is None else functools.partial(ctx.probe.record, self.layer),
+            probe_chunk=DEFAULT_CHUNK_SIZE if ctx.probe is None else ctx.probe.chunk_size,
         )
         return self.out(y.transpose(1, 2).reshape(b, s, -1))
 
@@ -152,10 +165,21 @@ class Block(nn.Module):
 class GPT(nn.Module):
     """Decoder-only Transformer LM. `model(idx)` with idx (b, s) int64 -> logits (b, s, V)."""
 
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(self, config: GPTConfig, encoding: PositionalEncoding | None = None) -> None:
+        """`encoding`: an encoding already built (e.g. `build_encoding(...)` with custom
+        parameters, or one shared with another model) for this model's shape, used instead of
+        building one from `config.encoding` / `config.encoding_params`; its registry name must
+        be `config.encoding`, so the config still describes (and reloads) the model."""
         super().__init__()
         self.config = config
-        self.encoding = build_for_model(
+        if encoding is not None and not isinstance(encoding, PositionalEncoding):
+            raise UserError(f"encoding must be a PositionalEncoding, got {type(encoding).__name__}")
+        if encoding is not None and encoding.name != config.encoding:
+            raise UserError(
+                f"the given encoding is '{encoding.name}' but config.encoding is "
+                f"'{config.encoding}'; set config.encoding='{encoding.name}'"
+            )
+        self.encoding = encoding or build_for_model(
             config.encoding,
             config.encoding_params,
             d_model=config.d_model,
@@ -189,7 +213,12 @@ class GPT(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def position_context(
-        self, s: int, positions: Tensor | None, cache: KVCache | None, device: torch.device
+        self,
+        s: int,
+        positions: Tensor | None,
+        cache: KVCache | None,
+        device: torch.device,
+        probe: AttentionProbe | None = None,
     ) -> PositionContext:
         offset = cache.length if cache is not None else 0
         if positions is None and self.config.random_positions and cache is None:
@@ -211,16 +240,10 @@ class GPT(nn.Module):
         causal = self.config.causal
         if not causal:
             self._check_bidirectional(cache)
-        bias_table = None
-        if "bias" in enc.sites and causal:
-            num_distances = int(positions.max() - k_positions.min()) + 1
-            bias_table = enc.distance_bias(num_distances)
-        elif "bias" in enc.sites:
-            bias_table = enc.signed_distance_bias(int(positions.max() - positions.min()) + 1)
+        where = Positions(positions, k_positions, offset)
+        table = bias_table(enc, where, causal)  # once for every layer
         ffn_term = enc.ffn_term(positions, self.config.d_ff) if "ffn" in enc.sites else None
-        return PositionContext(
-            enc, positions, k_positions, offset, bias_table, ffn_term, causal=causal
-        )
+        return PositionContext(enc, where, table, ffn_term, causal=causal, probe=probe)
 
     def _check_bidirectional(self, cache: KVCache | None) -> None:
         if cache is not None:
@@ -249,14 +272,19 @@ class GPT(nn.Module):
         return torch.randperm(limit, generator=generator)[:s].sort().values.to(device)
 
     def forward(
-        self, idx: Tensor, positions: Tensor | None = None, cache: KVCache | None = None
+        self,
+        idx: Tensor,
+        positions: Tensor | None = None,
+        cache: KVCache | None = None,
+        probe: AttentionProbe | None = None,
     ) -> Tensor:
         """idx (b, s) int64; positions (s,) int64, default offset .. offset+s-1 where offset is
-        the cache length; cache: keys/values of earlier tokens, extended in place.
+        the cache length; cache: keys/values of earlier tokens, extended in place; probe:
+        receives every layer's attention probabilities (`AttentionProbe`).
         Returns logits (b, s, V) in float32."""
         if idx.ndim != 2:
             raise UserError(f"idx must have shape (batch, seq), got {tuple(idx.shape)}")
-        ctx = self.position_context(idx.shape[1], positions, cache, idx.device)
+        ctx = self.position_context(idx.shape[1], positions, cache, idx.device, probe)
         x = self.embed(idx)  # (b, s, D)
         if "input" in ctx.encoding.sites:
             x = x + ctx.encoding.input_embedding(ctx.q_positions).to(x.dtype)
@@ -280,14 +308,14 @@ class GPT(nn.Module):
         """Sample `max_new_tokens` after the prompt idx (b, s); returns (b, s + max_new_tokens).
 
         With a KV cache each step feeds only the new token. Encodings whose cached keys go
-        stale as the sequence grows (`supports_kv_cache = False`) recompute the full sequence
-        each step instead, with a warning. Encodings whose rotation depends on the length
-        (dynamic NTK) keep their cache: keys are cached before rotation. temperature 0 means
+        stale as the sequence grows (`cache = "none"`) recompute the full sequence each step
+        instead, with a warning. Encodings whose rotation depends on the length (dynamic NTK)
+        keep their cache: keys are cached before rotation (`cache = "raw"`). temperature 0 means
         greedy decoding.
         """
         if not self.config.causal:
             raise UserError("an encoder model (causal=False) cannot generate text; use causal=True")
-        if use_cache and not self.encoding.supports_kv_cache:
+        if use_cache and self.encoding.cache == "none":
             warnings.warn(
                 f"encoding '{self.encoding.name}' cannot reuse cached keys; recomputing the full "
                 f"sequence at every step",

@@ -1,20 +1,20 @@
 """Diagnostics: what attention does as the context grows, and loss by position.
 
-Attention statistics (our GPT only). The model's fast attention paths never form the attention
-matrix, so it is recomputed here, layer by layer, from each layer's real input:
+Attention statistics (our GPT, every registered encoding). The attention probabilities come from
+the code that computes each layer's output, as HF's `output_attentions`: one forward pass with
+an `AttentionProbe` (`extrapos.models.gpt`), which the one dispatch
+(`extrapos.encodings.dispatch.encoded_attention`) fills per query chunk —
 
-1. one forward pass with forward hooks on every `model.blocks[i].attn` captures its input x
-   (b, n, D), its `PositionContext` and its output;
-2. per layer, q, k, v = x W_qkv; q, k rotated by `encoding.rotate_qk` when "qk" is a site;
-3. per block of queries (`query_chunk` rows, so memory is O(b·h·c·n), not (h, n, n)):
-   P = softmax(q kᵀ/√d + B + M), B the distance-bias table gathered at pos_i − pos_j when
-   "bias" is a site, M the causal mask — exactly `extrapos.kernels.attention`'s formula;
-4. `check=True` verifies W_out (P v) equals the captured output of the layer, so an encoding
-   whose attention is not modelled here fails loudly instead of producing wrong statistics.
+- for the input/q-k/bias/FFN sites (and none) the dispatch forms P = softmax(q kᵀ/√d + B + M)
+  by blocks of `query_chunk` queries instead of calling the fused kernels, B the distance-bias
+  table gathered at pos_i − pos_j, M the causal mask: memory O(b·h·c·n), never (h, n, n);
+- encodings that attend themselves (CoPE, DAPE, FIRE, Transformer-XL, ReRoPE, Self-Extend,
+  STRING, hybrid) report the probabilities of their own chunk loop
+  (`extrapos.kernels.chunks.blockwise_attention`).
 
-Encodings at the `attention` site (they compute attention themselves: ReRoPE, Self-Extend,
-CoPE, …) are supported when they offer `attention_probabilities(q, k, q_positions,
-k_positions, q_offset, layer) -> (b, h, s, t)` from raw q, k; otherwise a `UserError` says so.
+`check=True` verifies, per layer, that W_out (P v) equals the layer's output in that same pass,
+so probabilities that are not what the layer used (a hook changing the output, an encoding that
+does not report them) fail loudly instead of producing wrong statistics.
 
 Per query i (token index, keys j ≤ i) and head:
 
@@ -35,18 +35,20 @@ Shapes: b windows, h heads, n length, c query chunk, d head dim, D d_model.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator, Sequence
+import functools
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from extrapos.core.errors import UserError
 from extrapos.core.files import write_bytes, write_json
 from extrapos.core.stats import geometric_bins
-from extrapos.kernels.attention import bias_block, use_backend
+from extrapos.kernels.attention import use_backend
+from extrapos.models.gpt import AttentionProbe
 
 DEFAULT_QUERY_CHUNK = 512
 
@@ -71,99 +73,86 @@ def _bin_index(distances: Tensor) -> Tensor:
     return out
 
 
-def _capture(model: Any, idx: Tensor, positions: Tensor | None) -> list[tuple[Tensor, Any, Tensor]]:
-    """(input x, PositionContext, output) of every attention layer for one forward pass."""
-    captured: list[tuple[Tensor, Any, Tensor] | None] = [None] * len(model.blocks)
-
-    def hook(i: int):  # noqa: ANN202
-        def fn(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Tensor) -> None:
-            x = args[0] if args else kwargs["x"]
-            ctx = args[1] if len(args) > 1 else kwargs.get("ctx")
-            if ctx is None:  # not passed positionally: rebuild it the way the model does
-                ctx = model.position_context(x.shape[1], positions, None, x.device)
-            captured[i] = (x.detach(), ctx, output.detach())
-
-        return fn
-
-    handles = [
-        blk.attn.register_forward_hook(hook(i), with_kwargs=True)
-        for i, blk in enumerate(model.blocks)
-    ]
-    try:
-        with torch.inference_mode(), use_backend("chunked"):  # no FlexAttention compile here
-            model(idx, positions=positions)
-    finally:
-        for h in handles:
-            h.remove()
-    assert all(c is not None for c in captured)
-    return captured  # type: ignore[return-value]
+#: receives (layer, first query, P (b, h, c, n) float32) for every chunk of every layer
+ChunkFn = Callable[[int, int, Tensor], None]
 
 
-def attention_chunks(
+def probe_attention(
     model: Any,
     idx: Tensor,
+    on_chunk: ChunkFn,
     positions: Tensor | None = None,
     query_chunk: int = DEFAULT_QUERY_CHUNK,
     check: bool = True,
-) -> Iterator[tuple[int, int, Tensor]]:
-    """Yield (layer, first query, P) with P (b, h, c, n) float32 the attention probabilities
-    of queries [first, first + c) of that layer; see the module docstring."""
+) -> None:
+    """One forward pass of `model` on idx (b, n) that hands every layer's attention
+    probabilities to `on_chunk(layer, start, P)`, P (b, h, c, n) float32 for queries
+    [start, start + c) (keys a chunk cannot see are 0); see the module docstring."""
     if not hasattr(model, "blocks") or not hasattr(model, "encoding"):
         raise UserError("attention diagnostics need an extrapos GPT (with .blocks and .encoding)")
     b, n = idx.shape
+    layers = len(model.blocks)
+    values: list[Tensor | None] = [None] * layers  # v (b, h, n, d) float32 of each layer
+    mixed: list[list[Tensor]] = [[] for _ in range(layers)]  # P v per chunk
+    covered = [0] * layers  # queries reported per layer
+    errors: list[tuple[float, float]] = [(0.0, 0.0)] * layers  # (max error, output scale)
+    dtypes: list[torch.dtype] = [torch.float32] * layers
+
+    def before(i: int):  # noqa: ANN202
+        def fn(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            x = args[0] if args else kwargs["x"]
+            qkv = module.qkv(x).view(b, n, 3, module.n_head, module.head_dim)
+            values[i] = qkv[:, :, 2].transpose(1, 2).float()
+
+        return fn
+
+    def after(i: int):  # noqa: ANN202
+        def fn(module: Any, args: Any, kwargs: Any, output: Tensor) -> None:
+            if not check or covered[i] != n:
+                return
+            y = torch.cat(mixed[i], dim=2).transpose(1, 2).reshape(b, n, -1)
+            mine = module.out(y.to(module.out.weight.dtype)).float()
+            errors[i] = (float((mine - output.float()).abs().max()), float(output.abs().max()))
+            dtypes[i] = output.dtype
+            mixed[i].clear()
+
+        return fn
+
+    def record(layer: int, start: int, probs: Tensor) -> None:
+        probs = probs.float()
+        if probs.shape[-1] < n:  # a chunk sees keys up to its last query only
+            probs = F.pad(probs, (0, n - probs.shape[-1]))
+        covered[layer] += probs.shape[2]
+        if check:
+            mixed[layer].append(probs @ values[layer])  # (b, h, c, d)
+        on_chunk(layer, start, probs)
+
+    handles = []
+    for i, blk in enumerate(model.blocks):
+        handles.append(blk.attn.register_forward_pre_hook(before(i), with_kwargs=True))
+        handles.append(blk.attn.register_forward_hook(after(i), with_kwargs=True))
+    try:
+        with torch.inference_mode(), use_backend("chunked"):  # no FlexAttention compile here
+            model(idx, positions=positions, probe=AttentionProbe(record, query_chunk))
+    finally:
+        for h in handles:
+            h.remove()
     enc = model.encoding
-    own = "attention" in enc.sites  # the encoding computes attention itself (ReRoPE, CoPE, …)
-    if own and not hasattr(enc, "attention_probabilities"):
-        raise UserError(
-            f"encoding '{enc.name}' computes its own attention (site 'attention') and has no "
-            f"attention_probabilities(q, k, q_positions, k_positions, q_offset, layer) method; "
-            f"attention diagnostics support it once it has one"
-        )
-    for layer, (x, ctx, ref) in enumerate(_capture(model, idx, positions)):
-        attn = model.blocks[layer].attn
-        h, d = attn.n_head, attn.head_dim
-        with torch.inference_mode():
-            q, k, v = attn.qkv(x).view(b, n, 3, h, d).permute(2, 0, 3, 1, 4)  # (b, h, n, d)
-            if "qk" in enc.sites and not own:
-                q, k = enc.rotate_qk(q, k, ctx.q_positions, ctx.k_positions)
-            own_probs = None
-            if own:  # optional hook: (b, h, n, n) probabilities from raw q, k
-                own_probs = enc.attention_probabilities(
-                    q, k, ctx.q_positions, ctx.k_positions, ctx.q_offset, layer
-                ).float()
-            q, k, v = q.float(), k.float(), v.float()
-            worst, scale = 0.0, float(ref.abs().max())
-            for start in range(0, n, query_chunk):
-                stop = min(start + query_chunk, n)
-                scores = q[..., start:stop, :] @ k.transpose(-1, -2) / math.sqrt(d)  # (b,h,c,n)
-                q_index = torch.arange(start, stop, device=idx.device)
-                if own_probs is not None:
-                    scores = own_probs[..., start:stop, :].log()
-                elif ctx.bias_table is not None:
-                    scores = scores + bias_block(
-                        ctx.bias_table,
-                        ctx.q_positions[start:stop],
-                        ctx.k_positions,
-                        q_index,
-                        torch.float32,
-                    )
-                else:
-                    visible = torch.arange(n, device=idx.device)[None, :] <= q_index[:, None]
-                    scores = scores.masked_fill(~visible, float("-inf"))
-                probs = scores.softmax(-1)
-                if check:
-                    y = (probs @ v).transpose(1, 2).reshape(b, stop - start, h * d)
-                    mine = attn.out(y.to(attn.out.weight.dtype)).float()
-                    worst = max(worst, float((mine - ref[:, start:stop].float()).abs().max()))
-                yield layer, start, probs
-            tolerance = (1e-3 if x.dtype == torch.float32 else 3e-2) * scale + 1e-6
-            if check and worst > tolerance:
-                raise UserError(
-                    f"attention diagnostics cannot reproduce layer {layer} of encoding "
-                    f"'{enc.name}' (max error {worst:.3g} vs output scale {scale:.3g}); its "
-                    f"attention is not softmax(qk/sqrt(d) + distance bias), so these statistics "
-                    f"do not apply to it"
-                )
+    for layer in range(layers):
+        if covered[layer] != n:
+            raise UserError(
+                f"encoding '{enc.name}' computes attention itself and reported probabilities "
+                f"for {covered[layer]} of {n} queries of layer {layer}; its attend() must pass "
+                f"them to its probe (extrapos.kernels.chunks.blockwise_attention does)"
+            )
+        worst, scale = errors[layer]
+        relative = 1e-3 if dtypes[layer] in (torch.float32, torch.float64) else 3e-2
+        if check and worst > relative * scale + 1e-6:
+            raise UserError(
+                f"attention diagnostics cannot reproduce layer {layer} of encoding "
+                f"'{enc.name}' (max error {worst:.3g} vs output scale {scale:.3g}): the layer's "
+                f"output is not W_out(P v) for the probabilities its attention reported"
+            )
 
 
 @torch.inference_mode()
@@ -173,10 +162,31 @@ def attention_probabilities(
     """The full attention matrix of every layer: a list of (b, h, n, n) float32 (row i sums to
     1 over j ≤ i). Memory O(L·b·h·n²): meant for short inputs and plots."""
     n = idx.shape[1]
-    out: list[list[Tensor]] = [[] for _ in model.blocks]
-    for layer, _, probs in attention_chunks(model, idx, positions, n, check):
-        out[layer].append(probs)
-    return [torch.cat(chunks, dim=2) for chunks in out]
+    out: list[list[tuple[int, Tensor]]] = [[] for _ in model.blocks]
+    probe_attention(
+        model, idx, lambda layer, start, p: out[layer].append((start, p)), positions, n, check
+    )
+    return [torch.cat([p for _, p in sorted(chunks, key=lambda c: c[0])], dim=2) for chunks in out]
+
+
+def _accumulate(
+    sums: tuple[Tensor, Tensor, Tensor, Tensor], layer: int, start: int, probs: Tensor
+) -> None:
+    """Add one chunk's entropy, distance, sink and histogram sums (per layer and head)."""
+    entropy, distance, sink, hist = sums
+    c, n, device = probs.shape[2], probs.shape[3], probs.device
+    dist = (
+        torch.arange(start, start + c, device=device)[:, None]
+        - torch.arange(n, device=device)[None, :]
+    )  # (c, n), i − j
+    ent = -torch.special.xlogy(probs, probs).sum(-1)  # (b, h, c)
+    entropy[layer] += ent.sum((0, 2)).double().cpu()
+    distance[layer] += (probs * dist.clamp(min=0)).sum((0, 2, 3)).double().cpu()
+    sink[layer] += probs[..., 0].sum((0, 2)).double().cpu()
+    bin_of = _bin_index(dist).expand_as(probs)
+    mass = torch.zeros(*probs.shape[:3], hist.shape[-1], device=device)
+    mass.scatter_add_(-1, bin_of, probs)
+    hist[layer] += mass.sum((0, 2)).double().cpu()
 
 
 @torch.inference_mode()
@@ -216,22 +226,13 @@ def attention_stats(
         distance = torch.zeros(L, H, dtype=torch.float64)
         sink = torch.zeros(L, H, dtype=torch.float64)
         hist = torch.zeros(L, H, len(bins), dtype=torch.float64)
+
         for w in range(count):
             idx = tokens[w * n : (w + 1) * n][None].to(device)
-            for layer, start, probs in attention_chunks(model, idx, None, query_chunk, check):
-                c = probs.shape[2]
-                dist = (
-                    torch.arange(start, start + c, device=device)[:, None]
-                    - torch.arange(n, device=device)[None, :]
-                )  # (c, n), i − j
-                ent = -torch.special.xlogy(probs, probs).sum(-1)  # (b, h, c)
-                entropy[layer] += ent.sum((0, 2)).double().cpu()
-                distance[layer] += (probs * dist.clamp(min=0)).sum((0, 2, 3)).double().cpu()
-                sink[layer] += probs[..., 0].sum((0, 2)).double().cpu()
-                bin_of = _bin_index(dist).expand_as(probs)
-                mass = torch.zeros(*probs.shape[:3], len(bins), device=device)
-                mass.scatter_add_(-1, bin_of, probs)
-                hist[layer] += mass.sum((0, 2)).double().cpu()
+            sums = (entropy, distance, sink, hist)
+            probe_attention(
+                model, idx, functools.partial(_accumulate, sums), None, query_chunk, check
+            )
         queries = count * n
         uniform = float(torch.log(torch.arange(1, n + 1, dtype=torch.float64)).mean())
         for layer in range(L):

@@ -1,0 +1,110 @@
+"""The query-chunk loop, written once: attention whose logits are built one block of queries at a
+time, never as a (b, h, s, t) tensor for the whole sequence.
+
+    out_i = Σ_j softmax_j(logit_ij + M_ij) v_j,   M_ij = 0 if j <= q_offset + i else -inf
+
+Shapes: q (b, h, s, d); k, v (b, h, t, d) with t = q_offset + s when causal (keys already cached
+come first); a chunk holds queries [start, stop) and sees keys [0, seen), seen = q_offset + stop
+(all t keys when not causal). Causality is by sequence index, as in `extrapos.kernels.attention`.
+
+A chunk's logits come from one of two callbacks:
+
+- `logits(chunk) -> (b, h, c, seen)`: the full pre-mask scores (CoPE, DAPE, Transformer-XL,
+  ReRoPE/Self-Extend/STRING, …); the loop masks, softmaxes and multiplies by v.
+- `bias(chunk) -> (h, c, seen)` or (b, h, c, seen): an additive score bias for
+  softmax(q·kᵀ/√d + bias) (FIRE, the Toeplitz tables of `extrapos.kernels.attention`); the loop
+  calls SDPA with the bias as its mask, or computes the softmax itself when probed.
+
+`probe`: an optional callback `probe(start, probs)` that receives every chunk's attention
+probabilities (b, h, c, seen) — the matrix the output is computed from (like HF's
+`output_attentions`). With a probe the loop always forms the probabilities explicitly (float32
+or wider), so the probed output may differ from the unprobed SDPA one by rounding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+#: receives (first query of the chunk, attention probabilities (b, h, c, seen))
+Probe = Callable[[int, Tensor], None]
+
+
+@dataclass(frozen=True)
+class QueryChunk:
+    """Queries [start, stop) of one chunk; they see keys [0, seen); `visible` (c, seen) bool is
+    the causal mask (all True when not causal)."""
+
+    start: int
+    stop: int
+    seen: int
+    visible: Tensor
+
+
+def query_chunks(
+    s: int, t: int, q_offset: int, rows: int, device: torch.device, causal: bool = True
+) -> Iterator[QueryChunk]:
+    """Chunks of `rows` queries over s queries against t keys (see module docstring)."""
+    for start in range(0, s, rows):
+        stop = min(start + rows, s)
+        if causal:
+            seen = q_offset + stop  # keys visible to the chunk's last query
+            q_index = torch.arange(q_offset + start, q_offset + stop, device=device)
+            visible = torch.arange(seen, device=device)[None, :] <= q_index[:, None]
+        else:
+            seen = t
+            visible = torch.ones(stop - start, t, dtype=torch.bool, device=device)
+        yield QueryChunk(start, stop, seen, visible)
+
+
+def blockwise_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    q_offset: int = 0,
+    rows: int,
+    logits: Callable[[QueryChunk], Tensor] | None = None,
+    bias: Callable[[QueryChunk], Tensor] | None = None,
+    probe: Probe | None = None,
+    causal: bool = True,
+) -> Tensor:
+    """Attention by query chunks of `rows` queries; give `logits` or `bias` (or neither: plain
+    softmax(q·kᵀ/√d)). Returns (b, h, s, d) in v's dtype. Differentiable."""
+    if logits is not None and bias is not None:
+        raise ValueError("give logits or bias, not both")
+    s, t = q.shape[-2], k.shape[-2]
+    outs = []
+    for chunk in query_chunks(s, t, q_offset, rows, q.device, causal):
+        qc = q[..., chunk.start : chunk.stop, :]
+        keys, values = k[..., : chunk.seen, :], v[..., : chunk.seen, :]
+        if logits is None and probe is None:  # SDPA with an additive mask
+            if bias is not None:
+                mask = bias(chunk)
+            else:
+                mask = torch.zeros(chunk.visible.shape, dtype=q.dtype, device=q.device)
+            outs.append(
+                F.scaled_dot_product_attention(
+                    qc, keys, values, attn_mask=mask.masked_fill(~chunk.visible, float("-inf"))
+                )
+            )
+            continue
+        if logits is not None:
+            scores = logits(chunk)
+        else:
+            dtype = torch.promote_types(q.dtype, torch.float32)
+            scores = (qc.to(dtype) @ keys.to(dtype).transpose(-1, -2)) * q.shape[-1] ** -0.5
+            if bias is not None:
+                scores = scores + bias(chunk).to(dtype)
+        weights = scores.masked_fill(~chunk.visible, float("-inf")).softmax(dim=-1)
+        if probe is not None:
+            probe(chunk.start, weights)
+        outs.append(weights.to(v.dtype) @ values)
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-2)
+
+
+__all__ = ["Probe", "QueryChunk", "blockwise_attention", "query_chunks"]
