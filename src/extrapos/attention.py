@@ -10,14 +10,18 @@ explicit positions (offsets, randomized positions) work through the same path.
 Paths (measured on 2 CPU cores in ../shared/MEASUREMENTS.md and benchmarks/RESULTS.md):
 
 - `sdpa`: no bias; `F.scaled_dot_product_attention` with `is_causal` (its flash kernel).
-- `chunked`: queries in chunks of `chunk_size`; each chunk gathers only its own (h, c, t) bias
-  block from the table and calls SDPA. Pure PyTorch, differentiable (gradients reach the table
-  through the gather), O(h·c·t) extra memory.
+- `linear`: a table that is exactly -m_h·k (ALiBi) folded into q and k as extra head-dim
+  columns: bias-free SDPA, no mask (`extrapos.kernels.linear_bias`; float rounding only).
+- `chunked`: queries in chunks of `chunk_size`; each chunk takes only its own (h, c, t) bias
+  block from the table (a zero-copy strided view when positions are consecutive) and calls
+  SDPA. Pure PyTorch, differentiable (gradients reach the table), O(h·c·t) extra memory.
 - `flex`: FlexAttention with the table read inside `score_mod` and a causal `BlockMask`: O(h·n)
-  extra memory. On CPU (torch 2.13) it has a compiled forward but no backward, and compiling a new
-  shape costs ~11 s, so `auto` uses it on CPU only for inference at t >= `FLEX_MIN_LEN` and
-  without a cache offset (s == t; see `attention`); on CUDA it is used for every bias.
+  extra memory. On CPU (torch 2.13) it has a compiled forward but no backward, and compiling a
+  new shape costs ~11 s.
 
+`auto` (the default) follows `extrapos.kernels.dispatch`: `linear` for ALiBi-like tables,
+and between `flex` and `chunked` for other tables in CPU inference, whichever a calibration
+measured faster on this machine (run once, cached); `chunked` for CPU training; `flex` on CUDA.
 `backend` selects a path explicitly ("auto" picks as above).
 """
 
@@ -33,11 +37,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-Backend = Literal["auto", "sdpa", "chunked", "flex"]
-BACKENDS: tuple[str, ...] = ("auto", "sdpa", "chunked", "flex")
+from extrapos.kernels import dispatch
+from extrapos.kernels.linear_bias import (
+    SINGLE_CALL_MAX,
+    linear_bias_attention,
+    linear_slopes,
+)
+from extrapos.kernels.linear_bias import supports as linear_supports
 
-#: on CPU, `auto` uses FlexAttention for inference from this many keys on (compile cost ~11 s).
-FLEX_MIN_LEN = 4096
+Backend = Literal["auto", "sdpa", "chunked", "flex", "linear"]
+BACKENDS: tuple[str, ...] = ("auto", "sdpa", "chunked", "flex", "linear")
+
 DEFAULT_CHUNK_SIZE = 512
 
 _default_backend: Backend = "auto"
@@ -127,16 +137,17 @@ def is_range(positions: Tensor) -> bool:
 
 
 def toeplitz_source(table: Tensor, t: int) -> Tensor:
-    """(h, t + n) source of Toeplitz bias blocks: t entries of -inf, then the table.
+    """(h, n + t) source of Toeplitz bias blocks: the table reversed, then t entries of -inf.
 
-    With consecutive positions and the *keys in reverse order*, entry j' of block row i (query
-    at distance D from key 0) is source[D + t - seen + 1 + j'] for the `seen` keys: table[D - j]
-    for key j = seen - 1 - j', and -inf where D - j < 0 — exactly the causal mask. Every row
-    starts one entry after the previous one, so a block is a zero-copy strided view with strides
-    (t + n, 1, 1); no element is gathered.
+    With consecutive positions and the *queries of a chunk in reverse order*, row r' of a block
+    (the query at distance D from key 0) is source[n - 1 - D + j] for keys j = 0, 1, …:
+    table[D - j] for j <= D, and -inf past D — exactly the causal mask. Each row starts one
+    entry after the previous one, so a block is a zero-copy strided view with strides
+    (n + t, 1, 1); no element is gathered, and only the chunk's queries (not the keys, which
+    may be a long cache) are reordered.
     """
     pad = table.new_full((table.shape[0], t), float("-inf"))
-    return torch.cat((pad, table), dim=-1)
+    return torch.cat((table.flip(-1), pad), dim=-1)
 
 
 def chunked_bias_attention(
@@ -164,21 +175,24 @@ def chunked_bias_attention(
     for start in range(0, s, chunk_size):
         stop = min(start + chunk_size, s)
         seen = q_offset + stop  # keys visible to the chunk's last query
+        keys, values = k[..., :seen, :], v[..., :seen, :]
         if source is not None:
-            # query i is at distance q_offset + i from key 0; keys are fed in reverse order
+            # row r' is query stop - 1 - r', at distance q_offset + stop - 1 - r' from key 0
             block = source.as_strided(
                 (source.shape[0], stop - start, seen),
                 (source.stride(0), 1, 1),
-                source.storage_offset() + q_offset + start + t - seen + 1,
+                source.storage_offset() + n - q_offset - stop,
             )
-            keys, values = k[..., :seen, :].flip(-2), v[..., :seen, :].flip(-2)
-        else:
-            q_index = torch.arange(q_offset + start, q_offset + stop, device=q.device)
-            block = bias_block(
-                table, q_positions[start:stop], k_positions[:seen], q_index, bias_dtype(q)
+            # a 4-D mask keeps SDPA on its fast CPU kernel (a 3-D one is 2.5x slower, measured)
+            out = F.scaled_dot_product_attention(
+                q[..., start:stop, :].flip(-2), keys, values, attn_mask=block[None]
             )
-            keys, values = k[..., :seen, :], v[..., :seen, :]
-        # a 4-D mask keeps SDPA on its fast CPU kernel (a 3-D one is 2.5x slower, measured)
+            outs.append(out.flip(-2))
+            continue
+        q_index = torch.arange(q_offset + start, q_offset + stop, device=q.device)
+        block = bias_block(
+            table, q_positions[start:stop], k_positions[:seen], q_index, bias_dtype(q)
+        )
         outs.append(
             F.scaled_dot_product_attention(
                 q[..., start:stop, :], keys, values, attn_mask=block[None]
@@ -275,15 +289,40 @@ def flex_available(device: torch.device) -> bool:
     return device.type in ("cpu", "cuda")
 
 
-def pick_backend(backend: Backend, needs_grad: bool, t: int, device: torch.device) -> str:
-    """Resolve `auto` for a biased attention call (see module docstring)."""
+def pick_backend(
+    backend: Backend,
+    needs_grad: bool,
+    t: int,
+    device: torch.device,
+    *,
+    s: int | None = None,
+    linear: bool = False,
+    linear_ok: bool = False,
+) -> str:
+    """Resolve `auto` for a biased causal call (`extrapos.kernels.dispatch.decide`): s queries
+    (default t) against t keys; `linear` when the table is exactly -m·k (ALiBi) and `linear_ok`
+    when the fold supports the call."""
     if backend != "auto":
         return backend
-    if not flex_available(device):
-        return "chunked"
-    if device.type == "cuda":
-        return "flex"
-    return "flex" if (not needs_grad and t >= FLEX_MIN_LEN) else "chunked"
+    return dispatch.decide(
+        needs_grad=needs_grad,
+        s=t if s is None else s,
+        t=t,
+        device=device,
+        linear=linear,
+        linear_ok=linear_ok,
+        flex_ok=flex_available(device) and not _flex_failed,
+    ).path
+
+
+def _linear_ok(q: Tensor, needs_grad: bool, s: int, t: int, span: int) -> bool:
+    """Whether the linear fold supports this call (see `extrapos.kernels.linear_bias`); span =
+    the largest minus the smallest key position."""
+    if not linear_supports(q) or (q.dtype == torch.bfloat16 and span >= 65536):
+        return False
+    if needs_grad:
+        return s == t and s <= SINGLE_CALL_MAX
+    return True
 
 
 def attention(
@@ -329,7 +368,27 @@ def attention(
     needs_grad = torch.is_grad_enabled() and (
         q.requires_grad or k.requires_grad or v.requires_grad or bias_table.requires_grad
     )
-    chosen = pick_backend(backend or _default_backend, needs_grad, t, q.device)
+    requested = backend or _default_backend
+    slopes = linear_slopes(bias_table) if requested in ("auto", "linear") else None
+    span = int(k_positions[-1] - k_positions[0]) if slopes is not None else 0
+    chosen = pick_backend(
+        requested,
+        needs_grad,
+        t,
+        q.device,
+        s=s,
+        linear=slopes is not None,
+        linear_ok=slopes is not None and _linear_ok(q, needs_grad, s, t, span),
+    )
+    if chosen == "linear":
+        if slopes is None or not _linear_ok(q, needs_grad, s, t, span):
+            raise ValueError(
+                "backend 'linear' needs an exactly linear table (ALiBi), a CPU float32/float64/"
+                f"bf16 input and, with gradients, no cache offset and <= {SINGLE_CALL_MAX} "
+                "queries; use 'auto' or 'chunked'"
+            )
+        dispatch.record_taken("linear")
+        return linear_bias_attention(q, k, v, slopes, q_positions, k_positions, q_offset)
     if chosen == "flex":
         if needs_grad and q.device.type == "cpu":
             warnings.warn(
@@ -345,11 +404,14 @@ def attention(
             pass
         elif not _flex_failed:
             try:
-                return flex_bias_attention(q, k, v, bias_table, q_positions, k_positions, q_offset)
+                out = flex_bias_attention(q, k, v, bias_table, q_positions, k_positions, q_offset)
+                dispatch.record_taken("flex")
+                return out
             except Exception as exc:  # inductor's CPU codegen fails on some shapes (torch 2.13)
                 _disable_flex(exc)
     if chosen == "sdpa":
         raise ValueError("backend 'sdpa' cannot apply a score bias; use 'chunked' or 'flex'")
+    dispatch.record_taken("chunked")
     return chunked_bias_attention(
         q, k, v, bias_table, q_positions, k_positions, q_offset, chunk_size
     )
