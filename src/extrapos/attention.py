@@ -44,6 +44,7 @@ from extrapos.kernels.linear_bias import (
     linear_slopes,
 )
 from extrapos.kernels.linear_bias import supports as linear_supports
+from extrapos.kernels.table_grad import table_bias_attention
 
 Backend = Literal["auto", "sdpa", "chunked", "flex", "linear"]
 BACKENDS: tuple[str, ...] = ("auto", "sdpa", "chunked", "flex", "linear")
@@ -150,6 +151,17 @@ def toeplitz_source(table: Tensor, t: int) -> Tensor:
     return torch.cat((table.flip(-1), pad), dim=-1)
 
 
+def is_toeplitz(q_positions: Tensor, k_positions: Tensor, q_offset: int, n: int) -> bool:
+    """Whether bias blocks are strided views of one source: consecutive positions, queries
+    q_offset keys after the first key, and a table covering every distance (n >= t)."""
+    return (
+        n >= q_offset + q_positions.shape[0]
+        and is_range(q_positions)
+        and is_range(k_positions)
+        and int(q_positions[0]) - int(k_positions[0]) == q_offset
+    )
+
+
 def chunked_bias_attention(
     q: Tensor,
     k: Tensor,
@@ -163,12 +175,7 @@ def chunked_bias_attention(
     """Distance-bias attention by query chunks: each chunk builds only its (h, c, t') block,
     t' = the keys it can see. Differentiable in q, k, v and the table."""
     s, n = q.shape[-2], table.shape[-1]
-    toeplitz = (
-        n >= q_offset + s  # the table covers every distance the view will read
-        and is_range(q_positions)
-        and is_range(k_positions)
-        and int(q_positions[0]) - int(k_positions[0]) == q_offset
-    )
+    toeplitz = is_toeplitz(q_positions, k_positions, q_offset, n)
     t = k.shape[-2]
     source = toeplitz_source(table.to(bias_dtype(q)), t) if toeplitz else None
     outs = []
@@ -411,6 +418,14 @@ def attention(
                 _disable_flex(exc)
     if chosen == "sdpa":
         raise ValueError("backend 'sdpa' cannot apply a score bias; use 'chunked' or 'flex'")
+    if bias_table.requires_grad and needs_grad and q.device.type == "cpu":
+        # a learned table: fused forward, recomputing backward (extrapos.kernels.table_grad)
+        dispatch.record_taken("chunked-table-grad")
+        toeplitz = is_toeplitz(q_positions, k_positions, q_offset, bias_table.shape[-1])
+        return table_bias_attention(
+            q, k, v, bias_table, q_positions, k_positions, q_offset, chunk_size, toeplitz,
+            bias_dtype(q),
+        )  # fmt: skip
     dispatch.record_taken("chunked")
     return chunked_bias_attention(
         q, k, v, bias_table, q_positions, k_positions, q_offset, chunk_size
