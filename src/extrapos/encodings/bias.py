@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from extrapos.attention import attention
 from extrapos.encodings.base import PositionalEncoding
 from extrapos.encodings.registry import register
 from extrapos.errors import UserError
@@ -370,8 +371,11 @@ class FIRE(PositionalEncoding):
 
     Site: `attention`, not `bias`. B depends on the query position i (through max(L, i)), not
     on i - j alone, so it cannot be a `distance_bias` table. `attend` receives the raw q, k, v
-    and their positions and builds the (h, c, t) bias block of each query chunk from
-    `position_bias`, never an (h, s, t) tensor for the whole sequence; chunks are sized so the
+    and their positions. While every query is below the threshold (i < L: all of training at
+    the paper's L = 512) the bias is a distance table (`distance_table`: the MLP on n distances)
+    and takes the distance-bias attention path; otherwise `attend` builds the (h, c, t) bias
+    block of each query chunk from `position_bias`, never an (h, s, t) tensor for the whole
+    sequence; chunks are sized so the
     MLP's (c, t, mlp_width) activations stay within `FIRE_BLOCK_ELEMENTS`. Rows depend only on
     their own query position, so KV-cache decoding is exact.
 
@@ -425,6 +429,14 @@ class FIRE(PositionalEncoding):
         x = fire_normalized_distance(q_positions, k_positions, self.c, self.threshold, self.eps)
         return self.mlp(x[..., None]).permute(2, 0, 1)
 
+    def distance_table(self, num_distances: int) -> Tensor:
+        """(h, n) bias for distances 0 .. n-1 of queries below the threshold L (i < L), where
+        ψ(max(L, i)) = ψ(L) and the bias depends on i - j only; the same values as
+        `position_bias` for such rows, differentiable in every parameter."""
+        k = torch.arange(num_distances, device=self.c.device, dtype=torch.float32)
+        x = fire_log(k, self.c) / (fire_log(self.threshold, self.c) + self.eps)
+        return self.mlp(x[:, None]).T
+
     def attend(
         self,
         q: Tensor,
@@ -439,6 +451,20 @@ class FIRE(PositionalEncoding):
         t = q_offset + s -> (b, h, s, d). Query chunks each see the keys up to their last query
         and build only their own bias block; differentiable in q, k, v and every parameter."""
         s, t = q.shape[-2], k.shape[-2]
+        if s and bool(q_positions.max() < self.threshold):
+            # every query is below the threshold L, where FIRE is a function of i - j alone: the
+            # MLP runs on the n distances once (not on every (query, key) pair) and the table
+            # takes the distance-bias path (fused kernels; its gradient reaches the MLP, c and L)
+            n = int(q_positions.max() - k_positions.min()) + 1
+            return attention(
+                q,
+                k,
+                v,
+                bias_table=self.distance_table(n),
+                q_positions=q_positions,
+                k_positions=k_positions,
+                q_offset=q_offset,
+            )
         rows = max(1, min(s, FIRE_BLOCK_ELEMENTS // (t * (self.mlp_width + self.num_heads))))
         outs = []
         for start in range(0, s, rows):
