@@ -450,21 +450,42 @@ class FIRE(PositionalEncoding):
         """Causal attention with the FIRE bias: q (b, h, s, d), k and v (b, h, t, d) with
         t = q_offset + s -> (b, h, s, d). Query chunks each see the keys up to their last query
         and build only their own bias block; differentiable in q, k, v and every parameter."""
-        s, t = q.shape[-2], k.shape[-2]
-        if s and bool(q_positions.max() < self.threshold):
-            # every query is below the threshold L, where FIRE is a function of i - j alone: the
-            # MLP runs on the n distances once (not on every (query, key) pair) and the table
-            # takes the distance-bias path (fused kernels; its gradient reaches the MLP, c and L)
-            n = int(q_positions.max() - k_positions.min()) + 1
-            return attention(
-                q,
-                k,
-                v,
+        s = q.shape[-2]
+        # queries below the threshold L (a prefix: positions increase) see a bias of i - j
+        # alone: the MLP runs on the n distances once, not on every (query, key) pair, and the
+        # table takes the distance-bias path (fused kernels; its gradient reaches the MLP, c, L)
+        below = int((q_positions < self.threshold).sum()) if s else 0
+        if below and bool((q_positions[:below] < self.threshold).all()):
+            seen = q_offset + below
+            n = int(q_positions[below - 1] - k_positions[0]) + 1
+            head = attention(
+                q[..., :below, :],
+                k[..., :seen, :],
+                v[..., :seen, :],
                 bias_table=self.distance_table(n),
-                q_positions=q_positions,
-                k_positions=k_positions,
+                q_positions=q_positions[:below],
+                k_positions=k_positions[:seen],
                 q_offset=q_offset,
             )
+            if below == s:
+                return head
+            tail = self._attend_pairs(
+                q[..., below:, :], k, v, q_positions[below:], k_positions, seen
+            )
+            return torch.cat((head, tail), dim=-2)
+        return self._attend_pairs(q, k, v, q_positions, k_positions, q_offset)
+
+    def _attend_pairs(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        q_positions: Tensor,
+        k_positions: Tensor,
+        q_offset: int,
+    ) -> Tensor:
+        """`attend` by query chunks, each with its (h, c, t') block from `position_bias`."""
+        s, t = q.shape[-2], k.shape[-2]
         rows = max(1, min(s, FIRE_BLOCK_ELEMENTS // (t * (self.mlp_width + self.num_heads))))
         outs = []
         for start in range(0, s, rows):
