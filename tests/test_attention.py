@@ -380,3 +380,23 @@ def test_a_flex_compile_failure_falls_back_to_the_chunked_path(monkeypatch) -> N
     torch.testing.assert_close(out, expected)
     attn_module.attention(q, k, v, bias_table=table, backend="flex")
     assert calls["n"] == 1
+
+
+def test_per_forward_memo_sees_new_and_mutated_tensors() -> None:
+    """The Toeplitz source is reused across layers of one forward, but a table changed in place
+    (a training step) or a new table gives new numbers."""
+    s = 6
+    q, k, v = _qkv(s, s)
+    table = _table(s)
+    positions = torch.arange(s)
+    first = attention(q, k, v, bias_table=table, backend="chunked")
+    torch.testing.assert_close(first, dense_reference(q, k, v, table, positions, positions, 0))
+    with torch.no_grad():
+        table.mul_(3.0)  # in place: same object, new version
+    second = attention(q, k, v, bias_table=table, backend="chunked")
+    torch.testing.assert_close(second, dense_reference(q, k, v, table, positions, positions, 0))
+    assert not torch.allclose(first, second)
+    with torch.inference_mode():
+        fresh = _table(s, seed=7)
+        third = attention(q, k, v, bias_table=fresh, backend="chunked")
+    torch.testing.assert_close(third, dense_reference(q, k, v, fresh, positions, positions, 0))

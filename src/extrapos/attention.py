@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import warnings
+import weakref
 from collections.abc import Iterator
 from typing import Literal
 
@@ -39,6 +40,7 @@ from torch import Tensor
 
 from extrapos.kernels import dispatch
 from extrapos.kernels.linear_bias import (
+    LINEAR_MIN_QUERIES,
     SINGLE_CALL_MAX,
     linear_bias_attention,
     linear_slopes,
@@ -151,15 +153,54 @@ def toeplitz_source(table: Tensor, t: int) -> Tensor:
     return torch.cat((table.flip(-1), pad), dim=-1)
 
 
+def _version(x: Tensor) -> int:
+    """x's in-place version counter; -1 for inference tensors, which have none (they are only
+    created and consumed inside one `torch.inference_mode` forward by the model)."""
+    return -1 if x.is_inference() else x._version
+
+
+class _PerForward:
+    """Remembers one value computed from given tensors while those very tensor objects live
+    unchanged (same object, same in-place version): every layer of one forward passes the same
+    positions and table, so per-call checks and the Toeplitz source are computed once per
+    forward, not once per layer (decoding: ~10 small ops per layer per token)."""
+
+    def __init__(self) -> None:
+        self._refs: tuple = ()
+        self._key: tuple = ()
+        self._value: object = None
+
+    def get(self, tensors: tuple[Tensor, ...], key: tuple, compute):  # noqa: ANN001, ANN204
+        alive = len(self._refs) == len(tensors) and all(
+            ref() is x for ref, x in zip(self._refs, tensors, strict=True)
+        )
+        full_key = (*key, *(_version(x) for x in tensors))
+        if alive and self._key == full_key:
+            return self._value
+        value = compute()
+        self._refs = tuple(weakref.ref(x) for x in tensors)
+        self._key, self._value = full_key, value
+        return value
+
+
+_toeplitz_memo = _PerForward()
+_source_memo = _PerForward()
+_slopes_memo = _PerForward()
+
+
 def is_toeplitz(q_positions: Tensor, k_positions: Tensor, q_offset: int, n: int) -> bool:
     """Whether bias blocks are strided views of one source: consecutive positions, queries
     q_offset keys after the first key, and a table covering every distance (n >= t)."""
-    return (
-        n >= q_offset + q_positions.shape[0]
-        and is_range(q_positions)
-        and is_range(k_positions)
-        and int(q_positions[0]) - int(k_positions[0]) == q_offset
-    )
+
+    def compute() -> bool:
+        return (
+            n >= q_offset + q_positions.shape[0]
+            and is_range(q_positions)
+            and is_range(k_positions)
+            and int(q_positions[0]) - int(k_positions[0]) == q_offset
+        )
+
+    return _toeplitz_memo.get((q_positions, k_positions), (q_offset, n), compute)
 
 
 def chunked_bias_attention(
@@ -177,7 +218,14 @@ def chunked_bias_attention(
     s, n = q.shape[-2], table.shape[-1]
     toeplitz = is_toeplitz(q_positions, k_positions, q_offset, n)
     t = k.shape[-2]
-    source = toeplitz_source(table.to(bias_dtype(q)), t) if toeplitz else None
+    source = None
+    if toeplitz and table.requires_grad and torch.is_grad_enabled():
+        source = toeplitz_source(table.to(bias_dtype(q)), t)
+    elif toeplitz:
+        dtype = bias_dtype(q)
+        source = _source_memo.get(
+            (table,), (t, dtype, table.device), lambda: toeplitz_source(table.to(dtype), t)
+        )
     outs = []
     for start in range(0, s, chunk_size):
         stop = min(start + chunk_size, s)
@@ -376,7 +424,9 @@ def attention(
         q.requires_grad or k.requires_grad or v.requires_grad or bias_table.requires_grad
     )
     requested = backend or _default_backend
-    slopes = linear_slopes(bias_table) if requested in ("auto", "linear") else None
+    slopes = None
+    if requested == "linear" or (requested == "auto" and s >= LINEAR_MIN_QUERIES):
+        slopes = _slopes_memo.get((bias_table,), (), lambda: linear_slopes(bias_table))
     span = int(k_positions[-1] - k_positions[0]) if slopes is not None else 0
     chosen = pick_backend(
         requested,

@@ -25,6 +25,7 @@ cost probe); `paths_taken()` counts the paths actual calls took in this process.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -59,6 +60,11 @@ class Decision:
 
 def machine_key() -> str:
     """torch version | CPU model | intra-op threads: what a calibration is valid for."""
+    return f"torch {torch.__version__} | {_cpu_model()} | {torch.get_num_threads()} threads"
+
+
+@functools.cache
+def _cpu_model() -> str:
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -67,7 +73,7 @@ def machine_key() -> str:
                 break
     except OSError:
         pass
-    return f"torch {torch.__version__} | {cpu} | {torch.get_num_threads()} threads"
+    return cpu
 
 
 def _cache_path() -> Path | None:
@@ -199,6 +205,10 @@ def decide(
         return Decision("flex", "cuda: FlexAttention (has a backward there; not calibrated)")
     if needs_grad:
         return Decision("chunked", "training: no FlexAttention backward on CPU")
+    if s != t:
+        return Decision(
+            "chunked", "queries against a cache: flex miscompiles Q_LEN != KV_LEN on CPU"
+        )
     if not flex_ok or t < FLEX_CANDIDATE_LEN:
         return Decision("chunked", f"inference below {FLEX_CANDIDATE_LEN} keys or no flex")
     record = calibration(run=run_calibration)
