@@ -40,8 +40,8 @@ def measure(path: str, n: int, repeats: int) -> dict[str, float]:
     import torch
     import torch.nn.functional as F
 
-    from extrapos.attention import bias_block, chunked_bias_attention, flex_bias_attention
     from extrapos.encodings import build_encoding
+    from extrapos.kernels.attention import bias_block, chunked_bias_attention, flex_bias_attention
 
     torch.manual_seed(0)
     h, d = 8, 64

@@ -16,8 +16,7 @@ import time
 
 import torch
 
-from extrapos.model import GPT, GPTConfig, KVCache
-
+from extrapos.models.gpt import GPT, GPTConfig, KVCache
 
 clock = time.perf_counter
 

@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+import extrapos.kernels.attention  # noqa: F401  (registers the paths calibration times)
 from extrapos.kernels import dispatch
 
 
@@ -26,7 +27,7 @@ def test_calibration_is_measured_once_and_cached(fresh, monkeypatch: pytest.Monk
         return {"chunked": 1.0, "flex": 0.5}
 
     monkeypatch.setattr(dispatch, "_time_paths", fake_timing)
-    monkeypatch.setattr("extrapos.attention.flex_available", lambda device: True)
+    monkeypatch.setattr("extrapos.kernels.dispatch.flex_available", lambda device: True)
     first = dispatch.calibration()
     assert first is not None and first["flex_from"] == dispatch.FLEX_CANDIDATE_LEN
     assert dispatch.calibration() is first and calls == [dispatch.CALIBRATION_LEN]
@@ -57,7 +58,7 @@ def test_slower_flex_is_not_chosen_and_failures_count_as_slower(fresh, monkeypat
 def test_corrupt_cache_file_is_remeasured(fresh, monkeypatch) -> None:  # noqa: ANN001
     (fresh / dispatch.CACHE_FILE).write_text("{not json")
     monkeypatch.setattr(dispatch, "_time_paths", lambda n, r: {"chunked": 1.0, "flex": 2.0})
-    monkeypatch.setattr("extrapos.attention.flex_available", lambda device: True)
+    monkeypatch.setattr("extrapos.kernels.dispatch.flex_available", lambda device: True)
     assert dispatch.calibration()["flex_from"] is None
     assert json.loads((fresh / dispatch.CACHE_FILE).read_text())  # rewritten, valid
 

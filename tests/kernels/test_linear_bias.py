@@ -12,9 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from extrapos.attention import attention, chunked_bias_attention
 from extrapos.encodings import build_encoding
 from extrapos.kernels import dispatch
+from extrapos.kernels.attention import attention, chunked_bias_attention
 from extrapos.kernels.linear_bias import linear_bias_attention, linear_slopes
 
 

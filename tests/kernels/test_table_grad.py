@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from extrapos.attention import chunked_bias_attention
+from extrapos.kernels.attention import chunked_bias_attention
 from extrapos.kernels.table_grad import table_bias_attention
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from extrapos.profile import _build, child_env, markdown, measure
+from extrapos.probes.cost import _build, child_env, markdown, measure
 
 
 def test_child_env_sets_threads_and_a_passive_wait_policy(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -45,7 +45,7 @@ def test_profile_markdown_shows_paths_and_dispatch() -> None:
 
 
 def test_cost_columns_add_the_path_only_when_recorded() -> None:
-    from extrapos.report_probes import cost_columns
+    from extrapos.report.probes import cost_columns
 
     old = {"costs": [{"method": "alibi", "forward_seconds": 0.5, "peak_mib": 3.0}]}
     assert cost_columns(old) == {"alibi": ("0.500", "3.0")}

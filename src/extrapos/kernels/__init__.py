@@ -1,2 +1,2 @@
-"""Attention kernels: the bias paths of `extrapos.attention`, the linear (ALiBi) fold, the
+"""Attention kernels: the bias paths (`kernels.attention`), the linear (ALiBi) fold, the
 learned-table autograd function and the measured dispatch between them."""

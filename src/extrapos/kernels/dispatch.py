@@ -32,6 +32,7 @@ import platform
 import statistics
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,10 +89,27 @@ def calibration_enabled() -> bool:
     return os.environ.get("EXTRAPOS_ATTENTION_CALIBRATE", "1") not in ("0", "off", "false")
 
 
+_PATHS: dict[str, Callable[..., torch.Tensor]] = {}
+
+
+def register_paths(**paths: Callable[..., torch.Tensor]) -> None:
+    """The attention module hands over the paths calibration times (`chunked`, `flex`), so this
+    module never imports it back."""
+    _PATHS.update(paths)
+
+
+def flex_available(device: torch.device) -> bool:
+    """Whether FlexAttention can run here (it needs torch.compile: a C++ compiler on CPU)."""
+    try:
+        import torch.nn.attention.flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return device.type in ("cpu", "cuda")
+
+
 def _time_paths(n: int, repeats: int) -> dict[str, float]:
     """Median seconds of chunked and flex (inference, random (8, n) table) at n keys."""
-    from extrapos.attention import chunked_bias_attention, flex_bias_attention
-
+    chunked_bias_attention, flex_bias_attention = _PATHS["chunked"], _PATHS["flex"]
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 8, n, 64, generator=gen) for _ in range(3))
     table = torch.randn(8, n, generator=gen)
@@ -146,7 +164,7 @@ def _store(record: dict[str, Any]) -> None:
     path = _cache_path()
     if path is None:
         return
-    from extrapos.io import write_json
+    from extrapos.core.files import write_json
 
     try:
         existing = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
@@ -174,9 +192,7 @@ def calibration(run: bool = True) -> dict[str, Any] | None:
         return cached
     if not run or not calibration_enabled():
         return None
-    from extrapos.attention import flex_available
-
-    if not flex_available(torch.device("cpu")):
+    if not flex_available(torch.device("cpu")) or not _PATHS:
         return None
     _calibration = calibrate()
     _store(_calibration)

@@ -13,7 +13,7 @@ backward, Dao 2023, arXiv:2307.08691, one chunk of queries at a time):
     dQ = dS K · scale,  dK = dSᵀ Q · scale,  d table[h, δ] = Σ_{b, i, j: pos_i - pos_j = δ} dS
 
 The table's gradient is dS summed along its diagonals: with consecutive positions and the
-chunk's queries in reverse order (as in `extrapos.attention.chunked_bias_attention`), entry
+chunk's queries in reverse order (as in `extrapos.kernels.attention.chunked_bias_attention`), entry
 (r', j) of a block reads source[base + r' + j], so the sum over r' + j = x is taken by copying
 dS into a skewed zero buffer (row stride c + t') and summing its rows — O(h·c·t') memory per
 chunk, O(h·n) for the table's gradient; positions with gaps use a scatter-add over the
@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from extrapos.kernels.blocks import bias_block
 
 
 def _source(table: Tensor, t: int, dtype: torch.dtype) -> Tensor:
@@ -64,8 +66,6 @@ class _Plan:
                 (src.stride(0), 1, 1),
                 src.storage_offset() + self.n - self.q_offset - stop,
             )
-        from extrapos.attention import bias_block
-
         q_index = torch.arange(
             self.q_offset + start, self.q_offset + stop, device=self.table.device
         )
