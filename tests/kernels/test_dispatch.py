@@ -24,7 +24,7 @@ def test_calibration_is_measured_once_and_cached(fresh, monkeypatch: pytest.Monk
 
     def fake_timing(n: int, repeats: int) -> dict[str, float]:
         calls.append(n)
-        return {"chunked": 1.0, "flex": 0.5}
+        return {"chunked": 1.0, "flex": 0.5, "chunked_alibi": 0.9, "linear": 0.8}
 
     monkeypatch.setattr(dispatch, "_time_paths", fake_timing)
     monkeypatch.setattr("extrapos.kernels.dispatch.flex_available", lambda device: True)
@@ -32,7 +32,7 @@ def test_calibration_is_measured_once_and_cached(fresh, monkeypatch: pytest.Monk
     assert first is not None and first["flex_from"] == dispatch.FLEX_CANDIDATE_LEN
     assert dispatch.calibration() is first and calls == [dispatch.CALIBRATION_LEN]
     stored = json.loads((fresh / dispatch.CACHE_FILE).read_text())
-    assert stored[dispatch.machine_key()]["seconds"] == {"chunked": 1.0, "flex": 0.5}
+    assert stored[dispatch.machine_key()]["seconds"]["flex"] == 0.5
     # a new process (no in-memory record) reads the file instead of measuring again
     monkeypatch.setattr(dispatch, "_calibration", None)
     assert dispatch.calibration()["seconds"]["flex"] == 0.5 and len(calls) == 1
@@ -81,3 +81,21 @@ def test_describe_names_the_machine_and_every_decision(fresh) -> None:  # noqa: 
     assert "not calibrated yet" in text
     assert "linear table (alibi), n=8192: linear" in text
     assert "training, learned tables: chunked" in text
+
+
+def test_linear_tables_follow_the_calibration_too(fresh, monkeypatch) -> None:  # noqa: ANN001
+    """ALiBi inference at >= FLEX_CANDIDATE_LEN keys: the fold unless the mask path measured
+    faster here; training and short calls keep the fold."""
+    timings = {"chunked": 1.0, "flex": 2.0, "chunked_alibi": 0.5, "linear": 0.6}
+    monkeypatch.setattr(dispatch, "_time_paths", lambda n, r: timings)
+    monkeypatch.setattr("extrapos.kernels.dispatch.flex_available", lambda device: True)
+    cpu = torch.device("cpu")
+    common = {"device": cpu, "linear": True, "linear_ok": True, "flex_ok": True}
+    d = dispatch.decide(needs_grad=False, s=8192, t=8192, **common)
+    assert d.path == "chunked" and "linear 0.600 s" in d.reason
+    assert dispatch.decide(needs_grad=True, s=1024, t=1024, **common).path == "linear"
+    assert dispatch.decide(needs_grad=False, s=1024, t=1024, **common).path == "linear"
+    timings["linear"] = 0.4
+    monkeypatch.setattr(dispatch, "_calibration", None)
+    (fresh / dispatch.CACHE_FILE).unlink()
+    assert dispatch.decide(needs_grad=False, s=8192, t=8192, **common).path == "linear"

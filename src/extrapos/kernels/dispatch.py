@@ -6,11 +6,14 @@ the same kind, in another compile state, that was the slowest path (issue 16: 4.
 
 - `linear`: tables that are exactly -m_h·k (ALiBi; `linear_bias.linear_slopes`) fold the bias
   into q and k — bias-free SDPA by construction, with one or four extra head-dim columns
-  (`linear_bias`). Used on CPU whenever the call has at least `LINEAR_MIN_QUERIES` queries
-  (below that, decoding, copying the cache into the extended buffer costs more than the mask).
+  (`linear_bias`). Used on CPU when the call has at least `LINEAR_MIN_QUERIES` queries (below
+  that, decoding, copying the cache into the extended buffer costs more than the mask), except
+  for inference at t >= `FLEX_CANDIDATE_LEN` where the calibration measured the mask path
+  (`chunked`, ALiBi table) faster than the fold.
 - `flex` vs `chunked` for other tables in CPU inference: decided by `calibration()`, a timing of
   both on this machine (n = `CALIBRATION_LEN`, h 8, d 64, a random table, interleaved repeats,
-  median), run once the first time a call could use flex (t >= `FLEX_CANDIDATE_LEN`) and cached
+  median; also chunked vs linear on an ALiBi table), run once the first time a call could use
+  it (inference at t >= `FLEX_CANDIDATE_LEN`) and cached
   per process and in `$EXTRAPOS_CACHE/attention-dispatch.json` (default ~/.cache/extrapos),
   keyed by torch version, CPU model and thread count. FlexAttention then serves t >=
   `FLEX_CANDIDATE_LEN` only where it measured faster. Calibration costs one FlexAttention
@@ -108,15 +111,22 @@ def flex_available(device: torch.device) -> bool:
 
 
 def _time_paths(n: int, repeats: int) -> dict[str, float]:
-    """Median seconds of chunked and flex (inference, random (8, n) table) at n keys."""
+    """Median seconds at n keys (inference): chunked and flex with a random (8, n) table, and
+    chunked (`chunked_alibi`) and the linear fold with an ALiBi table."""
+    from extrapos.kernels.linear_bias import linear_bias_attention
+
     chunked_bias_attention, flex_bias_attention = _PATHS["chunked"], _PATHS["flex"]
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 8, n, 64, generator=gen) for _ in range(3))
     table = torch.randn(8, n, generator=gen)
+    slopes = 2.0 ** (-torch.arange(1, 9, dtype=torch.float32))
+    alibi = -slopes[:, None] * torch.arange(n, dtype=torch.float32)[None, :]
     pos = torch.arange(n)
     calls = {
         "chunked": lambda: chunked_bias_attention(q, k, v, table, pos, pos),
         "flex": lambda: flex_bias_attention(q, k, v, table, pos, pos),
+        "chunked_alibi": lambda: chunked_bias_attention(q, k, v, alibi, pos, pos),
+        "linear": lambda: linear_bias_attention(q, k, v, slopes, pos, pos),
     }
     times: dict[str, list[float]] = {name: [] for name in calls}
     with torch.inference_mode():
@@ -137,8 +147,11 @@ def calibrate(n: int = CALIBRATION_LEN, repeats: int = 3) -> dict[str, Any]:
         error = None
     except Exception as exc:  # inductor's CPU codegen fails on some setups: flex unusable
         seconds, error = {}, f"{type(exc).__name__}: {str(exc).strip()[:200]}"
-    flex_ok = bool(seconds) and seconds["flex"] < FLEX_MARGIN * seconds["chunked"]
+    flex_ok = "flex" in seconds and seconds["flex"] < FLEX_MARGIN * seconds["chunked"]
+    # the fold is the default for linear tables; the mask path only where it measured faster
+    linear_ok = "linear" not in seconds or seconds["linear"] <= seconds["chunked_alibi"]
     return {
+        "linear_from_calibration": linear_ok,
         "key": machine_key(),
         "n": n,
         "repeats": repeats,
@@ -157,7 +170,8 @@ def _load_cached(key: str) -> dict[str, Any] | None:
         entry = json.loads(path.read_text(encoding="utf-8")).get(key)
     except (OSError, ValueError, AttributeError):
         return None  # a corrupt cache is remeasured and rewritten
-    return entry if isinstance(entry, dict) and "flex_from" in entry else None
+    ok = isinstance(entry, dict) and "flex_from" in entry and "linear_from_calibration" in entry
+    return entry if ok else None
 
 
 def _store(record: dict[str, Any]) -> None:
@@ -216,7 +230,17 @@ def decide(
     from extrapos.kernels.linear_bias import LINEAR_MIN_QUERIES
 
     if linear and linear_ok and s >= LINEAR_MIN_QUERIES:
-        return Decision("linear", "linear table: bias folded into q/k, bias-free SDPA")
+        if needs_grad or s != t or t < FLEX_CANDIDATE_LEN or device.type != "cpu":
+            return Decision("linear", "linear table: bias folded into q/k, bias-free SDPA")
+        record = calibration(run=run_calibration)
+        if record is None or record.get("linear_from_calibration", True):
+            return Decision("linear", "linear table: bias folded into q/k, bias-free SDPA")
+        secs = record["seconds"]
+        return Decision(
+            "chunked",
+            f"linear table, measured at n={record['n']}: chunked {secs['chunked_alibi']:.3f} s, "
+            f"linear {secs['linear']:.3f} s",
+        )
     if device.type == "cuda" and flex_ok:
         return Decision("flex", "cuda: FlexAttention (has a backward there; not calibrated)")
     if needs_grad:
