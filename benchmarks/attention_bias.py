@@ -1,19 +1,24 @@
 """Distance-bias attention: time and peak memory against bias-free SDPA and a dense mask.
 
-    python benchmarks/attention_bias.py --lengths 1024 4096 16384
+    python benchmarks/attention_bias.py --lengths 1024 4096 8192 16384 --table alibi
+    python benchmarks/attention_bias.py --lengths 4096 8192 --table random
 
-Causal attention forward, B=1, H=8, head dim 64, fp32, torch's default threads. For each n:
+Causal attention forward, B=1, H=8, head dim 64, fp32. For each n, the paths:
 
 - `sdpa`: bias-free `scaled_dot_product_attention(is_causal=True)` — the floor;
 - `dense-mask`: the bias materialized as an (H, n, n) float mask passed to SDPA (what
-  x-transformers and HF do for ALiBi); the mask is built once, outside the timed calls, which
-  favours this baseline;
-- `chunked`: extrapos's query-chunked path (each chunk gathers its own bias block);
-- `flex`: extrapos's FlexAttention path (table read in `score_mod`; compiled once beforehand).
+  x-transformers and HF do for ALiBi); built once, outside the timed calls, which favours it;
+  skipped above --dense-max (8 GiB at 16k);
+- `chunked`: extrapos's query-chunked path (each chunk's bias block a strided view);
+- `flex`: extrapos's FlexAttention path (table read in `score_mod`; compiled once beforehand);
+- `linear`: the ALiBi fold into q and k (`extrapos.kernels.linear_bias`; --table alibi only);
+- `auto`: `attention()` with the default dispatch, and the path it took.
 
-Each (path, n) runs in a fresh subprocess; its peak memory is the rise of the process's resident
-high-water mark (VmHWM, reset through /proc/self/clear_refs after the inputs exist and the
-path is warm) during the timed calls. Times are medians of --repeats calls. Prints Markdown.
+Times: all paths of one n run in this one process, interleaved (round-robin) --repeats times,
+median; ratios are to `sdpa` of the same round. `--cpu-time` uses the process CPU clock
+(meaningful single-threaded on a shared machine). Peak memory: each (path, n) once more in a
+fresh subprocess, the rise of its resident high-water mark (VmHWM, reset through
+/proc/self/clear_refs after the inputs exist and the path is warm). Prints Markdown.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-PATHS = ("sdpa", "dense-mask", "chunked", "flex")
+PATHS = ("sdpa", "dense-mask", "chunked", "flex", "linear", "auto")
 
 
 def _rss_kib(field: str) -> int:
@@ -36,40 +41,60 @@ def _rss_kib(field: str) -> int:
     raise RuntimeError(field)
 
 
-def measure(path: str, n: int, repeats: int) -> dict[str, float]:
+def problem(n: int, table_kind: str):  # noqa: ANN201
     import torch
-    import torch.nn.functional as F
 
-    from extrapos.kernels.attention import bias_block, chunked_bias_attention, flex_bias_attention
     from extrapos.encodings import build_encoding
 
     torch.manual_seed(0)
     h, d = 8, 64
     q, k, v = (torch.randn(1, h, n, d) for _ in range(3))
-    table = build_encoding("alibi", num_heads=h).distance_bias(n)
-    pos = torch.arange(n)
+    if table_kind == "alibi":
+        table = build_encoding("alibi", num_heads=h).distance_bias(n)
+    else:  # a learned-looking table (T5/KERPLE-like values, every distance its own)
+        table = -torch.rand(h, n).cumsum(-1) / 64
+    return q, k, v, table, torch.arange(n)
 
-    mask = bias_block(table, pos, pos, pos, torch.float32)[None] if path == "dense-mask" else None
 
-    def call() -> torch.Tensor:
+def calls(n: int, table_kind: str, paths: list[str]) -> dict:  # noqa: ANN201
+    import torch.nn.functional as F
+
+    from extrapos.kernels.attention import attention, chunked_bias_attention, flex_bias_attention
+    from extrapos.kernels.blocks import bias_block
+    from extrapos.kernels.linear_bias import linear_bias_attention, linear_slopes
+
+    q, k, v, table, pos = problem(n, table_kind)
+    out = {}
+    for path in paths:
         if path == "sdpa":
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        if path == "dense-mask":  # (1, h, n, n), built above
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        if path == "chunked":
-            return chunked_bias_attention(q, k, v, table, pos, pos)
-        return flex_bias_attention(q, k, v, table, pos, pos)
+            out[path] = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        elif path == "dense-mask":
+            mask = bias_block(table, pos, pos, pos, table.dtype)[None]
+            out[path] = lambda mask=mask: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        elif path == "chunked":
+            out[path] = lambda: chunked_bias_attention(q, k, v, table, pos, pos)
+        elif path == "flex":
+            out[path] = lambda: flex_bias_attention(q, k, v, table, pos, pos)
+        elif path == "linear":
+            slopes = linear_slopes(table)
+            if slopes is not None:
+                out[path] = lambda s=slopes: linear_bias_attention(q, k, v, s, pos, pos)
+        elif path == "auto":
+            out[path] = lambda: attention(q, k, v, bias_table=table)
+    return out
 
-    call()  # warm (and compile flex)
-    Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS mark
-    before = _rss_kib("VmRSS") - (mask.numel() * 4 // 1024 if mask is not None else 0)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+
+def memory(path: str, n: int, table_kind: str) -> float:
+    """Peak resident-memory rise (MiB) of one call of `path`, after a warm call."""
+    import torch
+
+    with torch.inference_mode():
+        call = calls(n, table_kind, [path])[path]
         call()
-        times.append(time.perf_counter() - t0)
-    peak = _rss_kib("VmHWM") - before
-    return {"seconds": statistics.median(times), "peak_mib": max(peak, 0) / 1024}
+        Path("/proc/self/clear_refs").write_text("5")
+        before = _rss_kib("VmRSS")
+        call()
+        return max(_rss_kib("VmHWM") - before, 0) / 1024
 
 
 def main() -> None:
@@ -78,34 +103,61 @@ def main() -> None:
     )
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384])
     parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--table", choices=("alibi", "random"), default="alibi")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--dense-max", type=int, default=8192, help="skip dense-mask above n")
+    parser.add_argument("--cpu-time", action="store_true", help="process CPU time, not wall")
+    parser.add_argument("--no-memory", action="store_true", help="times only")
     parser.add_argument("--one", nargs=2, metavar=("PATH", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.one[0], int(args.one[1]), args.repeats)))
+        print(json.dumps({"peak_mib": memory(args.one[0], int(args.one[1]), args.table)}))
         return
+    import torch
+
+    from extrapos.kernels import dispatch
+
+    clock = time.process_time if args.cpu_time else time.perf_counter
+    which = "process CPU time" if args.cpu_time else "wall time"
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {which}, table {args.table}\n"
+    )
     print("| n | path | time (s) | × sdpa | peak extra memory (MiB) | × sdpa |")
     print("|---|---|---|---|---|---|")
     for n in args.lengths:
-        rows = {}
-        for path in args.paths:
-            cmd = [sys.executable, __file__, "--one", path, str(n), "--repeats", str(args.repeats)]
+        paths = [p for p in args.paths if not (p == "dense-mask" and n > args.dense_max)]
+        fns = calls(n, args.table, paths)
+        times: dict[str, list[float]] = {p: [] for p in fns}
+        taken = {}
+        with torch.inference_mode():
+            for path, fn in fns.items():  # warm (compiles flex; calibrates `auto` once)
+                dispatch.paths_taken(reset=True)
+                fn()
+                taken[path] = "+".join(dispatch.paths_taken(reset=True)) or path
+            for _ in range(args.repeats):
+                for path, fn in fns.items():
+                    t0 = clock()
+                    fn()
+                    times[path].append(clock() - t0)
+        peaks = {}
+        for path in fns if not args.no_memory else ():
+            cmd = [sys.executable, __file__, "--one", path, str(n), "--table", args.table]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            if proc.returncode != 0:  # e.g. killed for memory: the dense mask at 16k
-                reason = "killed (out of memory)" if proc.returncode < 0 else "failed"
-                print(f"| {n} | {path} | {reason} | — | — | — |", flush=True)
-                continue
-            rows[path] = json.loads(proc.stdout.strip().splitlines()[-1])
-        base = rows.get("sdpa")
-        for path, r in rows.items():
-            t_ratio = f"{r['seconds'] / base['seconds']:.2f}" if base else "—"
+            ok = proc.returncode == 0
+            peaks[path] = (
+                json.loads(proc.stdout.strip().splitlines()[-1])["peak_mib"] if ok else None
+            )
+        base = statistics.median(times["sdpa"]) if "sdpa" in times else None
+        for path in fns:
+            sec = statistics.median(times[path])
+            label = f"auto → {taken[path]}" if path == "auto" else path
+            ratio = f"{sec / base:.2f}" if base else "—"
+            peak = peaks.get(path)
+            mem = "—" if peak is None else f"{peak:.0f}"
             m_ratio = (
-                f"{r['peak_mib'] / base['peak_mib']:.2f}" if base and base["peak_mib"] else "—"
+                f"{peak / peaks['sdpa']:.2f}" if peak is not None and peaks.get("sdpa") else "—"
             )
-            print(
-                f"| {n} | {path} | {r['seconds']:.3f} | {t_ratio} | {r['peak_mib']:.0f} | {m_ratio} |",
-                flush=True,
-            )
+            print(f"| {n} | {label} | {sec:.3f} | {ratio} | {mem} | {m_ratio} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -23,9 +23,9 @@ import statistics
 
 import torch
 
-from extrapos.training.config import TrainConfig
 from extrapos.data import build_tokenizer, load_corpus
 from extrapos.models.gpt import GPTConfig
+from extrapos.training.config import TrainConfig
 from extrapos.training.lm import train
 
 

@@ -267,16 +267,24 @@ def test_fire_is_registered_at_the_attention_site() -> None:
 
 
 @pytest.mark.parametrize("block_elements", [2**22, 3000])  # one chunk; many small chunks
+# all queries past L (per-chunk blocks); the first 15 below (a table, then blocks); all below
+@pytest.mark.parametrize("init_L", [20.0, 35.0, 100.0])
 def test_fire_attend_equals_the_dense_reference(
-    block_elements: int, monkeypatch: pytest.MonkeyPatch
+    block_elements: int,
+    init_L: float,  # noqa: N803
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """attend() (query chunks, with a cache offset too) equals SDPA with the whole (h, s, t)
-    FIRE bias plus the causal mask, in outputs and in gradients of every parameter."""
+    FIRE bias plus the causal mask, in outputs and in gradients of every parameter — when
+    queries pass the threshold L (per-chunk bias blocks), when all are below it (the bias is a
+    distance table through the learned-table attention path), and when L splits them."""
     import extrapos.encodings.bias as bias_module
+    from extrapos.kernels import dispatch
 
     monkeypatch.setattr(bias_module, "FIRE_BLOCK_ELEMENTS", block_elements)
     torch.manual_seed(0)
-    fire = FIRE(num_heads=H, init_L=20.0)
+    fire = FIRE(num_heads=H, init_L=init_L)
+    dispatch.paths_taken(reset=True)
     gen = torch.Generator().manual_seed(1)
     q = torch.randn(2, H, 30, 8, generator=gen, requires_grad=True)
     k, v = (torch.randn(2, H, 50, 8, generator=gen) for _ in range(2))
@@ -295,6 +303,8 @@ def test_fire_attend_equals_the_dense_reference(
         return out.detach(), [p.grad.clone() for p in fire.parameters()]
 
     (chunked, chunked_grads), (dense, dense_grads) = run(False), run(True)
+    taken = dispatch.paths_taken(reset=True)
+    assert taken == ({"chunked-table-grad": 1} if init_L > 20 else {}), taken
     torch.testing.assert_close(chunked, dense, atol=1e-5, rtol=1e-5)
     for got, want in zip(chunked_grads, dense_grads, strict=True):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)

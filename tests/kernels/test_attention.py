@@ -18,7 +18,6 @@ import torch.nn.functional as F
 
 from extrapos.kernels.attention import (
     BACKENDS,
-    FLEX_MIN_LEN,
     attention,
     causal_sdpa,
     chunked_bias_attention,
@@ -322,15 +321,33 @@ def test_unknown_backend_is_an_error_listing_the_known_ones(where: str) -> None:
         assert known in str(info.value)
 
 
-def test_auto_backend_choice_on_cpu() -> None:
-    """auto: chunked for training (no CPU backward in flex) and short inference; flex for long
-    inference when it is available."""
+def test_auto_backend_choice_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto: chunked for training (no CPU backward in flex) and short inference; for long
+    inference flex only where this machine's calibration measured it faster; the linear fold
+    for exactly linear tables."""
+    from extrapos.kernels import dispatch
+
     cpu = torch.device("cpu")
-    assert pick_backend("auto", needs_grad=True, t=10 * FLEX_MIN_LEN, device=cpu) == "chunked"
-    assert pick_backend("auto", needs_grad=False, t=FLEX_MIN_LEN - 1, device=cpu) == "chunked"
-    long = pick_backend("auto", needs_grad=False, t=FLEX_MIN_LEN, device=cpu)
-    assert long == ("flex" if flex_available(cpu) else "chunked")
+    long = 10 * dispatch.FLEX_CANDIDATE_LEN
+    assert pick_backend("auto", needs_grad=True, t=long, device=cpu) == "chunked"
+    assert (
+        pick_backend("auto", needs_grad=False, t=dispatch.FLEX_CANDIDATE_LEN - 1, device=cpu)
+        == "chunked"
+    )
+    for flex_s, expected in ((0.1, "flex"), (1.0, "chunked")):
+        record = {
+            "key": dispatch.machine_key(),
+            "n": 4096,
+            "seconds": {"chunked": 0.5, "flex": flex_s},
+        }
+        record["flex_from"] = dispatch.FLEX_CANDIDATE_LEN if expected == "flex" else None
+        monkeypatch.setattr(dispatch, "_calibration", record)
+        got = pick_backend("auto", needs_grad=False, t=long, device=cpu)
+        assert got == (expected if flex_available(cpu) else "chunked")
     assert pick_backend("chunked", needs_grad=False, t=10**6, device=cpu) == "chunked"
+    assert pick_backend("auto", False, long, cpu, linear=True, linear_ok=True) == "linear"
+    # decoding (one query against the cache) keeps the mask path
+    assert pick_backend("auto", False, long, cpu, s=1, linear=True, linear_ok=True) != "linear"
 
 
 def test_no_warning_on_the_default_training_path() -> None:
@@ -363,3 +380,23 @@ def test_a_flex_compile_failure_falls_back_to_the_chunked_path(monkeypatch) -> N
     torch.testing.assert_close(out, expected)
     attn_module.attention(q, k, v, bias_table=table, backend="flex")
     assert calls["n"] == 1
+
+
+def test_per_forward_memo_sees_new_and_mutated_tensors() -> None:
+    """The Toeplitz source is reused across layers of one forward, but a table changed in place
+    (a training step) or a new table gives new numbers."""
+    s = 6
+    q, k, v = _qkv(s, s)
+    table = _table(s)
+    positions = torch.arange(s)
+    first = attention(q, k, v, bias_table=table, backend="chunked")
+    torch.testing.assert_close(first, dense_reference(q, k, v, table, positions, positions, 0))
+    with torch.no_grad():
+        table.mul_(3.0)  # in place: same object, new version
+    second = attention(q, k, v, bias_table=table, backend="chunked")
+    torch.testing.assert_close(second, dense_reference(q, k, v, table, positions, positions, 0))
+    assert not torch.allclose(first, second)
+    with torch.inference_mode():
+        fresh = _table(s, seed=7)
+        third = attention(q, k, v, bias_table=fresh, backend="chunked")
+    torch.testing.assert_close(third, dense_reference(q, k, v, fresh, positions, positions, 0))

@@ -171,6 +171,7 @@ def cost_probe(
         "length": length,
         "forward_seconds": point["seconds"],
         "peak_mib": point["peak_mib"],
+        "attention": point.get("attention"),  # the attention path the forward took
         "threads": torch.get_num_threads(),
     }
 

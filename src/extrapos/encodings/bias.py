@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from extrapos.core.errors import UserError
 from extrapos.encodings.base import PositionalEncoding, Positions
 from extrapos.encodings.registry import register
+from extrapos.kernels.attention import attention
 from extrapos.kernels.chunks import Probe, QueryChunk, blockwise_attention
 
 
@@ -370,8 +371,11 @@ class FIRE(PositionalEncoding):
 
     Site: `attention`, not `bias`. B depends on the query position i (through max(L, i)), not
     on i - j alone, so it cannot be a `distance_bias` table. `attend` receives the raw q, k, v
-    and their positions and builds the (h, c, t) bias block of each query chunk from
-    `position_bias`, never an (h, s, t) tensor for the whole sequence; chunks are sized so the
+    and their positions. While every query is below the threshold (i < L: all of training at
+    the paper's L = 512) the bias is a distance table (`distance_table`: the MLP on n distances)
+    and takes the distance-bias attention path; otherwise `attend` builds the (h, c, t) bias
+    block of each query chunk from `position_bias`, never an (h, s, t) tensor for the whole
+    sequence; chunks are sized so the
     MLP's (c, t, mlp_width) activations stay within `FIRE_BLOCK_ELEMENTS`. Rows depend only on
     their own query position, so KV-cache decoding is exact (`cache = "raw"`: no rotation, so
     raw and rotated keys are the same).
@@ -428,6 +432,14 @@ class FIRE(PositionalEncoding):
         x = fire_normalized_distance(q_positions, k_positions, self.c, self.threshold, self.eps)
         return self.mlp(x[..., None]).permute(2, 0, 1)
 
+    def distance_table(self, num_distances: int) -> Tensor:
+        """(h, n) bias for distances 0 .. n-1 of queries below the threshold L (i < L), where
+        ψ(max(L, i)) = ψ(L) and the bias depends on i - j only; the same values as
+        `position_bias` for such rows, differentiable in every parameter."""
+        k = torch.arange(num_distances, device=self.c.device, dtype=torch.float32)
+        x = fire_log(k, self.c) / (fire_log(self.threshold, self.c) + self.eps)
+        return self.mlp(x[:, None]).T
+
     def attend(
         self,
         q: Tensor,
@@ -440,6 +452,35 @@ class FIRE(PositionalEncoding):
         """Causal attention with the FIRE bias: q (b, h, s, d), k and v (b, h, t, d) with
         t = q_offset + s -> (b, h, s, d). Query chunks each see the keys up to their last query
         and build only their own bias block; differentiable in q, k, v and every parameter."""
+        s = q.shape[-2]
+        q_positions, k_positions, q_offset = positions.q, positions.k, positions.q_offset
+        # queries below the threshold L (a prefix: positions increase) see a bias of i - j
+        # alone: the MLP runs on the n distances once, not on every (query, key) pair, and the
+        # table takes the distance-bias path (fused kernels; its gradient reaches the MLP, c, L).
+        # A probe (diagnostics) needs the probabilities: the blockwise path records them.
+        below = int((q_positions < self.threshold).sum()) if s and probe is None else 0
+        if below and bool((q_positions[:below] < self.threshold).all()):
+            seen = q_offset + below
+            n = int(q_positions[below - 1] - k_positions[0]) + 1
+            head = attention(
+                q[..., :below, :],
+                k[..., :seen, :],
+                v[..., :seen, :],
+                bias_table=self.distance_table(n),
+                q_positions=q_positions[:below],
+                k_positions=k_positions[:seen],
+                q_offset=q_offset,
+            )
+            if below == s:
+                return head
+            rest = Positions(q_positions[below:], k_positions, seen)
+            return torch.cat((head, self._attend_pairs(q[..., below:, :], k, v, rest)), dim=-2)
+        return self._attend_pairs(q, k, v, positions, probe)
+
+    def _attend_pairs(
+        self, q: Tensor, k: Tensor, v: Tensor, positions: Positions, probe: Probe | None = None
+    ) -> Tensor:
+        """`attend` by query chunks, each with its (h, c, t') block from `position_bias`."""
         s, t = q.shape[-2], k.shape[-2]
         rows = max(1, min(s, FIRE_BLOCK_ELEMENTS // (t * (self.mlp_width + self.num_heads))))
 

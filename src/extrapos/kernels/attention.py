@@ -10,14 +10,18 @@ explicit positions (offsets, randomized positions) work through the same path.
 Paths (measured on 2 CPU cores in ../shared/MEASUREMENTS.md and benchmarks/RESULTS.md):
 
 - `sdpa`: no bias; `F.scaled_dot_product_attention` with `is_causal` (its flash kernel).
-- `chunked`: queries in chunks of `chunk_size`; each chunk gathers only its own (h, c, t) bias
-  block from the table and calls SDPA. Pure PyTorch, differentiable (gradients reach the table
-  through the gather), O(h·c·t) extra memory.
+- `linear`: a table that is exactly -m_h·k (ALiBi) folded into q and k as extra head-dim
+  columns: bias-free SDPA, no mask (`extrapos.kernels.linear_bias`; float rounding only).
+- `chunked`: queries in chunks of `chunk_size`; each chunk takes only its own (h, c, t) bias
+  block from the table (a zero-copy strided view when positions are consecutive) and calls
+  SDPA. Pure PyTorch, differentiable (gradients reach the table), O(h·c·t) extra memory.
 - `flex`: FlexAttention with the table read inside `score_mod` and a causal `BlockMask`: O(h·n)
-  extra memory. On CPU (torch 2.13) it has a compiled forward but no backward, and compiling a new
-  shape costs ~11 s, so `auto` uses it on CPU only for inference at t >= `FLEX_MIN_LEN` and
-  without a cache offset (s == t; see `attention`); on CUDA it is used for every bias.
+  extra memory. On CPU (torch 2.13) it has a compiled forward but no backward, and compiling a
+  new shape costs ~11 s.
 
+`auto` (the default) follows `extrapos.kernels.dispatch`: `linear` for ALiBi-like tables,
+and between `flex` and `chunked` for other tables in CPU inference, whichever a calibration
+measured faster on this machine (run once, cached); `chunked` for CPU training; `flex` on CUDA.
 `backend` selects a path explicitly ("auto" picks as above).
 """
 
@@ -26,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import warnings
+import weakref
 from collections.abc import Iterator
 from typing import Literal
 
@@ -33,11 +38,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-Backend = Literal["auto", "sdpa", "chunked", "flex"]
-BACKENDS: tuple[str, ...] = ("auto", "sdpa", "chunked", "flex")
+from extrapos.kernels import dispatch
+from extrapos.kernels.blocks import bias_block, bias_dtype, is_range
+from extrapos.kernels.dispatch import flex_available
+from extrapos.kernels.linear_bias import (
+    LINEAR_MIN_QUERIES,
+    SINGLE_CALL_MAX,
+    linear_bias_attention,
+    linear_slopes,
+)
+from extrapos.kernels.linear_bias import supports as linear_supports
+from extrapos.kernels.table_grad import table_bias_attention
 
-#: on CPU, `auto` uses FlexAttention for inference from this many keys on (compile cost ~11 s).
-FLEX_MIN_LEN = 4096
+Backend = Literal["auto", "sdpa", "chunked", "flex", "linear"]
+BACKENDS: tuple[str, ...] = ("auto", "sdpa", "chunked", "flex", "linear")
+
 DEFAULT_CHUNK_SIZE = 512
 
 _default_backend: Backend = "auto"
@@ -95,48 +110,68 @@ def causal_sdpa(q: Tensor, k: Tensor, v: Tensor, q_offset: int = 0) -> Tensor:
     return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(s, t, q_offset, q.device))
 
 
-def bias_dtype(q: Tensor) -> torch.dtype:
-    """The dtype an additive bias is handed to SDPA in: at least float32 on CPU, whose SDPA kernels
-    add a float32 mask to bf16/fp16 scores in float32 (a bf16 ALiBi bias of -300 is off by up to 1 in
-    the logits; measured 100x the output error of a float32 one); the query's dtype elsewhere,
-    where fused kernels need matching dtypes."""
-    if q.device.type != "cpu":
-        return q.dtype
-    return torch.promote_types(q.dtype, torch.float32)  # never mix float64 q with float32
-
-
-def bias_block(
-    table: Tensor, q_positions: Tensor, k_positions: Tensor, q_index: Tensor, dtype: torch.dtype
-) -> Tensor:
-    """The additive (h, c, t) block for queries at positions q_positions (c,) with sequence
-    indices q_index (c,) against keys at k_positions (t,): table bias plus the causal -inf."""
-    n = table.shape[-1]
-    distances = (q_positions[:, None] - k_positions[None, :]).clamp(0, n - 1)
-    block = table[:, distances].to(dtype)
-    visible = torch.arange(k_positions.shape[0], device=table.device)[None, :] <= q_index[:, None]
-    return block.masked_fill(~visible, float("-inf"))
-
-
-def is_range(positions: Tensor) -> bool:
-    """Whether positions (s,) are consecutive integers p0, p0 + 1, …"""
-    s = positions.shape[0]
-    if s == 0:
-        return True
-    start = int(positions[0])
-    return torch.equal(positions, torch.arange(start, start + s, device=positions.device))
-
-
 def toeplitz_source(table: Tensor, t: int) -> Tensor:
-    """(h, t + n) source of Toeplitz bias blocks: t entries of -inf, then the table.
+    """(h, n + t) source of Toeplitz bias blocks: the table reversed, then t entries of -inf.
 
-    With consecutive positions and the *keys in reverse order*, entry j' of block row i (query
-    at distance D from key 0) is source[D + t - seen + 1 + j'] for the `seen` keys: table[D - j]
-    for key j = seen - 1 - j', and -inf where D - j < 0 — exactly the causal mask. Every row
-    starts one entry after the previous one, so a block is a zero-copy strided view with strides
-    (t + n, 1, 1); no element is gathered.
+    With consecutive positions and the *queries of a chunk in reverse order*, row r' of a block
+    (the query at distance D from key 0) is source[n - 1 - D + j] for keys j = 0, 1, …:
+    table[D - j] for j <= D, and -inf past D — exactly the causal mask. Each row starts one
+    entry after the previous one, so a block is a zero-copy strided view with strides
+    (n + t, 1, 1); no element is gathered, and only the chunk's queries (not the keys, which
+    may be a long cache) are reordered.
     """
     pad = table.new_full((table.shape[0], t), float("-inf"))
-    return torch.cat((pad, table), dim=-1)
+    return torch.cat((table.flip(-1), pad), dim=-1)
+
+
+def _version(x: Tensor) -> int:
+    """x's in-place version counter; -1 for inference tensors, which have none (they are only
+    created and consumed inside one `torch.inference_mode` forward by the model)."""
+    return -1 if x.is_inference() else x._version
+
+
+class _PerForward:
+    """Remembers one value computed from given tensors while those very tensor objects live
+    unchanged (same object, same in-place version): every layer of one forward passes the same
+    positions and table, so per-call checks and the Toeplitz source are computed once per
+    forward, not once per layer (decoding: ~10 small ops per layer per token)."""
+
+    def __init__(self) -> None:
+        self._refs: tuple = ()
+        self._key: tuple = ()
+        self._value: object = None
+
+    def get(self, tensors: tuple[Tensor, ...], key: tuple, compute):  # noqa: ANN001, ANN204
+        alive = len(self._refs) == len(tensors) and all(
+            ref() is x for ref, x in zip(self._refs, tensors, strict=True)
+        )
+        full_key = (*key, *(_version(x) for x in tensors))
+        if alive and self._key == full_key:
+            return self._value
+        value = compute()
+        self._refs = tuple(weakref.ref(x) for x in tensors)
+        self._key, self._value = full_key, value
+        return value
+
+
+_toeplitz_memo = _PerForward()
+_source_memo = _PerForward()
+_slopes_memo = _PerForward()
+
+
+def is_toeplitz(q_positions: Tensor, k_positions: Tensor, q_offset: int, n: int) -> bool:
+    """Whether bias blocks are strided views of one source: consecutive positions, queries
+    q_offset keys after the first key, and a table covering every distance (n >= t)."""
+
+    def compute() -> bool:
+        return (
+            n >= q_offset + q_positions.shape[0]
+            and is_range(q_positions)
+            and is_range(k_positions)
+            and int(q_positions[0]) - int(k_positions[0]) == q_offset
+        )
+
+    return _toeplitz_memo.get((q_positions, k_positions), (q_offset, n), compute)
 
 
 def chunked_bias_attention(
@@ -152,33 +187,38 @@ def chunked_bias_attention(
     """Distance-bias attention by query chunks: each chunk builds only its (h, c, t') block,
     t' = the keys it can see. Differentiable in q, k, v and the table."""
     s, n = q.shape[-2], table.shape[-1]
-    toeplitz = (
-        n >= q_offset + s  # the table covers every distance the view will read
-        and is_range(q_positions)
-        and is_range(k_positions)
-        and int(q_positions[0]) - int(k_positions[0]) == q_offset
-    )
+    toeplitz = is_toeplitz(q_positions, k_positions, q_offset, n)
     t = k.shape[-2]
-    source = toeplitz_source(table.to(bias_dtype(q)), t) if toeplitz else None
+    source = None
+    if toeplitz and table.requires_grad and torch.is_grad_enabled():
+        source = toeplitz_source(table.to(bias_dtype(q)), t)
+    elif toeplitz:
+        dtype = bias_dtype(q)
+        source = _source_memo.get(
+            (table,), (t, dtype, table.device), lambda: toeplitz_source(table.to(dtype), t)
+        )
     outs = []
     for start in range(0, s, chunk_size):
         stop = min(start + chunk_size, s)
         seen = q_offset + stop  # keys visible to the chunk's last query
+        keys, values = k[..., :seen, :], v[..., :seen, :]
         if source is not None:
-            # query i is at distance q_offset + i from key 0; keys are fed in reverse order
+            # row r' is query stop - 1 - r', at distance q_offset + stop - 1 - r' from key 0
             block = source.as_strided(
                 (source.shape[0], stop - start, seen),
                 (source.stride(0), 1, 1),
-                source.storage_offset() + q_offset + start + t - seen + 1,
+                source.storage_offset() + n - q_offset - stop,
             )
-            keys, values = k[..., :seen, :].flip(-2), v[..., :seen, :].flip(-2)
-        else:
-            q_index = torch.arange(q_offset + start, q_offset + stop, device=q.device)
-            block = bias_block(
-                table, q_positions[start:stop], k_positions[:seen], q_index, bias_dtype(q)
+            # a 4-D mask keeps SDPA on its fast CPU kernel (a 3-D one is 2.5x slower, measured)
+            out = F.scaled_dot_product_attention(
+                q[..., start:stop, :].flip(-2), keys, values, attn_mask=block[None]
             )
-            keys, values = k[..., :seen, :], v[..., :seen, :]
-        # a 4-D mask keeps SDPA on its fast CPU kernel (a 3-D one is 2.5x slower, measured)
+            outs.append(out.flip(-2))
+            continue
+        q_index = torch.arange(q_offset + start, q_offset + stop, device=q.device)
+        block = bias_block(
+            table, q_positions[start:stop], k_positions[:seen], q_index, bias_dtype(q)
+        )
         outs.append(
             F.scaled_dot_product_attention(
                 q[..., start:stop, :], keys, values, attn_mask=block[None]
@@ -266,24 +306,40 @@ def flex_bias_attention(
     return _compiled_flex()(q, k, v, score_mod=score_mod, block_mask=block_mask)
 
 
-def flex_available(device: torch.device) -> bool:
-    """Whether FlexAttention can run here (it needs torch.compile: a C++ compiler on CPU)."""
-    try:
-        import torch.nn.attention.flex_attention  # noqa: F401
-    except ImportError:
-        return False
-    return device.type in ("cpu", "cuda")
-
-
-def pick_backend(backend: Backend, needs_grad: bool, t: int, device: torch.device) -> str:
-    """Resolve `auto` for a biased attention call (see module docstring)."""
+def pick_backend(
+    backend: Backend,
+    needs_grad: bool,
+    t: int,
+    device: torch.device,
+    *,
+    s: int | None = None,
+    linear: bool = False,
+    linear_ok: bool = False,
+) -> str:
+    """Resolve `auto` for a biased causal call (`extrapos.kernels.dispatch.decide`): s queries
+    (default t) against t keys; `linear` when the table is exactly -m·k (ALiBi) and `linear_ok`
+    when the fold supports the call."""
     if backend != "auto":
         return backend
-    if not flex_available(device):
-        return "chunked"
-    if device.type == "cuda":
-        return "flex"
-    return "flex" if (not needs_grad and t >= FLEX_MIN_LEN) else "chunked"
+    return dispatch.decide(
+        needs_grad=needs_grad,
+        s=t if s is None else s,
+        t=t,
+        device=device,
+        linear=linear,
+        linear_ok=linear_ok,
+        flex_ok=dispatch.flex_available(device) and not _flex_failed,
+    ).path
+
+
+def _linear_ok(q: Tensor, needs_grad: bool, s: int, t: int, span: int) -> bool:
+    """Whether the linear fold supports this call (see `extrapos.kernels.linear_bias`); span =
+    the largest minus the smallest key position."""
+    if not linear_supports(q) or (q.dtype == torch.bfloat16 and span >= 65536):
+        return False
+    if needs_grad:
+        return s == t and s <= SINGLE_CALL_MAX
+    return True
 
 
 def attention(
@@ -329,7 +385,29 @@ def attention(
     needs_grad = torch.is_grad_enabled() and (
         q.requires_grad or k.requires_grad or v.requires_grad or bias_table.requires_grad
     )
-    chosen = pick_backend(backend or _default_backend, needs_grad, t, q.device)
+    requested = backend or _default_backend
+    slopes = None
+    if requested == "linear" or (requested == "auto" and s >= LINEAR_MIN_QUERIES):
+        slopes = _slopes_memo.get((bias_table,), (), lambda: linear_slopes(bias_table))
+    span = int(k_positions[-1] - k_positions[0]) if slopes is not None else 0
+    chosen = pick_backend(
+        requested,
+        needs_grad,
+        t,
+        q.device,
+        s=s,
+        linear=slopes is not None,
+        linear_ok=slopes is not None and _linear_ok(q, needs_grad, s, t, span),
+    )
+    if chosen == "linear":
+        if slopes is None or not _linear_ok(q, needs_grad, s, t, span):
+            raise ValueError(
+                "backend 'linear' needs an exactly linear table (ALiBi), a CPU float32/float64/"
+                f"bf16 input and, with gradients, no cache offset and <= {SINGLE_CALL_MAX} "
+                "queries; use 'auto' or 'chunked'"
+            )
+        dispatch.record_taken("linear")
+        return linear_bias_attention(q, k, v, slopes, q_positions, k_positions, q_offset)
     if chosen == "flex":
         if needs_grad and q.device.type == "cpu":
             warnings.warn(
@@ -345,11 +423,22 @@ def attention(
             pass
         elif not _flex_failed:
             try:
-                return flex_bias_attention(q, k, v, bias_table, q_positions, k_positions, q_offset)
+                out = flex_bias_attention(q, k, v, bias_table, q_positions, k_positions, q_offset)
+                dispatch.record_taken("flex")
+                return out
             except Exception as exc:  # inductor's CPU codegen fails on some shapes (torch 2.13)
                 _disable_flex(exc)
     if chosen == "sdpa":
         raise ValueError("backend 'sdpa' cannot apply a score bias; use 'chunked' or 'flex'")
+    if bias_table.requires_grad and needs_grad and q.device.type == "cpu":
+        # a learned table: fused forward, recomputing backward (extrapos.kernels.table_grad)
+        dispatch.record_taken("chunked-table-grad")
+        toeplitz = is_toeplitz(q_positions, k_positions, q_offset, bias_table.shape[-1])
+        return table_bias_attention(
+            q, k, v, bias_table, q_positions, k_positions, q_offset, chunk_size, toeplitz,
+            bias_dtype(q),
+        )  # fmt: skip
+    dispatch.record_taken("chunked")
     return chunked_bias_attention(
         q, k, v, bias_table, q_positions, k_positions, q_offset, chunk_size
     )
@@ -385,3 +474,21 @@ def two_branch_attention(
         scores = scores.masked_fill(~visible, float("-inf"))
         outs.append(scores.softmax(dim=-1).to(v.dtype) @ v[..., :seen, :])
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-2)
+
+
+dispatch.register_paths(chunked=chunked_bias_attention, flex=flex_bias_attention)
+
+__all__ = [
+    "BACKENDS",
+    "attention",
+    "bias_block",
+    "bias_dtype",
+    "causal_sdpa",
+    "chunked_bias_attention",
+    "flex_available",
+    "flex_bias_attention",
+    "is_range",
+    "pick_backend",
+    "two_branch_attention",
+    "use_backend",
+]

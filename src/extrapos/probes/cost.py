@@ -61,8 +61,11 @@ def measure(model: GPT, n: int, repeats: int = 3) -> dict[str, Any]:
     Meant for a fresh process with a fixed mmap threshold (see module docstring)."""
     model.encoding.check_positions(n - 1)
     idx = torch.randint(0, model.config.vocab_size, (1, n))
+    from extrapos.kernels import dispatch
+
     with torch.inference_mode():
         model(idx)  # warm-up: its compile and cache memory is not the method's working set
+        dispatch.paths_taken(reset=True)
         can_reset = _reset_peak()
         before = _rss_kib("VmRSS")
         times = []
@@ -72,7 +75,14 @@ def measure(model: GPT, n: int, repeats: int = 3) -> dict[str, Any]:
             times.append(time.perf_counter() - t0)
         peak = _rss_kib("VmHWM")
     memory = (peak - before) / 1024 if can_reset and peak is not None and before else None
-    return {"n": n, "seconds": statistics.median(times), "peak_mib": memory}
+    paths = dispatch.paths_taken(reset=True)
+    return {
+        "n": n,
+        "seconds": statistics.median(times),
+        "peak_mib": memory,
+        # the biased attention paths the timed forwards took ("-" for bias-free methods)
+        "attention": "+".join(sorted(paths)) or "-",
+    }
 
 
 def _build(method: str, n_max: int, n_layer: int, n_head: int, d_model: int) -> GPT:
@@ -84,16 +94,31 @@ def _build(method: str, n_max: int, n_layer: int, n_head: int, d_model: int) -> 
     return GPT(config).eval()
 
 
+def child_env(threads: int) -> dict[str, str]:
+    """The environment for a worker process extrapos starts while it waits (the cost probe):
+    `threads` intra-op threads (OMP_NUM_THREADS, MKL_NUM_THREADS) and OMP_WAIT_POLICY=PASSIVE,
+    unless the user set them. OpenMP threads that spin-wait for work hold a core; with two
+    processes on two cores that made training up to 10x slower in our measurements (issue 16).
+    """
+    import os
+
+    env = dict(os.environ)
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.setdefault(name, str(max(1, threads)))
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return env
+
+
 def measure_in_subprocess(
     method: str, n: int, repeats: int, n_layer: int, n_head: int, d_model: int
 ) -> dict[str, Any]:
     """`measure` in a fresh interpreter (see module docstring)."""
     import json
-    import os
     import subprocess
     import sys
 
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    env = child_env(torch.get_num_threads())
+    env["MALLOC_MMAP_THRESHOLD_"] = "131072"
     args = [method, n, repeats, n_layer, n_head, d_model]
     cmd = [sys.executable, "-m", "extrapos.probes.cost", *map(str, args)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
@@ -134,8 +159,11 @@ def profile(
         if progress:
             shown = ", ".join(f"{r['n']}: {r['seconds'] * 1e3:.0f} ms" for r in rows)
             print(f"{method}: {shown}", flush=True)
+    from extrapos.kernels import dispatch
+
     return {
         "model": {"n_layer": n_layer, "n_head": n_head, "d_model": d_model},
+        "dispatch": dispatch.describe(max(lengths)),
         "repeats": repeats,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -147,7 +175,13 @@ def profile(
 def markdown(result: dict[str, Any]) -> str:
     """A table: time (ms) and peak memory (MiB) per length, and the fitted exponents."""
     lengths = sorted({r["n"] for r in result["records"]})
-    header = ["method", *[f"n={n}" for n in lengths], "time ~ n^", "memory ~ n^"]
+    header = [
+        "method",
+        *[f"n={n}" for n in lengths],
+        "time ~ n^",
+        "memory ~ n^",
+        f"attention @ {lengths[-1]}",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method, fit in result["fits"].items():
         rows = {r["n"]: r for r in result["records"] if r["method"] == method}
@@ -157,7 +191,10 @@ def markdown(result: dict[str, Any]) -> str:
             mem = "?" if r["peak_mib"] is None else f"{r['peak_mib']:.0f} MiB"
             cells.append(f"{r['seconds'] * 1e3:.0f} ms / {mem}")
         slopes = [f"{v:.2f}" if v is not None else "n/a" for v in fit.values()]
-        lines.append("| " + " | ".join([method, *cells, *slopes]) + " |")
+        path = rows[lengths[-1]].get("attention", "?")
+        lines.append("| " + " | ".join([method, *cells, *slopes, path]) + " |")
+    if result.get("dispatch"):
+        lines += ["", *(f"    {line.strip()}" for line in result["dispatch"])]
     return "\n".join(lines)
 
 

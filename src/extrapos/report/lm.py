@@ -100,6 +100,9 @@ def cost_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     if measured:
         longest = max(results["eval_lens"])
         header += [f"forward s @ {longest}", f"peak MiB @ {longest}"]
+        width = len(next(iter(measured.values())))
+        if width == 3:
+            header.append("attention path")
     rows = []
     for e in summarize(results):
         row = [
@@ -111,7 +114,7 @@ def cost_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             ",".join(map(str, e["seeds"])),
         ]
         if measured:
-            row += list(measured.get(e["method"], ("—", "—")))
+            row += list(measured.get(e["method"], ("—",) * width))
         rows.append(row)
     return header, rows
 

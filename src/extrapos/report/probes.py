@@ -227,20 +227,21 @@ def costs_csv(results: dict[str, Any]) -> str | None:
     costs = results.get("costs", [])
     if not costs:
         return None
-    header = ["method", "length", "forward_seconds", "peak_mib", "threads", "error"]
+    header = ["method", "length", "forward_seconds", "peak_mib", "attention", "threads", "error"]
     return _csv(header, [[c.get(k) for k in header] for c in costs])
 
 
-def cost_columns(results: dict[str, Any]) -> dict[str, tuple[str, str]]:
-    """method -> (forward seconds, peak MiB) at the longest length, formatted."""
+def cost_columns(results: dict[str, Any]) -> dict[str, tuple[str, ...]]:
+    """method -> (forward seconds, peak MiB[, attention path]) at the longest length,
+    formatted; the path column only when the results recorded one (older runs did not)."""
+    costs = results.get("costs", [])
+    with_path = any("attention" in c for c in costs)
     out = {}
-    for c in results.get("costs", []):
+    for c in costs:
         if c.get("error"):
-            out[c["method"]] = ("error", "error")
+            out[c["method"]] = ("error",) * (3 if with_path else 2)
             continue
         peak = c.get("peak_mib")
-        out[c["method"]] = (
-            f"{c['forward_seconds']:.3f}",
-            "n/a" if peak is None else f"{peak:.1f}",
-        )
+        cells = (f"{c['forward_seconds']:.3f}", "n/a" if peak is None else f"{peak:.1f}")
+        out[c["method"]] = (*cells, c.get("attention") or "—") if with_path else cells
     return out
