@@ -5,6 +5,7 @@
 See README.md for the command line (`extrapos bench`, `train`, `eval`, `generate`).
 """
 
+from extrapos.core.errors import UserError
 from extrapos.encodings import (
     PositionalEncoding,
     alibi_slopes,
@@ -13,9 +14,8 @@ from extrapos.encodings import (
     register,
     rope_inv_freq,
 )
-from extrapos.errors import UserError
-from extrapos.evaluate import evaluate_lengths, perplexity
-from extrapos.model import GPT, GPTConfig
+from extrapos.models.gpt import GPT, GPTConfig
+from extrapos.probes.perplexity import evaluate_lengths, perplexity
 
 __version__ = "0.1.0"
 

@@ -64,7 +64,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from extrapos.errors import UserError
+from extrapos.core.errors import UserError
 
 from .cache import cached_tokens, tokenizer_hash
 from .hf_datasets import HF_PREFIX, load_hf_splits

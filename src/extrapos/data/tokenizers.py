@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from extrapos.errors import UserError
+from extrapos.core.errors import UserError
 
 if TYPE_CHECKING:
     from .corpus import Corpus
@@ -337,8 +337,8 @@ def tokenizer_from_dict(d: dict[str, Any]) -> Tokenizer:
 
 
 def save_tokenizer(tok: Tokenizer, path: str | os.PathLike[str]) -> None:
-    """Write `tok.to_dict()` as JSON to `path`, atomically (`extrapos.io.write_text`)."""
-    from extrapos.io import write_text
+    """Write `tok.to_dict()` as JSON to `path`, atomically (`extrapos.core.files.write_text`)."""
+    from extrapos.core.files import write_text
 
     d = tok.to_dict()
     # the `tokenizers` JSON is written as the library writes it (compact, its key order)

@@ -13,8 +13,8 @@ import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from extrapos.core.errors import UserError
 from extrapos.encodings.base import PositionalEncoding
-from extrapos.errors import UserError
 
 _REGISTRY: dict[str, type[PositionalEncoding]] = {}
 

@@ -48,7 +48,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from extrapos.errors import UserError
+from extrapos.core.errors import UserError
 
 __all__ = ["ROPE_SCALING_TYPES", "rope_inv_freq", "validate_rope_scaling"]
 

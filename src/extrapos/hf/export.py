@@ -41,9 +41,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from extrapos.errors import UserError
+from extrapos.core.errors import UserError
 from extrapos.hf.rope import _partial_rotary_factor, rope_config_to_hf
-from extrapos.model import GPT
+from extrapos.models.gpt import GPT
 
 __all__ = ["EXPORTABLE", "export_hf", "gpt_to_llama", "llama_rope_parameters"]
 
@@ -207,7 +207,7 @@ def export_hf(
     """
     from transformers import AutoModelForCausalLM
 
-    from extrapos.checkpoint import load_config, load_model
+    from extrapos.training.run_dir import load_config, load_model
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if out_dir.resolve() == run_dir.resolve():

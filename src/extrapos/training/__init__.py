@@ -1,1 +1,1 @@
-"""Training loops (the LM loop is `extrapos.train`; translation here)."""
+"""training"""

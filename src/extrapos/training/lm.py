@@ -1,0 +1,760 @@
+"""Training: next-token prediction on random windows of the train split.
+
+One optimizer step, with B = `batch_size` (the global batch), A = `grad_accum`, W = world size:
+
+1. lr = peak · `lr_factor(step)`: linear warmup, then cosine decay to `min_lr_ratio · lr`.
+2. The sampler (a seeded `torch.Generator`, the same on every rank) draws B window starts in the
+   train split. Rank r takes rows [r·B/W, (r+1)·B/W) and runs them as A micro-batches, each
+   loss scaled by 1/A; DDP averages gradients over ranks. So the gradient is that of the mean
+   loss over the B windows whatever W and A are, up to float summation order.
+3. Gradient-norm clipping (`grad_clip`; the norm is logged either way), then AdamW (weight decay
+   only on matrices of the Transformer body, not on norms, biases, embeddings or positional
+   parameters).
+4. A non-finite loss or gradient norm stops the run with a `UserError` naming the step, before
+   the optimizer touches the weights; the checkpoints already written stay as they are.
+
+`precision="bf16"` runs forward and backward under `torch.autocast(bfloat16)` (CPU and CUDA):
+matmuls in bf16, weights, optimizer state, loss and the positional math in fp32 (encodings
+compute their tables in fp32). `compile=True` trains through `torch.compile(model)`.
+
+With a run directory (rank 0 writes; see `extrapos.training.run_dir` for the layout): a checkpoint
+every `save_every` steps and at the end, keeping the last `keep_last`; `log.csv` with one row per
+step (loss, lr, grad norm, tokens/s, validation every `EvalConfig.every` steps), TensorBoard
+scalars in `tb/` when `tensorboard=True`; `config.json` with the resolved config. `resume=True`
+continues from the newest checkpoint — weights, optimizer, schedule, sampler and RNG state, loss
+history and log — to the same weights an uninterrupted run reaches.
+
+Distributed data parallel: launch with `torchrun --nproc_per_node N -m extrapos train ...`;
+`init_distributed()` joins the process group (NCCL on CUDA, gloo on CPU). Every rank must see
+the same corpus and the run directory on a shared filesystem (every rank reads it on resume).
+FSDP2 (`torch.distributed.fsdp.fully_shard`) is not wired in: the models here fit one device
+many times over; the path would be `fully_shard` on each block then the root, and checkpoints
+through `torch.distributed.checkpoint` (or a full state dict gathered on rank 0).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import inspect
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from extrapos.core.errors import UserError
+from extrapos.data import Corpus, Tokenizer
+from extrapos.data.cache import tokenizer_hash
+from extrapos.models.gpt import GPT, GPTConfig
+from extrapos.training.config import DataConfig, EvalConfig, RunConfig, TrainConfig
+from extrapos.training.run_dir import (
+    clear_checkpoints,
+    latest_checkpoint,
+    list_checkpoints,
+    load_model,
+    load_train_state,
+    remove_partial_checkpoints,
+    save_checkpoint,
+)
+
+__all__ = [
+    "LOG_COLUMNS",
+    "DistInfo",
+    "EvalConfig",
+    "TrainConfig",
+    "TrainResult",
+    "distributed_info",
+    "init_distributed",
+    "lr_factor",
+    "make_optimizer",
+    "run_training",
+    "sample_batch",
+    "train",
+    "validate",
+]
+
+LOG = "log.csv"
+LOG_COLUMNS = (
+    "step",
+    "tokens",
+    "lr",
+    "loss",
+    "grad_norm",
+    "valid_loss",
+    "valid_ppl",
+    "tokens_per_s",
+    "elapsed_s",
+)
+
+
+@dataclass
+class TrainResult:
+    model: GPT
+    losses: list[float]  # mean training loss of each optimizer step (over the global batch)
+    train_seconds: float  # time in training steps (not validation or saving)
+    tokens_per_second: float
+    steps: int
+    valid: list[tuple[int, float]] = field(default_factory=list)  # (step, valid loss)
+    step_seconds: list[float] = field(default_factory=list)  # steps run by this call
+
+
+# ----------------------------------------------------------------------------- distributed
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place in a data-parallel job (rank 0 of 1 when not distributed)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def distributed_info() -> DistInfo:
+    """The current process group's rank and size (0 of 1 when none is initialized)."""
+    if dist.is_available() and dist.is_initialized():
+        local = int(os.environ.get("LOCAL_RANK", dist.get_rank()))
+        return DistInfo(dist.get_rank(), dist.get_world_size(), local)
+    return DistInfo()
+
+
+def init_distributed() -> DistInfo:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1): NCCL when CUDA is
+    available, else gloo. A no-op for a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or (dist.is_available() and dist.is_initialized()):
+        return distributed_info()
+    if not dist.is_available():
+        raise UserError("this torch build has no torch.distributed; run a single process")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(local)
+    dist.init_process_group(backend=backend)
+    return distributed_info()
+
+
+def _resolve_device(name: str, info: DistInfo) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name} asked for, but CUDA is not available; use --device cpu")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device(f"cuda:{info.local_rank}")
+    return device
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def lr_factor(step: int, config: TrainConfig) -> float:
+    """Multiplier of the peak lr at `step`: linear warmup, then cosine to min_lr_ratio."""
+    warmup = config.warmup_steps or 0
+    if step < warmup:
+        return (step + 1) / warmup
+    span = max(1, config.steps - warmup)
+    progress = min(1.0, (step - warmup) / span)
+    cosine = 0.5 * (1 + math.cos(math.pi * progress))
+    return config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine
+
+
+def fit_steps(
+    model: torch.nn.Module,
+    config: TrainConfig,
+    loss_at: Callable[[int], torch.Tensor],
+    description: str = "train",
+    progress: bool = True,
+) -> tuple[list[float], float]:
+    """The bare optimization loop for objectives other than the corpus LM (tasks, passkey
+    fine-tunes): `config.steps` AdamW steps (`make_optimizer`) at lr · `lr_factor`, on the loss
+    `loss_at(step)`, clipped at `config.grad_clip`; a non-finite loss stops with the step
+    number. Returns the loss per step and the seconds spent; the model is left in eval mode."""
+    optimizer = make_optimizer(model, config)  # type: ignore[arg-type]
+    losses: list[float] = []
+    model.train()
+    start = time.perf_counter()
+    bar = tqdm(range(config.steps), desc=description, disable=not progress, leave=False)
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr * lr_factor(step, config)
+        loss = loss_at(step)
+        if not torch.isfinite(loss):
+            raise UserError(f"loss became {loss.item()} at step {step}; lower the learning rate")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    bar.close()
+    model.eval()
+    return losses, time.perf_counter() - start
+
+
+def make_optimizer(model: GPT, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; decay only weight matrices of the Transformer body (not norms, biases, the
+    positional encoding's parameters, nor the embedding)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        body_matrix = param.ndim >= 2 and not name.startswith(("encoding.", "embed."))
+        (decay if body_matrix else no_decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95), eps=1e-8)
+
+
+def sample_batch(
+    tokens: torch.Tensor | np.ndarray,
+    batch_size: int,
+    length: int,
+    generator: torch.Generator,
+    rows: slice | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random windows of a 1-D token stream (tensor or numpy array, e.g. a memory map):
+    inputs (b, L) and next-token targets (b, L), int64.
+
+    Always draws `batch_size` starts from `generator` (so every rank advances it alike);
+    `rows` selects which of those windows to build (this rank's share of the global batch).
+    """
+    starts = torch.randint(0, len(tokens) - length, (batch_size,), generator=generator)
+    if rows is not None:
+        starts = starts[rows]
+    if isinstance(tokens, torch.Tensor):
+        windows = torch.stack([tokens[s : s + length + 1] for s in starts.tolist()])
+    else:
+        index = starts.numpy()[:, None] + np.arange(length + 1)
+        windows = torch.from_numpy(np.asarray(tokens[index], dtype=np.int64))
+    return windows[:, :-1], windows[:, 1:]
+
+
+def _lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy; logits (b, L, V), targets (b, L)."""
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def validate(
+    model: GPT,
+    tokens: np.ndarray | torch.Tensor,
+    length: int,
+    max_tokens: int,
+    batch_size: int,
+    precision: str = "fp32",
+    info: DistInfo | None = None,
+) -> float:
+    """Mean next-token loss over non-overlapping windows of `length` at the start of `tokens`
+    (as many as fit in `max_tokens` targets, at least one). Under DDP each rank scores every
+    W-th window and the sums are all-reduced, so every rank returns the same number."""
+    info = info or distributed_info()
+    device = next(model.parameters()).device
+    n_windows = min((len(tokens) - 1) // length, max(1, max_tokens // length))
+    mine = list(range(info.rank, n_windows, info.world_size))
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # nll sum, targets
+    was_training = model.training
+    model.eval()
+    for i in range(0, len(mine), batch_size):
+        starts = np.array(mine[i : i + batch_size]) * length
+        index = starts[:, None] + np.arange(length + 1)
+        rows = torch.as_tensor(np.asarray(tokens[index], dtype=np.int64), device=device)
+        with _autocast(device, precision):
+            logits = model(rows[:, :-1])
+        nll = F.cross_entropy(logits.float().flatten(0, 1), rows[:, 1:].flatten(), reduction="sum")
+        sums[0] += nll.double()
+        sums[1] += rows[:, 1:].numel()
+    model.train(was_training)
+    if info.world_size > 1:
+        dist.all_reduce(sums)
+    return float(sums[0] / sums[1])
+
+
+class _RunLog:
+    """log.csv (and TensorBoard scalars) of the main rank; on resume, rows past the resumed
+    step (written after the checkpoint, before the kill) are dropped."""
+
+    def __init__(self, run_dir: Path | None, start_step: int, tensorboard: bool) -> None:
+        self._file = self._writer = self._tb = None
+        if run_dir is None:
+            return
+        path = run_dir / LOG
+        kept: list[dict[str, str]] = []
+        if start_step > 0 and path.is_file():
+            with open(path, newline="", encoding="utf-8") as f:
+                kept = [r for r in csv.DictReader(f) if int(r["step"]) <= start_step]
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self._file = open(path, "w", newline="", encoding="utf-8")  # noqa: SIM115 (closed in close())
+        self._writer = csv.DictWriter(self._file, fieldnames=LOG_COLUMNS)
+        self._writer.writeheader()
+        self._writer.writerows(kept)
+        self._file.flush()
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as exc:
+                raise UserError(
+                    "--tensorboard needs the tensorboard package; pip install 'extrapos[tb]' "
+                    "(log.csv is written either way)"
+                ) from exc
+            self._tb = SummaryWriter(str(run_dir / "tb"), purge_step=start_step + 1)
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self._writer is None:
+            return
+        self._writer.writerow({k: _fmt(row.get(k)) for k in LOG_COLUMNS})
+        self._file.flush()
+        if self._tb is not None:
+            step = row["step"]
+            for key, tag in (
+                ("loss", "train/loss"),
+                ("lr", "train/lr"),
+                ("grad_norm", "train/grad_norm"),
+                ("tokens_per_s", "train/tokens_per_s"),
+                ("valid_loss", "valid/loss"),
+                ("valid_ppl", "valid/ppl"),
+            ):
+                if row.get(key) is not None:
+                    self._tb.add_scalar(tag, row[key], step)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def _record(
+    model_config: GPTConfig,
+    train_config: TrainConfig,
+    eval_config: EvalConfig | None,
+    data_config: DataConfig,
+    corpus: Corpus,
+    tokenizer: Tokenizer,
+) -> dict[str, Any]:
+    """The resolved config saved as config.json (a valid `--config` file itself)."""
+    return {
+        "model": model_config.to_dict(),
+        "train": asdict(train_config),
+        "eval": asdict(eval_config) if eval_config is not None else {"every": 0},
+        "data": {**asdict(data_config), **corpus.describe(), "name": data_config.name},
+        "tokenizer": {
+            "type": tokenizer.name,
+            "vocab_size": tokenizer.vocab_size,
+            "sha256": tokenizer_hash(tokenizer),
+        },
+    }
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def train(
+    model_config: GPTConfig,
+    train_config: TrainConfig,
+    corpus: Corpus,
+    tokenizer: Tokenizer,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    description: str = "train",
+    eval_config: EvalConfig | None = None,
+    data_config: DataConfig | None = None,
+    overwrite: bool = False,
+) -> TrainResult:
+    """Train a GPT on `corpus`'s train split; see the module docstring.
+
+    A run_dir holding another run's checkpoints is refused unless `resume` (continue it) or
+    `overwrite` (delete them and start over).
+
+    `eval_config` None: no periodic validation. `data_config` is only recorded (default: the
+    corpus's name and the tokenizer's). Inside a torchrun job call `init_distributed()` first.
+    """
+    info = distributed_info()
+    device = _resolve_device(train_config.device, info)
+    run_dir = Path(run_dir) if run_dir is not None else None
+    if not model_config.causal:
+        raise UserError(
+            "causal=False builds an encoder, which next-token training would let see its "
+            "targets; train with causal=True"
+        )
+    if model_config.vocab_size != tokenizer.vocab_size:
+        raise UserError(
+            f"model vocab_size={model_config.vocab_size} differs from the tokenizer's "
+            f"{tokenizer.vocab_size}; set vocab_size to the tokenizer's"
+        )
+    share = train_config.batch_size // info.world_size
+    if train_config.batch_size % (info.world_size * train_config.grad_accum):
+        raise UserError(
+            f"batch_size={train_config.batch_size} must be divisible by world size "
+            f"{info.world_size} x grad_accum {train_config.grad_accum}; change --batch-size"
+        )
+    tokens = corpus.token_array("train", tokenizer)
+    if len(tokens) <= train_config.train_len + 1:
+        raise UserError(
+            f"the train split has {len(tokens)} tokens, fewer than train_len + 2 = "
+            f"{train_config.train_len + 2}; use more data or a shorter --train-len"
+        )
+    if eval_config is not None:
+        eval_config = eval_config.resolved(train_config)
+    valid_tokens = None
+    if eval_config is not None and eval_config.every:
+        valid_tokens = corpus.token_array("valid", tokenizer)
+        if len(valid_tokens) <= (eval_config.length or 0):
+            raise UserError(
+                f"the valid split has {len(valid_tokens)} tokens, too few for one validation "
+                f"window of {eval_config.length}; set eval.length lower or eval.every to 0"
+            )
+    if data_config is None:
+        data_config = DataConfig(
+            name=corpus.name,
+            tokenizer=tokenizer.name if tokenizer.name in ("byte", "bpe") else "byte",
+            vocab_size=tokenizer.vocab_size if tokenizer.name == "bpe" else None,
+        )
+    elif data_config.content_hash not in (None, corpus.content_hash):
+        raise UserError(
+            f"the corpus {corpus.name} has changed: its hash is {corpus.content_hash[:12]}…, the "
+            f"config says {data_config.content_hash[:12]}…; drop data.content_hash to train on "
+            "it anyway"
+        )
+
+    torch.manual_seed(train_config.seed)
+    model = GPT(model_config)
+    model.tokenizer = tokenizer
+    model.encoding.check_positions(train_config.train_len - 1)
+    model.to(device)
+    optimizer = make_optimizer(model, train_config)
+    generator = torch.Generator().manual_seed(train_config.seed)
+    start_step, losses, elapsed, valid = 0, [], 0.0, []
+    tok_hash = tokenizer_hash(tokenizer)
+
+    if resume and run_dir is None:
+        raise UserError("resume needs a run directory (--out)")
+    if run_dir is not None and info.is_main:
+        earlier = list_checkpoints(run_dir)
+        if earlier and not (resume or overwrite):
+            raise UserError(
+                f"{run_dir} holds checkpoints of an earlier run (up to step {earlier[-1][0]}); "
+                f"pass --resume to continue it, --overwrite to delete them and start over, or "
+                f"choose another --out"
+            )
+        (remove_partial_checkpoints if resume else clear_checkpoints)(run_dir)
+    _barrier(info)
+    if resume and latest_checkpoint(run_dir) is not None:
+        state = load_train_state(run_dir)
+        folder = latest_checkpoint(run_dir)
+        saved_train = TrainConfig(**state["train_config"]).trajectory()
+        if (
+            state["model_config"] != model_config.to_dict()
+            or saved_train != train_config.trajectory()
+            or state.get("tokenizer_sha256", tok_hash) != tok_hash
+        ):
+            raise UserError(
+                f"{run_dir} holds a run with another configuration; resume it with the same "
+                f"flags or pick another --out"
+            )
+        model.load_state_dict(load_model(folder, map_location=device).state_dict())
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["sampler_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        start_step, losses, elapsed = state["step"], state["losses"], state["elapsed"]
+        valid = [tuple(v) for v in state.get("valid", [])]
+
+    record = _record(model_config, train_config, eval_config, data_config, corpus, tokenizer)
+
+    def save(step: int) -> None:
+        if run_dir is not None and info.is_main:
+            state = {
+                "step": step,
+                "optimizer": optimizer.state_dict(),
+                "sampler_rng": generator.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "losses": losses,
+                "valid": valid,
+                "elapsed": elapsed,
+                "model_config": model_config.to_dict(),
+                "train_config": asdict(train_config),
+                "tokenizer_sha256": tok_hash,
+                "world_size": info.world_size,
+            }
+            if device.type == "cuda":
+                state["cuda_rng"] = torch.cuda.get_rng_state(device)
+            save_checkpoint(
+                run_dir, step, model, record, tokenizer, state, keep_last=train_config.keep_last
+            )
+        _barrier(info)
+
+    forward: Any = model
+    ddp = None
+    if info.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device.type == "cuda" else None
+        # buffers (e.g. ALiBi slopes) are derived from the config, identical on every rank:
+        # no need to re-broadcast them at every forward
+        sync = (
+            {"forward_sync_buffers": False}
+            if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+            else {"broadcast_buffers": False}
+        )
+        ddp = DistributedDataParallel(model, device_ids=ids, **sync)
+        forward = ddp
+    compile_settings: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    if train_config.compile:
+        forward = torch.compile(forward)
+        # torch 2.13: a warm AOTAutograd cache hit replays aliased-output views with garbage
+        # shapes for this model (RuntimeError "shape '[9404…, 5547…, 48]' is invalid"; the
+        # pytorch issues 141974 and 177812 family); compiling without that cache is correct
+        import torch._functorch.config as functorch_config
+
+        compile_settings = functorch_config.patch(enable_autograd_cache=False)
+
+    log = _RunLog(
+        run_dir if info.is_main else None, start_step, info.is_main and train_config.tensorboard
+    )
+    model.train()
+    rows = slice(info.rank * share, (info.rank + 1) * share)
+    tokens_per_step = train_config.batch_size * train_config.train_len
+    step_seconds: list[float] = []
+    this_call = 1e-9  # seconds of training steps in this call (tokens/s in the progress bar)
+    bar = tqdm(
+        range(start_step, train_config.steps),
+        initial=start_step,
+        total=train_config.steps,
+        desc=description,
+        disable=not (progress and info.is_main),
+        dynamic_ncols=True,
+        leave=False,
+    )
+    try:
+        with compile_settings:
+            for step in bar:
+                t0 = time.perf_counter()
+                lr = train_config.lr * lr_factor(step, train_config)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                x, y = sample_batch(
+                    tokens, train_config.batch_size, train_config.train_len, generator, rows
+                )
+                optimizer.zero_grad(set_to_none=True)
+                step_loss = _forward_backward(
+                    forward,
+                    ddp,
+                    x.to(device),
+                    y.to(device),
+                    train_config.grad_accum,
+                    train_config.precision,
+                    info,
+                )
+                max_norm = train_config.grad_clip if train_config.grad_clip > 0 else math.inf
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+                loss_value = float(step_loss)
+                done = step + 1
+                if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
+                    log.write({"step": done, "lr": lr, "loss": loss_value, "grad_norm": grad_norm})
+                    what = "loss" if not math.isfinite(loss_value) else "gradient norm"
+                    kept = latest_checkpoint(run_dir) if run_dir is not None else None
+                    where = f"the last checkpoint ({kept}) is kept" if kept else "nothing was saved"
+                    raise UserError(
+                        f"the {what} became {loss_value if what == 'loss' else grad_norm} at step "
+                        f"{done}; the run stopped before updating the weights and {where}. Lower "
+                        f"--lr (now {train_config.lr}) or raise --warmup-steps, then resume or restart"
+                    )
+                optimizer.step()
+                seconds = time.perf_counter() - t0
+                elapsed += seconds
+                step_seconds.append(seconds)
+                this_call += seconds
+                losses.append(loss_value)
+                row: dict[str, Any] = {
+                    "step": done,
+                    "tokens": done * tokens_per_step,
+                    "lr": lr,
+                    "loss": loss_value,
+                    "grad_norm": grad_norm,
+                    "tokens_per_s": tokens_per_step / max(seconds, 1e-9),
+                    "elapsed_s": elapsed,
+                }
+                every = eval_config.every if eval_config is not None else 0
+                if (
+                    valid_tokens is not None
+                    and every
+                    and (done % every == 0 or done == train_config.steps)
+                ):
+                    value = validate(
+                        model,
+                        valid_tokens,
+                        eval_config.length or train_config.train_len,
+                        eval_config.max_tokens,
+                        share // train_config.grad_accum,
+                        train_config.precision,
+                        info,
+                    )
+                    valid.append((done, value))
+                    row["valid_loss"], row["valid_ppl"] = value, math.exp(min(value, 700.0))
+                log.write(row)
+                postfix = {
+                    "loss": f"{loss_value:.3f}",
+                    "tok_s": f"{(done - start_step) * tokens_per_step / this_call:,.0f}",
+                }
+                if valid:
+                    postfix["valid"] = f"{valid[-1][1]:.3f}"
+                bar.set_postfix(postfix)
+                if (
+                    train_config.save_every
+                    and done % train_config.save_every == 0
+                    and done < train_config.steps
+                ):
+                    save(done)
+    finally:
+        bar.close()
+        log.close()
+    save(train_config.steps)
+    model.eval()
+    trained_tokens = train_config.steps * tokens_per_step
+    return TrainResult(
+        model=model,
+        losses=losses,
+        train_seconds=elapsed,
+        tokens_per_second=trained_tokens / max(elapsed, 1e-9),
+        steps=train_config.steps,
+        valid=valid,
+        step_seconds=step_seconds,
+    )
+
+
+def _forward_backward(
+    forward: Any,
+    ddp: Any,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    accum: int,
+    precision: str,
+    info: DistInfo,
+) -> torch.Tensor:
+    """Forward and backward over this rank's rows x, y (b, L) in `accum` micro-batches, each
+    loss scaled by 1/accum (DDP syncs gradients on the last only). Returns the mean loss over
+    the global batch, the same number on every rank."""
+    micro = x.shape[0] // accum
+    step_loss = torch.zeros((), device=x.device)
+    for m in range(accum):
+        xm, ym = x[m * micro : (m + 1) * micro], y[m * micro : (m + 1) * micro]
+        sync = ddp is None or m == accum - 1
+        with contextlib.nullcontext() if sync else ddp.no_sync():
+            with _autocast(x.device, precision):
+                logits = forward(xm)
+            loss = _lm_loss(logits, ym)
+            (loss / accum if accum > 1 else loss).backward()
+        step_loss += loss.detach()
+    if accum > 1:
+        step_loss /= accum
+    if info.world_size > 1:  # gloo has no AVG: sum, then divide
+        dist.all_reduce(step_loss)
+        step_loss /= info.world_size
+    return step_loss
+
+
+def _barrier(info: DistInfo) -> None:
+    if info.world_size > 1:
+        dist.barrier()
+
+
+# ----------------------------------------------------------------------------- from a config
+
+
+def run_training(
+    config: dict[str, Any] | RunConfig,
+    run_dir: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    where: str | None = None,
+    overwrite: bool = False,
+) -> TrainResult:
+    """Train from a nested config dict (sections model/train/data/eval; see `extrapos.training.config`)
+    or a `RunConfig`: validate it, load the corpus, build (or on resume, reload) the tokenizer,
+    set the model's vocab_size to the tokenizer's, and call `train`.
+
+    Under torchrun, rank 0 trains the BPE tokenizer and tokenizes the corpus (filling the
+    on-disk cache) while the other ranks wait, then receives the same tokenizer.
+    """
+    from extrapos.data import build_tokenizer, load_corpus, load_tokenizer, tokenizer_from_dict
+    from extrapos.training.run_dir import TOKENIZER
+
+    if isinstance(config, RunConfig):
+        config = config.to_dict()
+    run = RunConfig.from_dict(config, where)  # fail fast, before any data is read
+    info = distributed_info()
+    corpus = load_corpus(run.data.name)
+
+    tokenizer = None
+    saved = Path(run_dir) / TOKENIZER
+    if resume and saved.is_file() and latest_checkpoint(run_dir) is not None:
+        tokenizer = load_tokenizer(saved)  # exactly the tokenizer the run started with
+        if tokenizer.name != run.data.tokenizer:
+            raise UserError(
+                f"{run_dir} was trained with the {tokenizer.name} tokenizer, not "
+                f"{run.data.tokenizer}; resume with the same flags or pick another --out"
+            )
+    if tokenizer is None:
+        options = run.data.tokenizer_options()
+        if run.data.tokenizer == "bpe":
+            options["corpus"] = corpus
+        if info.world_size > 1:
+            built = (
+                [build_tokenizer(run.data.tokenizer, **options).to_dict()]
+                if info.is_main
+                else [None]
+            )
+            dist.broadcast_object_list(built, src=0)
+            tokenizer = tokenizer_from_dict(built[0])
+        else:
+            tokenizer = build_tokenizer(run.data.tokenizer, **options)
+    if info.is_main:  # fill the token cache once, before the other ranks read it
+        corpus.token_array("train", tokenizer)
+    _barrier(info)
+
+    model_dict = {**config.get("model", {}), "vocab_size": tokenizer.vocab_size}
+    run = RunConfig.from_dict({**config, "model": model_dict}, where)
+    return train(
+        run.model,
+        run.train,
+        corpus,
+        tokenizer,
+        run_dir=run_dir,
+        resume=resume,
+        progress=progress,
+        description=f"train {run.model.encoding}",
+        eval_config=run.eval,
+        data_config=run.data,
+        overwrite=overwrite,
+    )
