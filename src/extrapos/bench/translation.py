@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from extrapos.data.parallel import load_parallel
-from extrapos.errors import UserError
-from extrapos.io import read_json, write_json
+from extrapos.core.errors import UserError
+from extrapos.core.files import read_json, write_json
 
 #: the issue's default comparison (fire joins once it has a bidirectional form)
 DEFAULT_METHODS = ["sinusoidal", "learned", "nope", "rope", "alibi", "t5", "kerple_log"]
@@ -76,7 +76,7 @@ def run_translation_bench(
     config: TranslationBenchConfig, out_dir: str | Path, progress: bool = True
 ) -> dict[str, Any]:
     """Train and score every (method, seed); write results.json and the report."""
-    from extrapos.bench import environment
+    from extrapos.bench.run import environment
     from extrapos.models.seq2seq import Seq2SeqConfig
     from extrapos.probes.translation import evaluate_translation
     from extrapos.report.translation import write_translation_report
@@ -90,7 +90,7 @@ def run_translation_bench(
     for method in config.methods:  # refuse encodings without an encoder form before any work
         Seq2SeqConfig(vocab_size=8, n_head=config.n_head, d_model=config.d_model, encoding=method)
         from extrapos.encodings import build_for_model
-        from extrapos.model import check_bidirectional
+        from extrapos.models.gpt import check_bidirectional
 
         check_bidirectional(
             build_for_model(

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from extrapos.cli import translate
 from extrapos.core.errors import UserError
 
 
@@ -280,6 +281,10 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
+    if args.suite == "translation":
+        from extrapos.cli.translate import cmd_bench_translation
+
+        return cmd_bench_translation(args)
     from extrapos.bench.run import BenchConfig, run_bench
 
     config = BenchConfig.from_preset(
@@ -781,6 +786,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="measure a forward's time and peak memory at the longest length (default on)",
     )
     p.add_argument("--out", default="bench_out", help="output directory (default bench_out)")
+    translate.add_bench_arguments(p)
 
     p = add("profile", cmd_profile, "time and memory vs sequence length per encoding, fitted")
     p.add_argument(
@@ -873,6 +879,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-lr", type=float, default=1e-3)
     p.add_argument("--out", default=None, help="write results to FILE.json (or FILE.csv)")
     p.add_argument("--csv", default=None, help="also write one CSV row per (length, depth)")
+
+    translate.register(sub)
 
     p = add("diagnose", cmd_diagnose, "attention entropy and distance per layer/head vs length")
     p.add_argument("run_dir")

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from extrapos.errors import UserError
+from extrapos.core.errors import UserError
 
 from .hf_datasets import HF_PREFIX, parse_hf_spec
 from .tokenizers import BpeTokenizer

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from extrapos.errors import UserError
+from extrapos.core.errors import UserError
 from extrapos.models.seq2seq import Seq2Seq, reorder_cache
 
 

@@ -36,11 +36,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from extrapos.attention import attention
+from extrapos.kernels.attention import attention
 from extrapos.encodings import PositionalEncoding, build_for_model, encoding_class
 from extrapos.encodings.base import EMBEDDING_INIT_STD
-from extrapos.errors import UserError
-from extrapos.model import (
+from extrapos.core.errors import UserError
+from extrapos.models.gpt import (
     Block,
     CausalSelfAttention,
     GPTConfig,

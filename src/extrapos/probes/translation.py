@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from extrapos.errors import UserError
+from extrapos.core.errors import UserError
 from extrapos.models.decoding import translate_ids
 
 BUCKETS: tuple[tuple[str, int, int | None], ...] = (

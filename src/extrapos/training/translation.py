@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from extrapos.checkpoint import (
+from extrapos.training.run_dir import (
     CONFIG,
     WEIGHTS,
     clear_checkpoints,
@@ -46,7 +46,7 @@ from extrapos.data.parallel import (
     joint_bpe,
     token_batches,
 )
-from extrapos.errors import UserError
+from extrapos.core.errors import UserError
 from extrapos.models.seq2seq import NUM_SPECIALS, Seq2Seq, Seq2SeqConfig
 
 KIND = "seq2seq"
