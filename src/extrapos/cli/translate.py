@@ -54,8 +54,13 @@ def cmd_translate_train(args: argparse.Namespace) -> None:
     from extrapos.training.translation import TranslationTrainConfig, train_translation
 
     data = load_parallel(args.data, args.src, args.tgt)
+    steps = args.steps
+    if steps is None and args.resume:
+        from extrapos.training.run_dir import load_config
+
+        steps = load_config(args.out)["train"]["steps"]
     train_cfg = TranslationTrainConfig(
-        steps=args.steps,
+        steps=steps or 3000,
         max_tokens=args.max_tokens,
         lr=args.lr,
         warmup_steps=args.warmup_steps,
@@ -166,7 +171,9 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--max-src-tokens", type=int, default=None, help="train only on pairs with a source this short"
     )
-    p.add_argument("--steps", type=int, default=3000, help="optimizer steps (default 3000)")
+    p.add_argument(
+        "--steps", type=int, default=None, help="optimizer steps (default 3000; resume: the run's)"
+    )
     p.add_argument("--max-tokens", type=int, default=4096, help="padded tokens per batch side")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
     p.add_argument("--warmup-steps", type=int, default=400, help="inverse-sqrt warmup (400)")

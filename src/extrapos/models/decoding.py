@@ -34,12 +34,15 @@ def _limits(src: Tensor, pad_id: int, max_len_a: float, max_len_b: int) -> Tenso
 
 
 def _step(model: Seq2Seq, out: Tensor, state, cache) -> Tensor:  # noqa: ANN001
-    """Log-probs (rows, V) of the next token after `out` (rows, t)."""
+    """Log-probs (rows, V) of the next token after `out` (rows, t); padding and BOS, never
+    targets in training, are excluded."""
     if cache is not None:
         logits = model.decode(out[:, -1:], state, cache)
     else:  # an encoding whose cached keys go stale: recompute the prefix
         logits = model.decode(out, state)
-    return logits[:, -1].log_softmax(-1)
+    logits = logits[:, -1]
+    logits[:, [model.config.pad_id, model.config.bos_id]] = float("-inf")
+    return logits.log_softmax(-1)
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -178,7 +178,8 @@ def train_translation(
     data_spec: str = "",
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train a `Seq2Seq` on `data`'s train split into run directory `out`.
+    """Train a `Seq2Seq` on `data`'s train split into run directory `out` (with `resume`,
+    continue the run there, with its saved settings, to `train_config.steps`).
 
     model_config: Seq2SeqConfig fields except vocab_size (set from the joint BPE + specials).
     Returns a summary: steps, final/valid loss, kept and total train pairs, seconds, tokens/s.
@@ -194,7 +195,8 @@ def train_translation(
         assert state is not None
         saved = load_config(out)
         model_config = {k: v for k, v in saved["model"].items() if k != "vocab_size"}
-        cfg = TranslationTrainConfig.from_dict(saved["train"])
+        # the saved settings, except the step count: resuming may extend a run
+        cfg = replace(TranslationTrainConfig.from_dict(saved["train"]), steps=cfg.steps)
         tokenizer = load_tokenizer(out / "tokenizer.json")
     else:
         if (out / CONFIG).is_file() or (out / WEIGHTS).is_file():
