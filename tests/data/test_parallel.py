@@ -17,10 +17,14 @@ from extrapos.data.parallel import (
 
 # ../shared/data beside the repository (a worktree in /work/wt/NN looks one level further up)
 _REPO = Path(__file__).resolve().parents[2]
-MULTI30K = next(
-    (p for p in (_REPO.parent / "shared", _REPO.parents[1] / "shared") if p.is_dir()),
-    _REPO.parent / "shared",
-) / "data" / "multi30k"
+MULTI30K = (
+    next(
+        (p for p in (_REPO.parent / "shared", _REPO.parents[1] / "shared") if p.is_dir()),
+        _REPO.parent / "shared",
+    )
+    / "data"
+    / "multi30k"
+)
 
 
 def _write(folder: Path, name: str, lines: list[str]) -> None:

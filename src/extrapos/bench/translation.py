@@ -24,9 +24,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from extrapos.data.parallel import load_parallel
 from extrapos.core.errors import UserError
 from extrapos.core.files import read_json, write_json
+from extrapos.data.parallel import load_parallel
 
 #: the issue's default comparison (fire joins once it has a bidirectional form)
 DEFAULT_METHODS = ["sinusoidal", "learned", "nope", "rope", "alibi", "t5", "kerple_log"]

@@ -1,12 +1,12 @@
 """`extrapos translate train|eval|generate` and the translation bench suite's flags.
 
-    extrapos translate train --data DIR --src en --tgt de --encoding NAME [--encoding-params JSON]
-        [--max-src-tokens N] [--steps N] [--n-layer N] [--d-model N] [--n-head N] [--seed N]
-        --out RUN [--resume]
-    extrapos translate eval RUN (--data DIR --split NAME | --src-file F --ref-file F)
-        [--concat 1,2,4,8] [--beam 4] --out EVAL.json
-    extrapos translate generate RUN      (stdin -> stdout, one sentence per line)
-    extrapos bench --suite translation --data DIR --src en --tgt de [--methods ...]
+extrapos translate train --data DIR --src en --tgt de --encoding NAME [--encoding-params JSON]
+    [--max-src-tokens N] [--steps N] [--n-layer N] [--d-model N] [--n-head N] [--seed N]
+    --out RUN [--resume]
+extrapos translate eval RUN (--data DIR --split NAME | --src-file F --ref-file F)
+    [--concat 1,2,4,8] [--beam 4] --out EVAL.json
+extrapos translate generate RUN      (stdin -> stdout, one sentence per line)
+extrapos bench --suite translation --data DIR --src en --tgt de [--methods ...]
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ def _ints(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from exc
     if not values:
         raise argparse.ArgumentTypeError("expected at least one integer")
     return values
@@ -132,7 +134,9 @@ def cmd_translate_eval(args: argparse.Namespace) -> None:
         f"k=1 decode {result['decode_seconds']['1']:.1f} s)"
     )
     for k, s in result["concat"].items():
-        print(f"  concat k={k}: BLEU {s['bleu']:.2f} chrF {s['chrf']:.2f} ratio {s['len_ratio']:.3f}")
+        print(
+            f"  concat k={k}: BLEU {s['bleu']:.2f} chrF {s['chrf']:.2f} ratio {s['len_ratio']:.3f}"
+        )
     for b, s in result["buckets"].items():
         if s["n"]:
             print(f"  bucket {b:>6}: BLEU {s['bleu']:.2f} ratio {s['len_ratio']:.3f} (n={s['n']})")
@@ -148,7 +152,9 @@ def cmd_translate_generate(args: argparse.Namespace) -> None:
     model = load_seq2seq(args.run_dir)
     for line in sys.stdin:
         text = line.rstrip("\n")
-        out = translate_texts(model, [text], args.beam, args.length_penalty) if text.strip() else [""]
+        out = (
+            translate_texts(model, [text], args.beam, args.length_penalty) if text.strip() else [""]
+        )
         print(out[0], flush=True)
 
 
@@ -169,7 +175,10 @@ def register(sub: Any) -> None:
     p.add_argument("--encoding", default="sinusoidal", help="encoding name (see `extrapos list`)")
     p.add_argument("--encoding-params", type=_json_object, default=None, metavar="JSON")
     p.add_argument(
-        "--max-src-tokens", type=int, default=None, help="train only on pairs with a source this short"
+        "--max-src-tokens",
+        type=int,
+        default=None,
+        help="train only on pairs with a source this short",
     )
     p.add_argument(
         "--steps", type=int, default=None, help="optimizer steps (default 3000; resume: the run's)"
@@ -223,7 +232,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
         "--max-src-tokens", type=int, default=None, help="translation suite: train-short cut (16)"
     )
     p.add_argument("--test-split", default=None, help="translation suite: default test_2016_flickr")
-    p.add_argument("--eval-sentences", type=int, default=None, help="translation: first N test pairs")
+    p.add_argument(
+        "--eval-sentences", type=int, default=None, help="translation: first N test pairs"
+    )
     p.add_argument("--beam", type=int, default=None, help="translation suite: beam size (4)")
     p.add_argument("--d-model", type=int, default=None, help="translation suite: default 256")
     p.add_argument("--n-layer", type=int, default=None, help="translation suite: default 3")
@@ -256,4 +267,6 @@ def cmd_bench_translation(args: argparse.Namespace) -> None:
     }
     config = TranslationBenchConfig(**{k: v for k, v in overrides.items() if v is not None})
     run_translation_bench(config, args.out)
-    print(f"wrote {Path(args.out) / 'results.json'}, report.md, report.html, translation.csv, plots")
+    print(
+        f"wrote {Path(args.out) / 'results.json'}, report.md, report.html, translation.csv, plots"
+    )

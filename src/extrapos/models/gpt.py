@@ -372,9 +372,7 @@ def make_position_context(
     (encoders) the signed (h, 2n - 1) one, and encodings without a bidirectional form refuse."""
     enc.check_positions(int(positions.max()))
     device = positions.device
-    k_positions = (
-        positions if cache is None else torch.cat((cache.positions.to(device), positions))
-    )
+    k_positions = positions if cache is None else torch.cat((cache.positions.to(device), positions))
     offset = cache.length if cache is not None else 0
     if not causal:
         check_bidirectional(enc, cache)

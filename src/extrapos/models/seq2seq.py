@@ -36,10 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from extrapos.kernels.attention import attention
+from extrapos.core.errors import UserError
 from extrapos.encodings import PositionalEncoding, build_for_model, encoding_class
 from extrapos.encodings.base import EMBEDDING_INIT_STD
-from extrapos.core.errors import UserError
+from extrapos.kernels.attention import attention
 from extrapos.models.gpt import (
     Block,
     CausalSelfAttention,
@@ -210,7 +210,9 @@ class Seq2Seq(nn.Module):
         check_bidirectional(self.encoder_encoding)  # refuse attention-site encodings by name
         self.decoder_encoding = self._build_encoding(dec_cfg)
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
-        self.encoder = nn.ModuleList(Block(enc_cfg, i, config.dropout) for i in range(config.n_layer))
+        self.encoder = nn.ModuleList(
+            Block(enc_cfg, i, config.dropout) for i in range(config.n_layer)
+        )
         self.encoder_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
         self.decoder = nn.ModuleList(
             DecoderBlock(dec_cfg, i, config.dropout) for i in range(config.n_layer)
@@ -256,7 +258,9 @@ class Seq2Seq(nn.Module):
     def encode(self, src: Tensor) -> EncoderState:
         """src (b, S) int64, right-padded -> the cross-attention k/v of every decoder layer."""
         if src.ndim != 2 or src.shape[1] == 0:
-            raise UserError(f"src must have shape (batch, seq) with seq >= 1, got {tuple(src.shape)}")
+            raise UserError(
+                f"src must have shape (batch, seq) with seq >= 1, got {tuple(src.shape)}"
+            )
         src_mask = src != self.config.pad_id  # (b, S)
         positions = torch.arange(src.shape[1], device=src.device)
         enc = self.encoder_encoding

@@ -43,27 +43,38 @@ def _ks(records: list[dict[str, Any]]) -> list[str]:
     return sorted({k for r in records for k in r.get("concat", {})}, key=int)
 
 
-def concat_table(results: dict[str, Any], metric: str = "bleu") -> tuple[list[str], list[list[str]]]:
+def concat_table(
+    results: dict[str, Any], metric: str = "bleu"
+) -> tuple[list[str], list[list[str]]]:
     records = results.get("translation", [])
     ks = _ks(records)
     digits = 2 if metric == "len_ratio" else 1
     header = ["method", *[f"k={k}" for k in ks]]
     rows = []
     for method, runs in _by_method(records).items():
-        cells = [_cell(_stat([r["concat"].get(k, {}).get(metric) for r in runs]), digits) for k in ks]
+        cells = [
+            _cell(_stat([r["concat"].get(k, {}).get(metric) for r in runs]), digits) for k in ks
+        ]
         rows.append([method, *cells])
     return header, rows
 
 
-def bucket_table(results: dict[str, Any], metric: str = "bleu") -> tuple[list[str], list[list[str]]]:
+def bucket_table(
+    results: dict[str, Any], metric: str = "bleu"
+) -> tuple[list[str], list[list[str]]]:
     records = results.get("translation", [])
     digits = 2 if metric == "len_ratio" else 1
-    counts = {b: max((r["buckets"].get(b, {}).get("n") or 0) for r in records) for b in BUCKET_ORDER}
+    counts = {
+        b: max((r["buckets"].get(b, {}).get("n") or 0) for r in records) for b in BUCKET_ORDER
+    }
     buckets = [b for b in BUCKET_ORDER if counts[b]]
     header = ["method", *[f"{b} (n={counts[b]})" for b in buckets]]
     rows = []
     for method, runs in _by_method(records).items():
-        cells = [_cell(_stat([r["buckets"].get(b, {}).get(metric) for r in runs]), digits) for b in buckets]
+        cells = [
+            _cell(_stat([r["buckets"].get(b, {}).get(metric) for r in runs]), digits)
+            for b in buckets
+        ]
         rows.append([method, *cells])
     return header, rows
 
@@ -194,7 +205,10 @@ def write_translation_report(results: dict[str, Any], out_dir: str | Path) -> No
     import base64
 
     out_dir = Path(out_dir)
-    plots = {BLEU_VS_K_PLOT: plot_bleu_vs_k(results), BLEU_VS_BUCKET_PLOT: plot_bleu_vs_bucket(results)}
+    plots = {
+        BLEU_VS_K_PLOT: plot_bleu_vs_k(results),
+        BLEU_VS_BUCKET_PLOT: plot_bleu_vs_bucket(results),
+    }
     for name, png in plots.items():
         write_bytes(out_dir / name, png)
     write_text(out_dir / "translation.csv", translation_csv(results))

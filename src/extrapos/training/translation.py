@@ -27,6 +27,17 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from extrapos.core.errors import UserError
+from extrapos.data import load_tokenizer
+from extrapos.data.parallel import (
+    ParallelData,
+    encode_pairs,
+    epoch_order,
+    filter_max_src,
+    joint_bpe,
+    token_batches,
+)
+from extrapos.models.seq2seq import NUM_SPECIALS, Seq2Seq, Seq2SeqConfig
 from extrapos.training.run_dir import (
     CONFIG,
     WEIGHTS,
@@ -37,17 +48,6 @@ from extrapos.training.run_dir import (
     remove_partial_checkpoints,
     save_checkpoint,
 )
-from extrapos.data import load_tokenizer
-from extrapos.data.parallel import (
-    ParallelData,
-    encode_pairs,
-    epoch_order,
-    filter_max_src,
-    joint_bpe,
-    token_batches,
-)
-from extrapos.core.errors import UserError
-from extrapos.models.seq2seq import NUM_SPECIALS, Seq2Seq, Seq2SeqConfig
 
 KIND = "seq2seq"
 
@@ -98,7 +98,9 @@ def inverse_sqrt_lr(step: int, peak: float, warmup: int) -> float:
     return peak * min(step / warmup, math.sqrt(warmup / step))
 
 
-def smoothed_loss(logits: torch.Tensor, targets: torch.Tensor, pad_id: int, eps: float) -> torch.Tensor:
+def smoothed_loss(
+    logits: torch.Tensor, targets: torch.Tensor, pad_id: int, eps: float
+) -> torch.Tensor:
     """Label-smoothed cross-entropy per target token; logits (b, T, V), targets (b, T)."""
     return F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]),
@@ -212,9 +214,7 @@ def train_translation(
     encoded_all = encode_pairs(tokenizer, train_pairs)
     kept = filter_max_src(encoded_all, cfg.max_src_tokens)
     if not kept:
-        raise UserError(
-            f"--max-src-tokens {cfg.max_src_tokens} keeps no training pair; raise it"
-        )
+        raise UserError(f"--max-src-tokens {cfg.max_src_tokens} keeps no training pair; raise it")
     encoded = [encoded_all[i] for i in kept]
     batches = token_batches([(len(s), len(t)) for s, t in encoded], cfg.max_tokens)
     valid_name = data.valid_split
@@ -309,7 +309,7 @@ def load_seq2seq(run_dir: str | Path, map_location: str | torch.device = "cpu") 
     config = load_config(run_dir)
     if config.get("kind") != KIND:
         raise UserError(
-            f"{run_dir} is not a translation run (config.json has no \"kind\": \"seq2seq\"); "
+            f'{run_dir} is not a translation run (config.json has no "kind": "seq2seq"); '
             "train one with `extrapos translate train`"
         )
     model = Seq2Seq(Seq2SeqConfig.from_dict(config["model"]))
