@@ -10,7 +10,7 @@ from extrapos.models.decoding import beam_decode, greedy_decode, translate_ids
 from extrapos.models.gpt import KVCache
 from extrapos.models.seq2seq import Seq2Seq, Seq2SeqConfig
 
-ENCODINGS = ["sinusoidal", "learned", "nope", "rope", "alibi", "t5", "kerple_log"]
+ENCODINGS = ["sinusoidal", "learned", "nope", "rope", "alibi", "t5", "kerple_log", "fire"]
 
 
 def _model(encoding: str, n_layer: int = 2, scale: float = 1.0, seed: int = 0) -> Seq2Seq:
@@ -151,7 +151,7 @@ def test_translate_ids_batches_keep_input_order() -> None:
     assert together == alone
 
 
-@pytest.mark.parametrize("encoding", ["fire", "cope"])
+@pytest.mark.parametrize("encoding", ["cope", "rerope"])
 def test_encodings_without_a_bidirectional_form_refuse_by_name(encoding: str) -> None:
     with pytest.raises(UserError, match=encoding):
         Seq2Seq(Seq2SeqConfig(vocab_size=40, n_layer=1, n_head=2, d_model=32, encoding=encoding))
@@ -175,3 +175,16 @@ def test_tied_embeddings_and_separate_stack_encodings() -> None:
     assert not any("lm_head" in n for n in names)  # the output projection is embed.weight
     assert any(n.startswith("encoder_encoding.") for n in names)
     assert any(n.startswith("decoder_encoding.") for n in names)
+
+
+def test_fire_encoder_form_is_the_causal_bias_plus_its_signed_mirror() -> None:
+    from extrapos.encodings import build_encoding
+
+    torch.manual_seed(0)
+    fire = build_encoding("fire", num_heads=2, init_L=4.0)
+    pos = torch.arange(8)
+    causal, signed = fire.position_bias(pos, pos), fire.position_bias(pos, pos, signed=True)
+    lower = torch.ones(8, 8, dtype=torch.bool).tril()
+    torch.testing.assert_close(signed[:, lower], causal[:, lower])
+    # keys after the query get f(-x) where the unsigned form gives f(x): the sides differ
+    assert not torch.allclose(signed[:, ~lower], causal[:, ~lower], atol=1e-4)

@@ -28,8 +28,8 @@ from extrapos.core.errors import UserError
 from extrapos.core.files import read_json, write_json
 from extrapos.data.parallel import load_parallel
 
-#: the issue's default comparison (fire joins once it has a bidirectional form)
-DEFAULT_METHODS = ["sinusoidal", "learned", "nope", "rope", "alibi", "t5", "kerple_log"]
+#: the default comparison (FIRE runs in the encoder with its signed form)
+DEFAULT_METHODS = ["sinusoidal", "learned", "nope", "rope", "alibi", "t5", "kerple_log", "fire"]
 
 
 @dataclass

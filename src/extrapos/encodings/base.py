@@ -64,12 +64,15 @@ class PositionalEncoding(nn.Module):
             the whole cache at each step, so decoding stays exact.
         supports_kv_cache: whether keys computed at earlier steps stay valid when the sequence
             grows, so incremental decoding equals a full forward.
+        bidirectional_attend: for `attention`-site encodings, whether `attend` also takes
+            `causal=False, key_mask=...` (an encoder form); the others are refused in encoders.
     """
 
     name: str = "?"
     max_len: int | None = None
     supports_kv_cache: bool = True
     rotation_depends_on_length: bool = False
+    bidirectional_attend: bool = False
 
     @property
     def sites(self) -> frozenset[str]:

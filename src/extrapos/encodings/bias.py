@@ -418,11 +418,21 @@ class FIRE(PositionalEncoding):
         """L = |multiplier · init_L| (a scalar tensor)."""
         return (self.L_multiplier * self.init_L).abs()
 
-    def position_bias(self, q_positions: Tensor, k_positions: Tensor) -> Tensor:
+    bidirectional_attend = True
+
+    def position_bias(
+        self, q_positions: Tensor, k_positions: Tensor, signed: bool = False
+    ) -> Tensor:
         """q_positions (s,), k_positions (t,) -> (h, s, t) float32 bias, differentiable in every
         parameter. Rows depend only on their own query position, so query chunks can be built
-        independently (and with a KV cache)."""
+        independently (and with a KV cache).
+
+        signed (the encoder form): the MLP input is sign(i - j) · ψ(|i - j|) / ψ(max(L, i)), in
+        [-1, 1] — the causal input for keys at or before the query, its mirror image for keys
+        after it, so f_θ can treat the two sides differently (as T5's both-sign buckets do)."""
         x = fire_normalized_distance(q_positions, k_positions, self.c, self.threshold, self.eps)
+        if signed:
+            x = x * torch.sign(q_positions[:, None] - k_positions[None, :]).to(x.dtype)
         return self.mlp(x[..., None]).permute(2, 0, 1)
 
     def attend(
@@ -434,15 +444,28 @@ class FIRE(PositionalEncoding):
         k_positions: Tensor,
         q_offset: int,
         layer: int = 0,
+        causal: bool = True,
+        key_mask: Tensor | None = None,
     ) -> Tensor:
         """Causal attention with the FIRE bias: q (b, h, s, d), k and v (b, h, t, d) with
         t = q_offset + s -> (b, h, s, d). Query chunks each see the keys up to their last query
-        and build only their own bias block; differentiable in q, k, v and every parameter."""
+        and build only their own bias block; differentiable in q, k, v and every parameter.
+        causal=False: the encoder form (every key, the signed bias of `position_bias`), with
+        key_mask (b, t) bool marking real keys of a padded batch."""
         s, t = q.shape[-2], k.shape[-2]
         rows = max(1, min(s, FIRE_BLOCK_ELEMENTS // (t * (self.mlp_width + self.num_heads))))
         outs = []
         for start in range(0, s, rows):
             stop = min(start + rows, s)
+            if not causal:
+                bias = self.position_bias(q_positions[start:stop], k_positions, signed=True)
+                bias = bias.to(q.dtype)[None]  # (1, h, c, t)
+                if key_mask is not None:
+                    bias = bias.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+                outs.append(
+                    F.scaled_dot_product_attention(q[..., start:stop, :], k, v, attn_mask=bias)
+                )
+                continue
             seen = q_offset + stop  # keys visible to the chunk's last query
             bias = self.position_bias(q_positions[start:stop], k_positions[:seen]).to(q.dtype)
             q_index = torch.arange(q_offset + start, q_offset + stop, device=q.device)

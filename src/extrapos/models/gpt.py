@@ -150,7 +150,13 @@ class CausalSelfAttention(nn.Module):
         if "attention" in enc.sites:  # the encoding attends itself, from raw q/k
             if cache is not None:
                 k, v = cache.append(self.layer, k, v)
-            y = enc.attend(q, k, v, ctx.q_positions, ctx.k_positions, ctx.q_offset, self.layer)
+            if ctx.causal:
+                y = enc.attend(q, k, v, ctx.q_positions, ctx.k_positions, ctx.q_offset, self.layer)
+            else:  # only encodings with `bidirectional_attend` get here (check_bidirectional)
+                y = enc.attend(
+                    q, k, v, ctx.q_positions, ctx.k_positions, 0, self.layer,
+                    causal=False, key_mask=ctx.key_mask,
+                )  # fmt: skip
             return self.out(y.transpose(1, 2).reshape(b, s, -1))
         if cache is not None and enc.rotation_depends_on_length:
             # frequencies depend on the current length: cache raw keys, rotate them all now
@@ -396,7 +402,7 @@ def check_bidirectional(enc: PositionalEncoding, cache: KVCache | None = None) -
             "an encoder model (causal=False) has no KV cache: every token sees the whole "
             "sequence; run it on the full sequence"
         )
-    if "attention" in enc.sites:
+    if "attention" in enc.sites and not enc.bidirectional_attend:
         raise UserError(
             f"encoding '{enc.name}' computes causal attention itself and has no "
             f"bidirectional form; use causal=True or an input/q-k/bias encoding"
