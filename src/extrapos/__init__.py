@@ -16,6 +16,7 @@ from extrapos.encodings import (
 )
 from extrapos.models.gpt import GPT, GPTConfig
 from extrapos.probes.perplexity import evaluate_lengths, perplexity
+from extrapos.training.run_dir import TrainedRun, load_run  # also registers GPT.from_checkpoint
 
 __version__ = "0.1.0"
 
@@ -23,11 +24,13 @@ __all__ = [
     "GPT",
     "GPTConfig",
     "PositionalEncoding",
+    "TrainedRun",
     "UserError",
     "alibi_slopes",
     "build_encoding",
     "evaluate_lengths",
     "list_encodings",
+    "load_run",
     "perplexity",
     "register",
     "rope_inv_freq",

@@ -9,6 +9,7 @@ import torch
 
 from extrapos.bench.run import PRESETS, BenchConfig, run_bench
 from extrapos.core.errors import UserError
+from extrapos.core.stats import mean_ci95
 from extrapos.encodings import list_encodings
 from extrapos.models.gpt import GPT, GPTConfig
 from extrapos.probes.extensions import (
@@ -17,7 +18,7 @@ from extrapos.probes.extensions import (
     extension_scaling,
     rope_extended,
 )
-from extrapos.report.lm import mean_ci95, merge
+from extrapos.report.lm import merge, write_report
 
 NO_PROBES = {"tasks": [], "passkey_steps": 0, "memory": False}
 
@@ -151,6 +152,7 @@ def test_bench_runs_tasks_and_passkey_and_reports_them(tmp_path):
         cells = {(r["length"], r["depth"]) for r in run["records"]}
         assert cells == {(n, d) for n in (128, 256) for d in (0.0, 1.0)}
         assert all(r["n_trials"] == 2 and 0 <= r["accuracy"] <= 1 for r in run["records"])
+    write_report(results, tmp_path)
     report = (tmp_path / "report.md").read_text()
     assert "## Synthetic tasks" in report and "## Passkey retrieval" in report
     assert (tmp_path / "task_accuracy.png").stat().st_size > 0
@@ -181,6 +183,7 @@ def test_a_train_length_too_short_for_a_passkey_prompt_is_reported_not_raised(tm
     config = _probe_config(train_len=32, eval_lens=[32, 64], eval_tokens=64, tasks=[])
     results = run_bench(config, tmp_path, progress=False, save_runs=False)
     assert all("shorter than the prompt" in run["error"] for run in results["passkey_runs"])
+    write_report(results, tmp_path)
     assert "shorter than the prompt" in (tmp_path / "report.md").read_text()
 
 
@@ -190,6 +193,7 @@ def test_bench_measures_forward_cost_in_a_fresh_process(tmp_path):
     (cost,) = results["costs"]
     assert cost["method"] == "nope" and cost["length"] == 256
     assert cost["forward_seconds"] > 0 and cost["peak_mib"] > 0
+    write_report(results, tmp_path)
     assert "peak MiB @ 256" in (tmp_path / "report.md").read_text()
 
 

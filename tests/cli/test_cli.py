@@ -135,7 +135,7 @@ def test_console_entry_point_exit_code(tmp_path):
 
 
 def test_eval_and_generate_with_a_rope_extension(bench_dir, tmp_path, capsys):
-    from extrapos.cli import EXTENSION_NAMES
+    from extrapos.cli.args import EXTENSION_NAMES
     from extrapos.probes.extensions import EXTENSIONS
 
     assert EXTENSION_NAMES == EXTENSIONS
@@ -154,10 +154,10 @@ def test_eval_and_generate_with_a_rope_extension(bench_dir, tmp_path, capsys):
     from extrapos.data import load_corpus
     from extrapos.probes.extensions import rope_extended
     from extrapos.probes.perplexity import perplexity
-    from extrapos.training.run_dir import load_model
+    from extrapos.training.run_dir import load_run
 
-    model = load_model(run)
-    tokens = load_corpus().tokens("test", model.tokenizer)[:257]
+    model = load_run(run).model
+    tokens = load_corpus().tokens("test", load_run(run).tokenizer)[:257]
     plain_logits = model(tokens[None, :64])
     with rope_extended(model, "yarn", 16, 64):
         assert records[1]["ppl"] == pytest.approx(perplexity(model, tokens, 64)["ppl"], rel=1e-6)

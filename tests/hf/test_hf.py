@@ -436,7 +436,9 @@ def test_cli_export_then_eval_hf_equals_our_eval(tmp_path, capsys):
     results = json.loads(out.read_text())["results"]
     ours = GPT.from_checkpoint(run_dir)
     tokens = load_corpus(str(data)).tokens("test", ByteTokenizer())
-    expected = evaluate_lengths(ours, tokens, [16, 32], protocol="sliding", stride=8)
+    expected = evaluate_lengths(
+        ours, tokens, [16, 32], "sliding", stride=8, token_bytes=ByteTokenizer().token_bytes()
+    )
     for got, want in zip(results, expected, strict=True):
         assert got["tokens"] == want["tokens"]
         assert got["ppl"] == pytest.approx(want["ppl"], rel=1e-5)

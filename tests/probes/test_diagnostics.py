@@ -11,6 +11,7 @@ import torch
 
 from extrapos.cli import main
 from extrapos.core.errors import UserError
+from extrapos.core.stats import geometric_bins
 from extrapos.data import ByteTokenizer
 from extrapos.encodings import list_encodings
 from extrapos.models.gpt import GPT, GPTConfig
@@ -18,7 +19,6 @@ from extrapos.probes.diagnostics import (
     attention_probabilities,
     attention_stats,
     distance_bins,
-    geometric_bins,
     plot_attention_stats,
     plot_position_nll,
     write_position_nll,

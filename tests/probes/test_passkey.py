@@ -129,24 +129,23 @@ def tiny_gpt(encoding: str = "alibi", **params) -> GPT:
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=1, n_head=2, d_model=16, encoding=encoding,
                           encoding_params=params))  # fmt: skip
-    model.tokenizer = TOK
     return model
 
 
 def test_finetune_runs_and_changes_weights():
     model = tiny_gpt()
     before = [p.detach().clone() for p in model.parameters()]
-    info = finetune_passkey(model, length=120, steps=3, batch_size=2, intro="")
+    info = finetune_passkey(model, TOK, length=120, steps=3, batch_size=2, intro="")
     assert len(info["losses"]) == 3 and all(np.isfinite(info["losses"]))
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert not model.training
-    records = passkey_grid(model, lengths=[120], depths=[0.5], n_trials=2, intro="")
+    records = passkey_grid(model, TOK, lengths=[120], depths=[0.5], n_trials=2, intro="")
     assert set(records[0]) >= {"length", "depth", "accuracy", "digit_accuracy", "n_trials"}
 
 
 def test_a_length_past_a_learned_table_is_an_error_record():
     model = tiny_gpt("learned", max_len=150)
-    records = passkey_grid(model, lengths=[140, 300], depths=[0.5], n_trials=1, intro="")
+    records = passkey_grid(model, TOK, lengths=[140, 300], depths=[0.5], n_trials=1, intro="")
     assert records[0]["accuracy"] is not None
     assert records[1]["accuracy"] is None and "max_len=150" in records[1]["error"]
 

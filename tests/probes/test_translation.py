@@ -15,7 +15,7 @@ REFS = [f"Satz Nummer {i} mit einigen Wörtern " + "x " * (i % 7) for i in range
 TABLE = dict(zip(SOURCES, REFS, strict=True))
 
 
-def _oracle(model, texts, *args, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+def _oracle(model, tokenizer, texts, *args, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
     """Translates a concatenation of known sentences perfectly, sentence by sentence."""
     out = []
     for text in texts:
@@ -28,12 +28,12 @@ def _oracle(model, texts, *args, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
     return out
 
 
-def _first_only(model, texts, *args, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+def _first_only(model, tokenizer, texts, *args, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
     """Drops everything after the first sentence of a long input (a positional failure)."""
-    return [_oracle(model, [t])[0].split(" Satz ")[0] for t in texts]
+    return [_oracle(model, tokenizer, [t])[0].split(" Satz ")[0] for t in texts]
 
 
-MODEL = SimpleNamespace(tokenizer=ByteTokenizer())
+MODEL, TOK = SimpleNamespace(), ByteTokenizer()
 
 
 def test_bucket_boundaries() -> None:
@@ -60,7 +60,7 @@ def test_concat_groups_drop_an_incomplete_last_group() -> None:
 
 def test_oracle_scores_100_at_every_k_and_bucket(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pt, "translate_texts", _oracle)
-    result = pt.evaluate_translation(MODEL, SOURCES, REFS, progress=False)
+    result = pt.evaluate_translation(MODEL, TOK, SOURCES, REFS, progress=False)
     assert result["n_sentences"] == 24
     assert set(result["concat"]) == {"1", "2", "4", "8"}
     for k, s in result["concat"].items():
@@ -77,7 +77,7 @@ def test_oracle_scores_100_at_every_k_and_bucket(monkeypatch: pytest.MonkeyPatch
 
 def test_dropped_output_shows_in_the_length_ratio_per_k(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pt, "translate_texts", _first_only)
-    result = pt.evaluate_translation(MODEL, SOURCES, REFS, concat=[1, 2, 4], progress=False)
+    result = pt.evaluate_translation(MODEL, TOK, SOURCES, REFS, concat=[1, 2, 4], progress=False)
     ratios = [result["concat"][k]["len_ratio"] for k in ("1", "2", "4")]
     assert ratios[0] == pytest.approx(1.0)
     assert ratios[1] == pytest.approx(0.5, abs=0.1) and ratios[2] == pytest.approx(0.25, abs=0.1)
@@ -86,8 +86,8 @@ def test_dropped_output_shows_in_the_length_ratio_per_k(monkeypatch: pytest.Monk
 
 def test_bad_input() -> None:
     with pytest.raises(UserError, match="line-aligned"):
-        pt.evaluate_translation(MODEL, SOURCES, REFS[:3], progress=False)
+        pt.evaluate_translation(MODEL, TOK, SOURCES, REFS[:3], progress=False)
     with pytest.raises(UserError, match="no sentences"):
-        pt.evaluate_translation(MODEL, [], [], progress=False)
+        pt.evaluate_translation(MODEL, TOK, [], [], progress=False)
     with pytest.raises(UserError, match="concat"):
-        pt.evaluate_translation(MODEL, SOURCES, REFS, concat=[0], progress=False)
+        pt.evaluate_translation(MODEL, TOK, SOURCES, REFS, concat=[0], progress=False)

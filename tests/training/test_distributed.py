@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from extrapos.cli import main
 from extrapos.data import load_corpus
 from extrapos.training.lm import sample_batch
-from extrapos.training.run_dir import list_checkpoints, load_model, load_train_state
+from extrapos.training.run_dir import list_checkpoints, load_model, load_run, load_train_state
 
 TEXT = "".join(
     f"line {i}: the quick brown fox jumps over the lazy dog {i * 7 % 13}\n" for i in range(600)
@@ -119,7 +119,7 @@ def test_two_processes_follow_the_single_process_loss_curve(tmp_path):
     # the tolerance separates: had the ranks not averaged (each logging or stepping on its own
     # half of the global batch), the loss would be off by far more
     model = load_model(one)
-    tokens = load_corpus(str(data)).token_array("train", model.tokenizer)
+    tokens = load_corpus(str(data)).token_array("train", load_run(one).tokenizer)
     gaps = []
     for seed in range(4):
         x, y = sample_batch(tokens, 8, 16, torch.Generator().manual_seed(seed))

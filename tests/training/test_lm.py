@@ -19,10 +19,17 @@ import torch
 import extrapos.training.lm as train_module
 from extrapos.core.errors import UserError
 from extrapos.data import Corpus, build_tokenizer
-from extrapos.models.gpt import GPTConfig
+from extrapos.models.gpt import GPT, GPTConfig
 from extrapos.training.config import EvalConfig, RunConfig
 from extrapos.training.lm import LOG_COLUMNS, TrainConfig, lr_factor, train, validate
-from extrapos.training.run_dir import TRAIN_STATE, WEIGHTS, list_checkpoints, load_model, step_dir
+from extrapos.training.run_dir import (
+    TRAIN_STATE,
+    WEIGHTS,
+    list_checkpoints,
+    load_model,
+    load_run,
+    step_dir,
+)
 
 TEXT = "".join(
     f"line {i}: the quick brown fox jumps over the lazy dog {i * 7 % 13}\n" for i in range(200)
@@ -82,7 +89,9 @@ def test_run_dir_round_trip(tmp_path, corpus):
     loaded = load_model(tmp_path)
     x = torch.randint(0, 256, (2, 20))
     torch.testing.assert_close(loaded(x), result.model(x))
-    assert loaded.tokenizer.name == "byte"
+    assert load_run(tmp_path).tokenizer.name == "byte"
+    assert GPT.from_checkpoint(tmp_path).config == loaded.config
+    assert not hasattr(loaded, "tokenizer")  # the model does not know its run directory
     assert not list(tmp_path.rglob("*.tmp"))  # atomic writes leave no temporaries
     # the resolved config is itself a config file for the next run
     saved = json.loads((tmp_path / "config.json").read_text())
@@ -266,8 +275,11 @@ def test_resume_reaches_the_same_weights(tmp_path, corpus, monkeypatch):
 def test_resume_with_other_settings_refuses(tmp_path, corpus):
     tok = build_tokenizer("byte")
     train(tiny(), config(), corpus, tok, run_dir=tmp_path, progress=False)
-    with pytest.raises(UserError, match="another configuration"):
+    with pytest.raises(UserError, match=r"another train\.lr \(saved .*, now 0\.5\)"):
         train(tiny(), config(lr=0.5), corpus, tok, run_dir=tmp_path, resume=True, progress=False)
+    other_model = GPTConfig(**{**tiny().to_dict(), "n_layer": 3})
+    with pytest.raises(UserError, match=r"another model\.n_layer \(saved 1, now 3\)"):
+        train(other_model, config(), corpus, tok, run_dir=tmp_path, resume=True, progress=False)
 
 
 def test_corrupt_weights_give_a_clear_error(tmp_path, corpus):
@@ -395,12 +407,13 @@ def test_bpe_run_saves_and_reloads_its_tokenizer(tmp_path, text_file):
     run = tmp_path / "bpe"
     argv = _cli(run, text_file, "--steps", "3", "--tokenizer", "bpe", "--vocab-size", "300")[3:]
     assert main(argv) == 0
-    model = load_model(run)
-    assert isinstance(model.tokenizer, BpeTokenizer) and model.config.vocab_size == 300
+    loaded = load_run(run)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    assert isinstance(tokenizer, BpeTokenizer) and model.config.vocab_size == 300
     corpus = load_corpus(text_file)
-    assert model.tokenizer == BpeTokenizer.train(corpus.splits["train"], 300)
-    tokens = corpus.tokens("test", model.tokenizer)
-    result = perplexity(model, tokens, length=16)
+    assert tokenizer == BpeTokenizer.train(corpus.splits["train"], 300)
+    tokens = corpus.tokens("test", tokenizer)
+    result = perplexity(model, tokens, length=16, token_bytes=tokenizer.token_bytes())
     assert 0 < result["bits_per_byte"] < 8 * math.log2(300)
     # resume reloads the saved tokenizer; another tokenizer is refused
     assert main([*argv, "--resume"]) == 0

@@ -70,7 +70,7 @@ def test_train_short_records_kept_pairs(tmp_path: Path, monkeypatch: pytest.Monk
     data = load_parallel(str(make_parallel(tmp_path / "data")), "en", "de")
     out = tmp_path / "run"
     summary = train_translation(data, MODEL, _config(max_src_tokens=4), out, progress=False)
-    tok = load_seq2seq(out).tokenizer
+    _, tok = load_seq2seq(out)
     expected = sum(len(tok.encode(s)) <= 4 for s, _ in data.splits["train"])
     assert 0 < summary["kept_pairs"] == expected < summary["train_pairs"] == 120
     from extrapos.training.run_dir import load_config

@@ -36,203 +36,24 @@ import datetime as dt
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from extrapos.bench.config import (  # noqa: F401  (re-exported)
+    CLASSIC_METHODS,
+    PRESETS,
+    RESULTS_VERSION,
+    BenchConfig,
+)
 from extrapos.core.errors import UserError
 from extrapos.core.files import read_json, write_json
+from extrapos.core.results import record_key
 from extrapos.data import build_tokenizer, load_corpus
-from extrapos.encodings import encoding_class, list_encodings
-from extrapos.models.gpt import GPTConfig
-from extrapos.probes.extensions import EXTENSIONS, describe_extension, rope_extended
-from extrapos.probes.perplexity import PROTOCOLS, common_prefix, evaluate_lengths
-from extrapos.training.lm import TrainConfig, train
-
-RESULTS_VERSION = 1
-CLASSIC_METHODS = ("sinusoidal", "learned", "nope", "rope", "alibi", "t5")
-
-STANDARD_TASKS = ("selective_copy", "sort", "counting")
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "quick": {
-        "methods": list(CLASSIC_METHODS),
-        "seeds": [0],
-        "steps": 200,
-        "eval_tokens": 8192,
-        "extensions": ["linear", "ntk", "dynamic", "yarn"],
-        "tasks": ["selective_copy"],
-        "passkey_steps": 60,
-        "passkey_depths": [0.0, 0.5, 1.0],
-        "passkey_trials": 4,
-    },
-    "standard": {
-        "methods": None,
-        "seeds": [0, 1, 2],
-        "steps": 300,
-        "eval_tokens": 16384,
-        "tasks": list(STANDARD_TASKS),
-        "passkey_trials": 4,
-    },
-    "paper": {
-        "methods": None,
-        "seeds": [0, 1, 2],
-        "steps": 20000,
-        "train_len": 512,
-        "batch_size": 32,
-        "lr": 6e-4,
-        "n_layer": 12,
-        "n_head": 12,
-        "d_model": 768,
-        "eval_tokens": 262144,
-        "tasks": list(STANDARD_TASKS),
-        "task_steps": 2000,
-        "task_train_len": 16,
-        "passkey_steps": 500,
-        "passkey_trials": 20,
-    },
-}
-
-# BenchConfig fields by what they set: which runs exist (selection), the language-model runs,
-# the task runs, and the passkey fine-tunes. A finished run is kept when its group's fields
-# (and, for passkey and cost, the language-model fields) are unchanged.
-SELECTION_FIELDS = ("preset", "methods", "seeds", "extensions", "tasks", "memory")
-TASK_FIELDS = ("task_train_len", "task_eval_lens", "task_steps", "task_samples")
-PASSKEY_FIELDS = ("passkey_steps", "passkey_depths", "passkey_trials")
-
-
-@dataclass
-class BenchConfig:
-    """What a bench runs. The defaults are the `quick` preset."""
-
-    preset: str = "quick"
-    methods: list[str] | None = None  # None: every registered encoding
-    seeds: list[int] = field(default_factory=lambda: [0])
-    train_len: int = 128
-    eval_lens: list[int] | None = None  # None: 1×, 2×, 4×, 8×, 16× train_len
-    protocols: list[str] = field(default_factory=lambda: list(PROTOCOLS))
-    extensions: list[str] = field(default_factory=lambda: list(EXTENSIONS))
-    steps: int = 250
-    batch_size: int = 16
-    lr: float = 2e-3
-    data: str | None = None  # None: the built-in corpus
-    tokenizer: str = "byte"
-    n_layer: int = 4
-    n_head: int = 4
-    d_model: int = 128
-    eval_tokens: int = 16384  # targets scored per length (the same targets at every length)
-    tasks: list[str] = field(default_factory=list)  # synthetic tasks (extrapos tasks --list)
-    task_train_len: int = 8  # task sizes 1..task_train_len in training
-    task_eval_lens: list[int] | None = None  # None: 1×, 2×, 4×, 8× task_train_len
-    task_steps: int = 300
-    task_samples: int = 128  # problems per size
-    passkey_steps: int = 100  # fine-tune steps at train_len; 0: no passkey
-    passkey_depths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
-    passkey_trials: int = 5  # keys per (length, depth)
-    memory: bool = True  # peak memory and time of a forward at the longest length
-
-    @classmethod
-    def from_preset(cls, preset: str = "quick", **overrides: Any) -> BenchConfig:
-        """The preset's settings with `overrides` (None values ignored) on top."""
-        if preset not in PRESETS:
-            raise UserError(f"unknown preset '{preset}'; known: {', '.join(PRESETS)}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise UserError(f"unknown bench setting(s) {', '.join(unknown)}")
-        settings = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
-        return cls(preset=preset, **settings)
-
-    def __post_init__(self) -> None:
-        if self.methods is None:
-            self.methods = list_encodings()
-        if not self.methods:
-            raise UserError("no methods selected; pass --methods with names from `extrapos list`")
-        for method in self.methods:
-            encoding_class(method)  # unknown -> UserError listing the known names
-        for name, values in (("methods", self.methods), ("seeds", self.seeds)):
-            if len(set(values)) != len(values):
-                raise UserError(f"--{name} lists an entry twice: {values}")
-        if not self.seeds:
-            raise UserError("--seeds needs at least one seed")
-        for protocol in self.protocols:
-            if protocol not in PROTOCOLS:
-                raise UserError(f"unknown protocol '{protocol}'; known: {', '.join(PROTOCOLS)}")
-        if not self.protocols:
-            raise UserError("--protocols needs at least one protocol")
-        for ext in self.extensions:
-            if ext not in EXTENSIONS:
-                raise UserError(f"unknown RoPE extension '{ext}'; known: {', '.join(EXTENSIONS)}")
-        if self.eval_lens is None:
-            self.eval_lens = [self.train_len * f for f in (1, 2, 4, 8, 16)]
-        if not self.eval_lens or min(self.eval_lens) < 1:
-            raise UserError(f"--eval-lens must be positive lengths, got {self.eval_lens}")
-        self.eval_lens = sorted(set(self.eval_lens))
-        if self.eval_tokens < max(self.eval_lens):
-            raise UserError(
-                f"eval_tokens={self.eval_tokens} is below the longest eval length "
-                f"{max(self.eval_lens)}; raise --eval-tokens"
-            )
-        from extrapos.data.tasks import get_task
-
-        for task in self.tasks:
-            get_task(task)  # unknown -> UserError listing the known tasks
-        if len(set(self.tasks)) != len(self.tasks):
-            raise UserError(f"--tasks lists a task twice: {self.tasks}")
-        for name in ("task_train_len", "task_steps", "task_samples", "passkey_trials"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.passkey_steps < 0:
-            raise UserError(f"passkey_steps must be >= 0 (0: no passkey), got {self.passkey_steps}")
-        if self.task_eval_lens is None:
-            self.task_eval_lens = [self.task_train_len * f for f in (1, 2, 4, 8)]
-        if not self.task_eval_lens or min(self.task_eval_lens) < 1:
-            raise UserError(f"task_eval_lens must be positive sizes, got {self.task_eval_lens}")
-        self.task_eval_lens = sorted(set(self.task_eval_lens))
-        if not self.passkey_depths or not all(0 <= d <= 1 for d in self.passkey_depths):
-            raise UserError(f"passkey_depths must lie in [0, 1], got {self.passkey_depths}")
-        # the model and train configs validate the rest
-        self.model_config("nope")
-        self.train_config(self.seeds[0])
-
-    def model_config(self, method: str) -> GPTConfig:
-        params: dict[str, Any] = {}
-        if method == "learned":
-            params["max_len"] = max(max(self.eval_lens or [0]), self.train_len)
-        return GPTConfig(
-            vocab_size=build_tokenizer(self.tokenizer).vocab_size,
-            n_layer=self.n_layer,
-            n_head=self.n_head,
-            d_model=self.d_model,
-            encoding=method,
-            encoding_params=params,
-        )
-
-    def train_config(self, seed: int) -> TrainConfig:
-        return TrainConfig(
-            train_len=self.train_len,
-            batch_size=self.batch_size,
-            steps=self.steps,
-            lr=self.lr,
-            warmup_steps=max(1, self.steps // 10),
-            seed=seed,
-        )
-
-    def settings(self) -> dict[str, Any]:
-        """What must match for a finished language-model run to be reused: every field that is
-        not a selection of runs nor a task or passkey setting."""
-        skip = {*SELECTION_FIELDS, *TASK_FIELDS, *PASSKEY_FIELDS}
-        return {k: v for k, v in asdict(self).items() if k not in skip}
-
-    def task_settings(self) -> dict[str, Any]:
-        from extrapos.bench.stages import TASK_MODEL
-
-        return {**{k: getattr(self, k) for k in TASK_FIELDS}, "model": TASK_MODEL}
-
-    def passkey_settings(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in PASSKEY_FIELDS}
+from extrapos.probes.extensions import describe_extension, rope_extended
+from extrapos.probes.perplexity import common_prefix, evaluate_lengths
+from extrapos.training.lm import train
 
 
 def environment() -> dict[str, Any]:
@@ -250,13 +71,13 @@ def environment() -> dict[str, Any]:
 def run_bench(
     config: BenchConfig, out_dir: str | Path, progress: bool = True, save_runs: bool = True
 ) -> dict[str, Any]:
-    """Run the comparison into out_dir: results.json, report.md, report.html, CSV and plots.
+    """Run the comparison into out_dir/results.json (and out_dir/runs/), and return it.
 
     Stages, each kept from an earlier results.json in out_dir where its settings match:
-    language-model runs (and RoPE extension rows), synthetic tasks, passkey, cost.
+    language-model runs (and RoPE extension rows), synthetic tasks, passkey, cost. The report
+    is the layer above: `extrapos.report.write_report(results, out_dir)` (what `extrapos
+    bench` does next).
     """
-    from extrapos.report.lm import write_report
-
     out_dir = Path(out_dir)
     corpus = load_corpus(config.data)
     tokenizer = build_tokenizer(config.tokenizer)
@@ -344,11 +165,10 @@ def run_bench(
                     "runs",
                     (f"rope+{ext}", seed),
                     lambda ext=ext, seed=seed: _run_extension(
-                        config, ext, seed, model_of("rope", seed), test_tokens, progress
+                        config, ext, seed, model_of("rope", seed), tokenizer, test_tokens, progress
                     ),
                 )
-    _run_probes(config, results, keep_or_run, model_of, progress)
-    write_report(results, out_dir)
+    _run_probes(config, results, keep_or_run, model_of, tokenizer, progress)
     return results
 
 
@@ -357,6 +177,7 @@ def _run_probes(
     results: dict[str, Any],
     keep_or_run: Any,
     model_of: Any,
+    tokenizer: Any,
     progress: bool,
 ) -> None:
     """The task, passkey and cost stages (see `extrapos.bench.stages`)."""
@@ -393,6 +214,7 @@ def _run_probes(
                         _said(row, progress)
                         for row in passkey_probe(
                             model_of(method, seed),
+                            tokenizer,
                             method,
                             seed,
                             train_len=config.train_len,
@@ -447,7 +269,6 @@ def _previous_runs(path: Path, results: dict[str, Any]) -> dict[str, dict[tuple[
     """Per stage, the finished records of an earlier results.json whose settings still hold,
     by key. Passkey rows of one fine-tune (the method's own and its `rope+<ext>` rows) are
     kept together under the method's key."""
-    from extrapos.report.lm import RECORD_KEYS
 
     kept: dict[str, dict[tuple[Any, ...], Any]] = {stage: {} for stage in _STAGE_SETTINGS}
     if not path.is_file():
@@ -459,7 +280,7 @@ def _previous_runs(path: Path, results: dict[str, Any]) -> dict[str, dict[tuple[
         if any(old.get(k) != results[k] for k in must_match):
             continue
         for record in old.get(stage, []):
-            key = tuple(record.get(f, 0 if f == "seed" else None) for f in RECORD_KEYS[stage])
+            key = record_key(stage, record)
             if stage == "passkey_runs":
                 owner = (record.get("extends") or key[0], key[1])
                 kept[stage].setdefault(owner, []).append(record)
@@ -474,6 +295,7 @@ def _evaluate(
     protocols: list[str],
     test_tokens: torch.Tensor,
     progress: bool,
+    token_bytes: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """ppl (first protocol), ppl per protocol, bits per byte, tokens scored, errors, the
     per-position loss at the longest length, and the time it took. `test_tokens` is already
@@ -487,6 +309,7 @@ def _evaluate(
             lengths,
             protocol=protocol,
             progress=progress,  # type: ignore[arg-type]
+            token_bytes=token_bytes,
         )
         by_protocol[protocol] = {str(r["length"]): r for r in records}
     first = by_protocol[protocols[0]]
@@ -530,7 +353,14 @@ def _run_method(
         "method": method,
         "params": model_config.encoding_params,
         "seed": seed,
-        **_evaluate(result.model, config.eval_lens or [], config.protocols, test_tokens, progress),
+        **_evaluate(
+            result.model,
+            config.eval_lens or [],
+            config.protocols,
+            test_tokens,
+            progress,
+            tokenizer.token_bytes(),
+        ),
         "final_train_loss": sum(result.losses[-20:]) / len(result.losses[-20:]),
         "train_seconds": round(result.train_seconds, 2),
         "tokens_per_second": round(result.tokens_per_second),
@@ -545,6 +375,7 @@ def _run_extension(
     ext: str,
     seed: int,
     model: Any,
+    tokenizer: Any,
     test_tokens: torch.Tensor,
     progress: bool,
 ) -> dict[str, Any]:
@@ -553,7 +384,9 @@ def _run_extension(
     parts: dict[str, Any] = {}
     for length in config.eval_lens or []:
         with rope_extended(model, ext, config.train_len, length):
-            part = _evaluate(model, [length], config.protocols, test_tokens, progress=False)
+            part = _evaluate(
+                model, [length], config.protocols, test_tokens, False, tokenizer.token_bytes()
+            )
         parts[length] = (part, describe_extension(ext, config.train_len, length))
     merged: dict[str, Any] = {"ppl_by_protocol": {p: {} for p in config.protocols}}
     for key in ("ppl", "bits_per_byte", "tokens_scored", "errors", "position_nll"):

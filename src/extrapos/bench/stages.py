@@ -88,6 +88,7 @@ def task_probe(
 
 def passkey_probe(
     model: Any,
+    tokenizer: Any,
     method: str,
     seed: int,
     *,
@@ -108,10 +109,10 @@ def passkey_probe(
     """
     names = [method, *(f"rope+{ext}" for ext in extensions if method == "rope")]
     tuned = copy.deepcopy(model)
-    tuned.tokenizer = model.tokenizer
     try:
         info = finetune_passkey(
             tuned,
+            tokenizer,
             length=train_len,
             steps=steps,
             batch_size=PASSKEY_BATCH_SIZE,
@@ -134,7 +135,13 @@ def passkey_probe(
 
     def grid(at_lengths: Sequence[int]) -> list[dict[str, Any]]:
         return passkey_grid(
-            tuned, lengths=at_lengths, depths=depths, n_trials=trials, seed=seed + 1, intro=""
+            tuned,
+            tokenizer,
+            lengths=at_lengths,
+            depths=depths,
+            n_trials=trials,
+            seed=seed + 1,
+            intro="",
         )
 
     rows = [{"method": method, **common, "records": grid(lengths)}]

@@ -11,7 +11,8 @@ buckets, concatenation k = 1, 2, 4, 8). Output in `out_dir`:
                     "translation": [{"method", "seed", "bleu", "chrf", "len_ratio", "concat",
                     "buckets", "kept_pairs", "train_pairs", "train_seconds", ...}, ...]}
     runs/METHOD-sSEED/   each run directory (resumable; `extrapos translate eval` reads it)
-    report.md, report.html, translation.csv, translation_bleu_vs_k.png, translation_bleu_vs_bucket.png
+The CLI then writes the report (`extrapos.report.translation`): report.md, report.html,
+translation.csv, translation_bleu_vs_k.png, translation_bleu_vs_bucket.png.
 
 results.json is rewritten (atomically) after every run; a rerun with the same settings keeps
 the finished records and trains only what is missing.
@@ -75,11 +76,10 @@ def _previous(path: Path, settings: dict[str, Any]) -> dict[tuple[str, int], dic
 def run_translation_bench(
     config: TranslationBenchConfig, out_dir: str | Path, progress: bool = True
 ) -> dict[str, Any]:
-    """Train and score every (method, seed); write results.json and the report."""
+    """Train and score every (method, seed); write and return results.json."""
     from extrapos.bench.run import environment
     from extrapos.models.seq2seq import Seq2SeqConfig
     from extrapos.probes.translation import evaluate_translation
-    from extrapos.report.translation import write_translation_report
     from extrapos.training.translation import (
         TranslationTrainConfig,
         load_seq2seq,
@@ -152,9 +152,9 @@ def run_translation_bench(
                 summary = train_translation(
                     data, model_cfg, train_cfg, run_dir, data_spec=config.data, progress=progress
                 )
-            model = load_seq2seq(run_dir)
+            model, tokenizer = load_seq2seq(run_dir)
             scores = evaluate_translation(
-                model, sources, refs, config.concat, config.beam, config.length_penalty,
+                model, tokenizer, sources, refs, config.concat, config.beam, config.length_penalty,
                 progress=progress,
             )  # fmt: skip
             scores.pop("hypotheses")
@@ -169,7 +169,6 @@ def run_translation_bench(
                     file=sys.stderr,
                 )
     write_json(out_dir / "results.json", results)
-    write_translation_report(results, out_dir)
     return results
 
 

@@ -98,7 +98,7 @@ def cmd_translate_eval(args: argparse.Namespace) -> None:
     from extrapos.training.run_dir import load_config
     from extrapos.training.translation import load_seq2seq
 
-    model = load_seq2seq(args.run_dir)
+    model, tokenizer = load_seq2seq(args.run_dir)
     if args.src_file or args.ref_file:
         if not (args.src_file and args.ref_file) or args.data:
             raise UserError("give --src-file and --ref-file together, or --data with --split")
@@ -119,7 +119,7 @@ def cmd_translate_eval(args: argparse.Namespace) -> None:
         sources, refs = sources[: args.max_sentences], refs[: args.max_sentences]
     t0 = time.perf_counter()
     result = evaluate_translation(
-        model, sources, refs, args.concat, args.beam, args.length_penalty,
+        model, tokenizer, sources, refs, args.concat, args.beam, args.length_penalty,
         args.max_len_a, args.max_len_b,
     )  # fmt: skip
     result["seconds"] = time.perf_counter() - t0
@@ -149,11 +149,13 @@ def cmd_translate_generate(args: argparse.Namespace) -> None:
     from extrapos.probes.translation import translate_texts
     from extrapos.training.translation import load_seq2seq
 
-    model = load_seq2seq(args.run_dir)
+    model, tokenizer = load_seq2seq(args.run_dir)
     for line in sys.stdin:
         text = line.rstrip("\n")
         out = (
-            translate_texts(model, [text], args.beam, args.length_penalty) if text.strip() else [""]
+            translate_texts(model, tokenizer, [text], args.beam, args.length_penalty)
+            if text.strip()
+            else [""]
         )
         print(out[0], flush=True)
 
@@ -222,51 +224,49 @@ def register(sub: Any) -> None:
 
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
-    """The flags `extrapos bench --suite translation` adds to the bench command."""
+    """The flags `extrapos bench --suite translation` adds to the bench command (it shares
+    --methods, --seeds, --steps, --data, --lr, --n-layer, --n-head, --d-model with the LM suite)."""
     p.add_argument(
         "--suite", choices=("lm", "translation"), default="lm", help="lm (default) or translation"
     )
-    p.add_argument("--src", default="en", help="translation suite: source language (en)")
-    p.add_argument("--tgt", default="de", help="translation suite: target language (de)")
-    p.add_argument(
-        "--max-src-tokens", type=int, default=None, help="translation suite: train-short cut (16)"
-    )
-    p.add_argument("--test-split", default=None, help="translation suite: default test_2016_flickr")
-    p.add_argument(
-        "--eval-sentences", type=int, default=None, help="translation: first N test pairs"
-    )
-    p.add_argument("--beam", type=int, default=None, help="translation suite: beam size (4)")
-    p.add_argument("--d-model", type=int, default=None, help="translation suite: default 256")
-    p.add_argument("--n-layer", type=int, default=None, help="translation suite: default 3")
-    p.add_argument("--max-tokens", type=int, default=None, help="translation: batch tokens (4096)")
-    p.add_argument("--vocab-size", type=int, default=None, help="translation: joint BPE (8000)")
-    p.add_argument("--warmup-steps", type=int, default=None, help="translation suite: default 400")
+    g = p.add_argument_group("translation suite (--suite translation)")
+    g.add_argument("--src", default="en", help="source language (default en)")
+    g.add_argument("--tgt", default="de", help="target language (default de)")
+    g.add_argument("--max-src-tokens", type=int, default=None, help="train-short cut (16)")
+    g.add_argument("--test-split", default=None, help="default test_2016_flickr")
+    g.add_argument("--eval-sentences", type=int, default=None, help="first N test pairs")
+    g.add_argument("--beam", type=int, default=None, help="beam size (default 4)")
+    g.add_argument("--max-tokens", type=int, default=None, help="batch tokens (default 4096)")
+    g.add_argument("--vocab-size", type=int, default=None, help="joint BPE (default 8000)")
+    g.add_argument("--warmup-steps", type=int, default=None, help="default 400")
+
+
+#: LM-suite bench flags (args."bench.<field>") the translation suite also reads
+_SHARED = ("methods", "seeds", "steps", "data", "lr", "n_layer", "n_head", "d_model")
 
 
 def cmd_bench_translation(args: argparse.Namespace) -> None:
     from extrapos.bench.translation import TranslationBenchConfig, run_translation_bench
+    from extrapos.report.translation import write_translation_report
 
-    if args.data is None:
+    shared = {k: getattr(args, f"bench.{k}", None) for k in _SHARED}
+    if shared["data"] is None:
         raise UserError("--suite translation needs --data DIR (e.g. ../shared/data/multi30k)")
     overrides = {
-        "data": args.data,
+        **shared,
         "src": args.src,
         "tgt": args.tgt,
-        "methods": args.methods,
-        "seeds": args.seeds,
-        "steps": args.steps,
         "max_src_tokens": args.max_src_tokens,
         "test_split": args.test_split,
         "eval_sentences": args.eval_sentences,
         "beam": args.beam,
-        "d_model": args.d_model,
-        "n_layer": args.n_layer,
         "max_tokens": args.max_tokens,
         "vocab_size": args.vocab_size,
         "warmup_steps": args.warmup_steps,
     }
     config = TranslationBenchConfig(**{k: v for k, v in overrides.items() if v is not None})
-    run_translation_bench(config, args.out)
+    results = run_translation_bench(config, args.out)
+    write_translation_report(results, args.out)
     print(
         f"wrote {Path(args.out) / 'results.json'}, report.md, report.html, translation.csv, plots"
     )

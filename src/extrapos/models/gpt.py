@@ -12,81 +12,28 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from extrapos.core.errors import UserError
-from extrapos.encodings import PositionalEncoding, build_for_model, encoding_class
+from extrapos.encodings import PositionalEncoding, build_for_model
 from extrapos.encodings.base import EMBEDDING_INIT_STD
 from extrapos.kernels.attention import attention
+from extrapos.models.config import GPTConfig
+
+#: set by the run layer (`extrapos.training.run_dir`) so that `GPT.from_checkpoint` works
+#: without the model knowing what a run directory is
+_checkpoint_loader: Callable[[str | Path], GPT] | None = None
 
 
-@dataclass
-class GPTConfig:
-    """Model shape and encoding. Serializable (names, not classes); validated on creation."""
-
-    vocab_size: int = 256
-    n_layer: int = 4
-    n_head: int = 4
-    d_model: int = 128
-    encoding: str = "rope"
-    encoding_params: dict[str, Any] = field(default_factory=dict)
-    d_ff: int | None = None  # SwiGLU hidden width; None = 8/3·D rounded up to a multiple of 16
-    norm_eps: float = 1e-5
-    tie_embeddings: bool = True
-    # Randomized positions (Ruoss et al. 2023, "Randomized Positional Encodings Boost Length
-    # Generalization of Transformers"): a sequence of s tokens gets a sorted random subset of
-    # [0, random_positions) instead of 0..s-1, so positions of long test sequences were seen in
-    # training. None: off.
-    random_positions: int | None = None
-    # False: an encoder — every token attends to every token, distance biases use their
-    # bidirectional form (`signed_distance_bias`: symmetric ALiBi, T5's both-sign buckets). Not
-    # trainable with next-token loss and not for generation.
-    causal: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("vocab_size", "n_layer", "n_head", "d_model"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise UserError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
-        if self.d_model % self.n_head:
-            raise UserError(
-                f"GPTConfig.d_model={self.d_model} must be divisible by n_head={self.n_head}"
-            )
-        if self.d_ff is None:
-            self.d_ff = 16 * math.ceil(8 * self.d_model / 3 / 16)
-        elif self.d_ff < 1:
-            raise UserError(f"GPTConfig.d_ff must be positive, got {self.d_ff}")
-        if self.random_positions is not None and self.random_positions < 1:
-            raise UserError(
-                f"GPTConfig.random_positions must be a positive length, got {self.random_positions}"
-            )
-        if not self.norm_eps > 0:  # eps <= 0 divides by zero (or a negative) on a zero vector
-            raise UserError(f"GPTConfig.norm_eps must be > 0, got {self.norm_eps}")
-        encoding_class(self.encoding)  # unknown name -> UserError listing the known ones
-        self.encoding_params = dict(self.encoding_params)
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_head
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> GPTConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserError(
-                f"model config has unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
-        return cls(**data)
+def set_checkpoint_loader(loader: Callable[[str | Path], GPT]) -> None:
+    global _checkpoint_loader
+    _checkpoint_loader = loader
 
 
 @dataclass
@@ -240,7 +187,6 @@ class GPT(nn.Module):
         self._init_weights()
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight
-        self.tokenizer: Any = None  # set by from_checkpoint / training, used for bits per byte
 
     def _init_weights(self) -> None:
         # GPT-2 init: N(0, 0.02); residual output projections scaled by 1/sqrt(2·n_layer).
@@ -359,10 +305,12 @@ class GPT(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, run_dir: str | Path) -> GPT:
-        """Load a trained run directory (weights, config, tokenizer)."""
-        from extrapos.training.run_dir import load_model
-
-        return load_model(run_dir)
+        """The model of a trained run directory (weights and config; its tokenizer comes with
+        `extrapos.training.run_dir.load_run`). Run directories are the run layer's business:
+        it registers its loader here when imported (importing `extrapos` does)."""
+        if _checkpoint_loader is None:
+            raise UserError("no checkpoint loader: import extrapos.training.run_dir first")
+        return _checkpoint_loader(run_dir)
 
 
 def make_position_context(

@@ -219,7 +219,6 @@ class Seq2Seq(nn.Module):
         )
         self.decoder_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
         self._init_weights()
-        self.tokenizer: Any = None  # set by training / loading
 
     @staticmethod
     def _build_encoding(cfg: GPTConfig) -> PositionalEncoding:

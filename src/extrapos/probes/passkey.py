@@ -280,7 +280,8 @@ def finetune_passkey(
     encoding's reach (as in Mohtashami & Jaggi 2023, who fine-tune before testing). Returns
     {"losses": per step, "train_seconds"}; the model is left in eval mode.
     """
-    from extrapos.training.lm import TrainConfig, fit_steps
+    from extrapos.training.config import TrainConfig
+    from extrapos.training.loop import fit_steps
 
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     if tokenizer is None:

@@ -77,13 +77,12 @@ def perplexity(
     Returns {"ppl", "nll_sum", "tokens" (scored targets), "bits_per_byte" (None when the bytes per
     token are unknown), "length", "protocol", "stride", "windows", "position_nll"} where
     position_nll[o] is the mean loss of targets at window offset o (None where none scored).
-    `token_bytes` (V,) gives the bytes each token stands for; by default the model's tokenizer's.
+    `token_bytes` (V,) gives the bytes each token stands for (`Tokenizer.token_bytes()`);
+    without it bits per byte is None.
     """
     if tokens.ndim != 1:
         raise UserError(f"tokens must be a 1-D tensor, got shape {tuple(tokens.shape)}")
     windows = eval_windows(tokens.numel(), length, protocol, stride)
-    if token_bytes is None and getattr(model, "tokenizer", None) is not None:
-        token_bytes = model.tokenizer.token_bytes()
     device = next(model.parameters()).device
     batch = max(1, BATCH_TOKENS // length)
     nll_sum, scored, num_bytes = 0.0, 0, 0
@@ -147,6 +146,7 @@ def evaluate_lengths(
     stride: int | None = None,
     max_tokens: int | None = None,
     progress: bool = False,
+    token_bytes: Tensor | None = None,
 ) -> list[dict[str, Any]]:
     """`perplexity` at each length over the same trimmed stream (see `common_prefix`).
 
@@ -165,7 +165,9 @@ def evaluate_lengths(
                     {"length": length, "protocol": protocol, "ppl": None, "error": str(exc)}
                 )
                 continue
-        records.append(perplexity(model, tokens, length, protocol, stride, progress=progress))
+        records.append(
+            perplexity(model, tokens, length, protocol, stride, token_bytes, progress=progress)
+        )
     return records
 
 

@@ -10,7 +10,7 @@ evaluation alike, as in the paper) uses a sorted random subset of T positions fr
 instead of 0 … T-1, so a model trained at T ≤ L has seen every position up to M. M must be at
 least the longest evaluated sequence T.
 
-Optimization reuses `extrapos.training.lm.make_optimizer` and `lr_factor` (AdamW, warmup + cosine).
+Optimization reuses `extrapos.training.loop.fit_steps` (AdamW, warmup + cosine).
 """
 
 from __future__ import annotations
@@ -102,7 +102,8 @@ def train_on_task(
     the task's tokens). `train_lengths`: an int L (sizes 1 … L) or a list of sizes. Returns the
     trained model (in eval mode), the loss per step and the training time.
     """
-    from extrapos.training.lm import TrainConfig, fit_steps
+    from extrapos.training.config import TrainConfig
+    from extrapos.training.loop import fit_steps
 
     lengths = resolve_lengths(train_lengths, task)
     longest = max(task.seq_len(n) for n in lengths)

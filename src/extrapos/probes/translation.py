@@ -62,6 +62,7 @@ def corpus_scores(hyps: Sequence[str], refs: Sequence[str]) -> dict[str, Any]:
 
 def translate_texts(
     model: Any,
+    tokenizer: Any,
     texts: Sequence[str],
     beam: int = 4,
     length_penalty: float = 1.0,
@@ -69,8 +70,8 @@ def translate_texts(
     max_len_b: int = 10,
     batch_tokens: int = 4096,
 ) -> list[str]:
-    """Translate source sentences with a trained `Seq2Seq` (its `.tokenizer`)."""
-    tok = model.tokenizer
+    """Translate source sentences with a trained `Seq2Seq` and its tokenizer."""
+    tok = tokenizer
     sources = [tok.encode(t) for t in texts]
     outs = translate_ids(model, sources, beam, length_penalty, max_len_a, max_len_b, batch_tokens)
     return [tok.decode(torch.tensor(ids, dtype=torch.long)) for ids in outs]
@@ -83,6 +84,7 @@ def concat_groups(items: Sequence[str], k: int) -> list[str]:
 
 def evaluate_translation(
     model: Any,
+    tokenizer: Any,
     sources: Sequence[str],
     references: Sequence[str],
     concat: Sequence[int] = DEFAULT_CONCAT,
@@ -116,14 +118,15 @@ def evaluate_translation(
         if not src_k:
             continue
         t0 = time.perf_counter()
-        outputs[k] = translate_texts(model, src_k, beam, length_penalty, max_len_a, max_len_b)
+        outputs[k] = translate_texts(
+            model, tokenizer, src_k, beam, length_penalty, max_len_a, max_len_b
+        )
         seconds[str(k)] = time.perf_counter() - t0
         if progress:
             print(f"  concat k={k}: {len(src_k)} inputs in {seconds[str(k)]:.1f} s", flush=True)
     hyps = outputs[1]
     main = corpus_scores(hyps, references)
-    tok = model.tokenizer
-    lengths = [len(tok.encode(s)) for s in sources]
+    lengths = [len(tokenizer.encode(s)) for s in sources]
     buckets = {}
     for name, _, _ in BUCKETS:
         rows = [i for i, n in enumerate(lengths) if bucket_name(n) == name]

@@ -11,31 +11,17 @@ import base64
 import csv
 import html
 import io
-import math
 from pathlib import Path
 from typing import Any
 
 from extrapos.core.errors import UserError
 from extrapos.core.files import read_json, write_bytes, write_json, write_text
+from extrapos.core.plotting import figure_png
+from extrapos.core.results import RECORD_KEYS, record_key
+from extrapos.core.stats import geometric_bins, mean_ci95
 
 PPL_PLOT = "ppl_vs_length.png"
 POSITION_PLOT = "loss_vs_position.png"
-
-# two-sided 95% Student-t quantiles t_{0.975, df} for df = 1..30 (standard tables); beyond: 1.96
-_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
-         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
-         2.060, 2.056, 2.052, 2.048, 2.045, 2.042]  # fmt: skip
-
-
-def mean_ci95(values: list[float]) -> tuple[float, float | None]:
-    """Mean and 95% interval half-width (t · s / √n); None for a single value."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, None
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    t = _T975[n - 2] if n - 2 < len(_T975) else 1.96
-    return mean, t * sd / math.sqrt(n)
 
 
 def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -172,7 +158,7 @@ def plot_ppl(results: dict[str, Any]) -> bytes:
         ax.set_title(f"{protocol}: train {results['train_len']}, test long")
         ax.grid(True, which="both", alpha=0.3)
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return _png(fig)
+    return figure_png(fig)
 
 
 def plot_positions(results: dict[str, Any]) -> bytes | None:
@@ -193,7 +179,6 @@ def plot_positions(results: dict[str, Any]) -> bytes | None:
                 seen.add(run["method"])
     if not curves:
         return None
-    from extrapos.probes.diagnostics import geometric_bins
 
     fig, ax = plt.subplots(figsize=(8, 4.8), dpi=110)
     for method, _length, nll, extends in curves:
@@ -206,18 +191,7 @@ def plot_positions(results: dict[str, Any]) -> bytes | None:
     ax.set_title(f"Loss by position, windows of {curves[0][1]} tokens")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return _png(fig)
-
-
-def _png(fig: Any, tight: bool = True) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    if tight:
-        fig.tight_layout()
-    fig.savefig(buf, format="png", bbox_inches=None if tight else "tight")
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig)
 
 
 def _notes(results: dict[str, Any]) -> list[str]:
@@ -485,22 +459,11 @@ def merge(dirs: list[str | Path]) -> dict[str, Any]:
                     )
                 if results.get(stage) and not merged.get(stage):
                     merged[key] = results[key]
-        for stage, fields in RECORD_KEYS.items():
+        for stage in RECORD_KEYS:
             for record in results.get(stage, []):
-                stages[stage][tuple(record.get(f, 0 if f == "seed" else None) for f in fields)] = (
-                    record
-                )
+                stages[stage][record_key(stage, record)] = record
     assert merged is not None
     return {**merged, **{stage: list(recs.values()) for stage, recs in stages.items()}}
-
-
-# the fields that identify a record of each results.json list
-RECORD_KEYS = {
-    "runs": ("method", "seed"),
-    "task_runs": ("method", "task", "seed"),
-    "passkey_runs": ("method", "seed"),
-    "costs": ("method",),
-}
 
 
 def rerender(dirs: list[str | Path], out: str | Path | None = None) -> Path:

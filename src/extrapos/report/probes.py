@@ -11,7 +11,8 @@ import csv
 import io
 from typing import Any
 
-from extrapos.report.lm import mean_ci95
+from extrapos.core.plotting import figure_png
+from extrapos.core.stats import mean_ci95
 
 TASK_PLOT = "task_accuracy.png"
 PASSKEY_PLOT = "passkey_accuracy.png"
@@ -110,8 +111,6 @@ def plot_heatmaps(
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from extrapos.report.lm import _png
-
     n_rows = max(len(grid) for _, grid, _ in panels)
     n_cols = [len({c for cells in grid.values() for c in cells}) for _, grid, _ in panels]
     fig, axes = plt.subplots(
@@ -151,7 +150,7 @@ def plot_heatmaps(
     if image is not None:
         fig.colorbar(image, ax=list(axes[0]), shrink=0.9, label="accuracy", pad=0.02)
     fig.suptitle(suptitle, fontsize=10)
-    return _png(fig, tight=False)
+    return figure_png(fig, tight=False)
 
 
 def plot_tasks(results: dict[str, Any]) -> bytes | None:

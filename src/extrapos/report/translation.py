@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from extrapos.core.files import write_bytes, write_text
-from extrapos.report.lm import _png, markdown_table, mean_ci95
+from extrapos.core.plotting import figure_png
+from extrapos.core.stats import mean_ci95
+from extrapos.report.lm import markdown_table
 
 BLEU_VS_K_PLOT = "translation_bleu_vs_k.png"
 BLEU_VS_BUCKET_PLOT = "translation_bleu_vs_bucket.png"
@@ -123,7 +125,7 @@ def _plot(results: dict[str, Any], xs: list[str], value: Any, xlabel: str, title
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def plot_bleu_vs_k(results: dict[str, Any]) -> bytes:

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from extrapos.core.errors import UserError
-from extrapos.models.gpt import GPTConfig
+from extrapos.core.settings import setting
+from extrapos.models.config import GPTConfig
 
 Precision = Literal["fp32", "bf16"]
 TokenizerName = Literal["byte", "bpe"]
@@ -111,22 +112,28 @@ class TrainConfig:
     grad_accum)` sequences per micro-step), so changing either leaves the optimization the same.
     """
 
-    train_len: int = 128
-    batch_size: int = 16
-    steps: int = 400
-    lr: float = 2e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int | None = None  # None: steps // 10 (at least 1)
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0  # 0: no clipping (the norm is still logged)
-    grad_accum: int = 1
-    precision: Precision = "fp32"  # bf16: autocast for matmuls; weights, optimizer, loss in fp32
-    compile: bool = False  # torch.compile the model for training steps
-    seed: int = 0
-    save_every: int = 0  # 0: save only at the end
-    keep_last: int = 1  # step checkpoints kept under RUN_DIR/checkpoints; 0 keeps all
-    device: str = "auto"  # auto: cuda:LOCAL_RANK when CUDA is available, else cpu
-    tensorboard: bool = False  # also log to RUN_DIR/tb (needs the tensorboard package)
+    train_len: int = setting(128, "training sequence length (tokens)")
+    batch_size: int = setting(16, "global batch: sequences per optimizer step over all ranks")
+    steps: int = setting(400, "optimizer steps")
+    lr: float = setting(2e-3, "peak learning rate")
+    min_lr_ratio: float = setting(0.1, "cosine floor as a fraction of lr")
+    warmup_steps: int | None = setting(None, "linear warm-up steps; None: steps/10")
+    weight_decay: float = setting(0.1, "AdamW weight decay")
+    grad_clip: float = setting(1.0, "gradient-norm clip; 0: off (the norm is still logged)")
+    grad_accum: int = setting(1, "micro-steps per optimizer step")
+    precision: Precision = setting(
+        "fp32", "bf16: autocast matmuls (weights, optimizer, loss and positional math stay fp32)"
+    )
+    compile: bool = setting(False, "torch.compile the model for training steps")
+    seed: int = setting(0, "seed of initialization and batches")
+    save_every: int = setting(0, "checkpoint every N steps; 0: at the end only")
+    keep_last: int = setting(1, "step checkpoints kept in RUN_DIR/checkpoints; 0: all")
+    device: str = setting(
+        "auto", "auto (cuda:LOCAL_RANK when CUDA is available, else cpu), cpu, cuda, cuda:N"
+    )
+    tensorboard: bool = setting(
+        False, "also log to RUN_DIR/tb (needs tensorboard); log.csv is always written"
+    )
 
     def __post_init__(self) -> None:
         check_types(self, "train")
@@ -174,8 +181,10 @@ class EvalConfig:
     `train_len`) — the same windows each time, so the curve is comparable across steps.
     """
 
-    every: int | None = None  # None: steps // 10 (at least 1); 0: never
-    max_tokens: int = 16384
+    every: int | None = setting(
+        None, "validation loss every N steps; None: steps/10; 0: never", flag="eval-every"
+    )
+    max_tokens: int = setting(16384, "valid targets per validation", flag="eval-tokens")
     length: int | None = None
 
     def __post_init__(self) -> None:
@@ -206,9 +215,14 @@ class DataConfig:
     corpus: a different corpus under the same name is reported.
     """
 
-    name: str = "builtin"
-    tokenizer: TokenizerName = "byte"
-    vocab_size: int | None = None
+    name: str = setting(
+        "builtin",
+        "'builtin', a text file, a folder, a quoted glob ('dir/*.txt'), or hf:NAME[:CONFIG] "
+        "(a Hugging Face dataset, e.g. hf:wikitext:wikitext-103-raw-v1)",
+        flag="data",
+    )
+    tokenizer: TokenizerName = setting("byte", "byte, or bpe trained on the train split")
+    vocab_size: int | None = setting(None, "bpe vocabulary size; None: 1024")
     content_hash: str | None = None
 
     def __post_init__(self) -> None:

@@ -35,12 +35,9 @@ through `torch.distributed.checkpoint` (or a full state dict gathered on rank 0)
 from __future__ import annotations
 
 import contextlib
-import csv
 import inspect
 import math
-import os
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +53,15 @@ from extrapos.data import Corpus, Tokenizer
 from extrapos.data.cache import tokenizer_hash
 from extrapos.models.gpt import GPT, GPTConfig
 from extrapos.training.config import DataConfig, EvalConfig, RunConfig, TrainConfig
+from extrapos.training.distributed import (
+    DistInfo,
+    barrier,
+    distributed_info,
+    init_distributed,
+    resolve_device,
+)
+from extrapos.training.log import LOG_COLUMNS, RunLog
+from extrapos.training.loop import autocast, lr_factor, make_optimizer, optimizer_step
 from extrapos.training.run_dir import (
     clear_checkpoints,
     latest_checkpoint,
@@ -65,6 +71,7 @@ from extrapos.training.run_dir import (
     remove_partial_checkpoints,
     save_checkpoint,
 )
+from extrapos.training.state import TrainState, mismatch
 
 __all__ = [
     "LOG_COLUMNS",
@@ -82,19 +89,6 @@ __all__ = [
     "validate",
 ]
 
-LOG = "log.csv"
-LOG_COLUMNS = (
-    "step",
-    "tokens",
-    "lr",
-    "loss",
-    "grad_norm",
-    "valid_loss",
-    "valid_ppl",
-    "tokens_per_s",
-    "elapsed_s",
-)
-
 
 @dataclass
 class TrainResult:
@@ -105,119 +99,7 @@ class TrainResult:
     steps: int
     valid: list[tuple[int, float]] = field(default_factory=list)  # (step, valid loss)
     step_seconds: list[float] = field(default_factory=list)  # steps run by this call
-
-
-# ----------------------------------------------------------------------------- distributed
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    """This process's place in a data-parallel job (rank 0 of 1 when not distributed)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def distributed_info() -> DistInfo:
-    """The current process group's rank and size (0 of 1 when none is initialized)."""
-    if dist.is_available() and dist.is_initialized():
-        local = int(os.environ.get("LOCAL_RANK", dist.get_rank()))
-        return DistInfo(dist.get_rank(), dist.get_world_size(), local)
-    return DistInfo()
-
-
-def init_distributed() -> DistInfo:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1): NCCL when CUDA is
-    available, else gloo. A no-op for a single process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1 or (dist.is_available() and dist.is_initialized()):
-        return distributed_info()
-    if not dist.is_available():
-        raise UserError("this torch build has no torch.distributed; run a single process")
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(local)
-    dist.init_process_group(backend=backend)
-    return distributed_info()
-
-
-def _resolve_device(name: str, info: DistInfo) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {name} asked for, but CUDA is not available; use --device cpu")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device(f"cuda:{info.local_rank}")
-    return device
-
-
-# ----------------------------------------------------------------------------- pieces
-
-
-def lr_factor(step: int, config: TrainConfig) -> float:
-    """Multiplier of the peak lr at `step`: linear warmup, then cosine to min_lr_ratio."""
-    warmup = config.warmup_steps or 0
-    if step < warmup:
-        return (step + 1) / warmup
-    span = max(1, config.steps - warmup)
-    progress = min(1.0, (step - warmup) / span)
-    cosine = 0.5 * (1 + math.cos(math.pi * progress))
-    return config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine
-
-
-def fit_steps(
-    model: torch.nn.Module,
-    config: TrainConfig,
-    loss_at: Callable[[int], torch.Tensor],
-    description: str = "train",
-    progress: bool = True,
-) -> tuple[list[float], float]:
-    """The bare optimization loop for objectives other than the corpus LM (tasks, passkey
-    fine-tunes): `config.steps` AdamW steps (`make_optimizer`) at lr · `lr_factor`, on the loss
-    `loss_at(step)`, clipped at `config.grad_clip`; a non-finite loss stops with the step
-    number. Returns the loss per step and the seconds spent; the model is left in eval mode."""
-    optimizer = make_optimizer(model, config)  # type: ignore[arg-type]
-    losses: list[float] = []
-    model.train()
-    start = time.perf_counter()
-    bar = tqdm(range(config.steps), desc=description, disable=not progress, leave=False)
-    for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = config.lr * lr_factor(step, config)
-        loss = loss_at(step)
-        if not torch.isfinite(loss):
-            raise UserError(f"loss became {loss.item()} at step {step}; lower the learning rate")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    bar.close()
-    model.eval()
-    return losses, time.perf_counter() - start
-
-
-def make_optimizer(model: GPT, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; decay only weight matrices of the Transformer body (not norms, biases, the
-    positional encoding's parameters, nor the embedding)."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        body_matrix = param.ndim >= 2 and not name.startswith(("encoding.", "embed."))
-        (decay if body_matrix else no_decay).append(param)
-    groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95), eps=1e-8)
+    tokenizer: Tokenizer | None = None  # the tokenizer the model was trained with
 
 
 def sample_batch(
@@ -249,12 +131,6 @@ def _lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
 
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 @torch.no_grad()
 def validate(
     model: GPT,
@@ -279,7 +155,7 @@ def validate(
         starts = np.array(mine[i : i + batch_size]) * length
         index = starts[:, None] + np.arange(length + 1)
         rows = torch.as_tensor(np.asarray(tokens[index], dtype=np.int64), device=device)
-        with _autocast(device, precision):
+        with autocast(device, precision):
             logits = model(rows[:, :-1])
         nll = F.cross_entropy(logits.float().flatten(0, 1), rows[:, 1:].flatten(), reduction="sum")
         sums[0] += nll.double()
@@ -288,68 +164,6 @@ def validate(
     if info.world_size > 1:
         dist.all_reduce(sums)
     return float(sums[0] / sums[1])
-
-
-class _RunLog:
-    """log.csv (and TensorBoard scalars) of the main rank; on resume, rows past the resumed
-    step (written after the checkpoint, before the kill) are dropped."""
-
-    def __init__(self, run_dir: Path | None, start_step: int, tensorboard: bool) -> None:
-        self._file = self._writer = self._tb = None
-        if run_dir is None:
-            return
-        path = run_dir / LOG
-        kept: list[dict[str, str]] = []
-        if start_step > 0 and path.is_file():
-            with open(path, newline="", encoding="utf-8") as f:
-                kept = [r for r in csv.DictReader(f) if int(r["step"]) <= start_step]
-        run_dir.mkdir(parents=True, exist_ok=True)
-        self._file = open(path, "w", newline="", encoding="utf-8")  # noqa: SIM115 (closed in close())
-        self._writer = csv.DictWriter(self._file, fieldnames=LOG_COLUMNS)
-        self._writer.writeheader()
-        self._writer.writerows(kept)
-        self._file.flush()
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as exc:
-                raise UserError(
-                    "--tensorboard needs the tensorboard package; pip install 'extrapos[tb]' "
-                    "(log.csv is written either way)"
-                ) from exc
-            self._tb = SummaryWriter(str(run_dir / "tb"), purge_step=start_step + 1)
-
-    def write(self, row: dict[str, Any]) -> None:
-        if self._writer is None:
-            return
-        self._writer.writerow({k: _fmt(row.get(k)) for k in LOG_COLUMNS})
-        self._file.flush()
-        if self._tb is not None:
-            step = row["step"]
-            for key, tag in (
-                ("loss", "train/loss"),
-                ("lr", "train/lr"),
-                ("grad_norm", "train/grad_norm"),
-                ("tokens_per_s", "train/tokens_per_s"),
-                ("valid_loss", "valid/loss"),
-                ("valid_ppl", "valid/ppl"),
-            ):
-                if row.get(key) is not None:
-                    self._tb.add_scalar(tag, row[key], step)
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-        if self._tb is not None:
-            self._tb.close()
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
 
 
 def _record(
@@ -399,8 +213,151 @@ def train(
     corpus's name and the tokenizer's). Inside a torchrun job call `init_distributed()` first.
     """
     info = distributed_info()
-    device = _resolve_device(train_config.device, info)
+    device = resolve_device(train_config.device, info)
     run_dir = Path(run_dir) if run_dir is not None else None
+    _check_shapes(model_config, train_config, tokenizer, info)
+    tokens = _split_tokens(corpus, "train", tokenizer, train_config.train_len + 1)
+    if eval_config is not None:
+        eval_config = eval_config.resolved(train_config)
+    valid_tokens = None
+    if eval_config is not None and eval_config.every:
+        valid_tokens = _split_tokens(corpus, "valid", tokenizer, eval_config.length or 0)
+    data_config = _data_config(data_config, corpus, tokenizer)
+
+    torch.manual_seed(train_config.seed)
+    model = GPT(model_config)
+    model.encoding.check_positions(train_config.train_len - 1)
+    model.to(device)
+    optimizer = make_optimizer(model, train_config)
+    generator = torch.Generator().manual_seed(train_config.seed)
+    tok_hash = tokenizer_hash(tokenizer)
+    _prepare_run_dir(run_dir, resume, overwrite, info)
+    state = TrainState()
+    if resume and latest_checkpoint(run_dir) is not None:
+        saved = load_train_state(run_dir)
+        differs = mismatch(saved, model_config, train_config, tok_hash)
+        if differs:
+            raise UserError(
+                f"{run_dir} holds a run with another {differs}; resume it with the same "
+                f"settings or pick another --out"
+            )
+        folder = latest_checkpoint(run_dir)
+        model.load_state_dict(load_model(folder, map_location=device).state_dict())
+        state = TrainState.restore(saved, optimizer, generator, device)
+
+    record = _record(model_config, train_config, eval_config, data_config, corpus, tokenizer)
+
+    def save(step: int) -> None:
+        if run_dir is not None and info.is_main:
+            saved = state.capture(
+                optimizer, generator, device, model_config, train_config, tok_hash, info.world_size
+            )
+            saved["step"] = step
+            save_checkpoint(
+                run_dir, step, model, record, tokenizer, saved, keep_last=train_config.keep_last
+            )
+        barrier(info)
+
+    forward, ddp, compile_settings = _wrap_for_training(model, train_config, device, info)
+    log = RunLog(
+        run_dir if info.is_main else None, state.step, info.is_main and train_config.tensorboard
+    )
+    model.train()
+    share = train_config.batch_size // info.world_size
+    rows = slice(info.rank * share, (info.rank + 1) * share)
+    tokens_per_step = train_config.batch_size * train_config.train_len
+    start_step, step_seconds = state.step, []
+    bar = tqdm(
+        range(start_step, train_config.steps),
+        initial=start_step,
+        total=train_config.steps,
+        desc=description,
+        disable=not (progress and info.is_main),
+        dynamic_ncols=True,
+        leave=False,
+    )
+
+    def backward() -> torch.Tensor:
+        x, y = sample_batch(
+            tokens, train_config.batch_size, train_config.train_len, generator, rows
+        )
+        return _forward_backward(forward, ddp, x.to(device), y.to(device), train_config, info)
+
+    try:
+        with compile_settings:
+            for step in bar:
+                t0 = time.perf_counter()
+                stats = optimizer_step(model, optimizer, train_config, step, backward)
+                done = step + 1
+                if not stats.finite:
+                    log.write(
+                        {
+                            "step": done,
+                            "lr": stats.lr,
+                            "loss": stats.loss,
+                            "grad_norm": stats.grad_norm,
+                        }
+                    )
+                    raise _diverged(stats, done, run_dir, train_config)
+                seconds = time.perf_counter() - t0
+                state.step, state.elapsed = done, state.elapsed + seconds
+                state.losses.append(stats.loss)
+                step_seconds.append(seconds)
+                row: dict[str, Any] = {
+                    "step": done,
+                    "tokens": done * tokens_per_step,
+                    "lr": stats.lr,
+                    "loss": stats.loss,
+                    "grad_norm": stats.grad_norm,
+                    "tokens_per_s": tokens_per_step / max(seconds, 1e-9),
+                    "elapsed_s": state.elapsed,
+                }
+                every = eval_config.every if eval_config is not None else 0
+                if valid_tokens is not None and (done % every == 0 or done == train_config.steps):
+                    value = validate(
+                        model,
+                        valid_tokens,
+                        eval_config.length or train_config.train_len,
+                        eval_config.max_tokens,
+                        share // train_config.grad_accum,
+                        train_config.precision,
+                        info,
+                    )
+                    state.valid.append((done, value))
+                    row["valid_loss"], row["valid_ppl"] = value, math.exp(min(value, 700.0))
+                log.write(row)
+                this_call = sum(step_seconds) + 1e-9
+                postfix = {
+                    "loss": f"{stats.loss:.3f}",
+                    "tok_s": f"{(done - start_step) * tokens_per_step / this_call:,.0f}",
+                }
+                if state.valid:
+                    postfix["valid"] = f"{state.valid[-1][1]:.3f}"
+                bar.set_postfix(postfix)
+                save_every = train_config.save_every
+                if save_every and done % save_every == 0 and done < train_config.steps:
+                    save(done)
+    finally:
+        bar.close()
+        log.close()
+    save(train_config.steps)
+    model.eval()
+    trained_tokens = train_config.steps * tokens_per_step
+    return TrainResult(
+        model=model,
+        losses=state.losses,
+        train_seconds=state.elapsed,
+        tokens_per_second=trained_tokens / max(state.elapsed, 1e-9),
+        steps=train_config.steps,
+        valid=state.valid,
+        step_seconds=step_seconds,
+        tokenizer=tokenizer,
+    )
+
+
+def _check_shapes(
+    model_config: GPTConfig, train_config: TrainConfig, tokenizer: Tokenizer, info: DistInfo
+) -> None:
     if not model_config.causal:
         raise UserError(
             "causal=False builds an encoder, which next-token training would let see its "
@@ -411,51 +368,50 @@ def train(
             f"model vocab_size={model_config.vocab_size} differs from the tokenizer's "
             f"{tokenizer.vocab_size}; set vocab_size to the tokenizer's"
         )
-    share = train_config.batch_size // info.world_size
     if train_config.batch_size % (info.world_size * train_config.grad_accum):
         raise UserError(
             f"batch_size={train_config.batch_size} must be divisible by world size "
             f"{info.world_size} x grad_accum {train_config.grad_accum}; change --batch-size"
         )
-    tokens = corpus.token_array("train", tokenizer)
-    if len(tokens) <= train_config.train_len + 1:
-        raise UserError(
-            f"the train split has {len(tokens)} tokens, fewer than train_len + 2 = "
-            f"{train_config.train_len + 2}; use more data or a shorter --train-len"
-        )
-    if eval_config is not None:
-        eval_config = eval_config.resolved(train_config)
-    valid_tokens = None
-    if eval_config is not None and eval_config.every:
-        valid_tokens = corpus.token_array("valid", tokenizer)
-        if len(valid_tokens) <= (eval_config.length or 0):
+
+
+def _split_tokens(corpus: Corpus, split: str, tokenizer: Tokenizer, window: int) -> Any:
+    """The split's token array; an error when it cannot hold one window of `window` + 1."""
+    tokens = corpus.token_array(split, tokenizer)
+    if len(tokens) <= window:
+        if split == "train":
             raise UserError(
-                f"the valid split has {len(valid_tokens)} tokens, too few for one validation "
-                f"window of {eval_config.length}; set eval.length lower or eval.every to 0"
+                f"the train split has {len(tokens)} tokens, fewer than train_len + 2 = "
+                f"{window + 1}; use more data or a shorter --train-len"
             )
+        raise UserError(
+            f"the valid split has {len(tokens)} tokens, too few for one validation "
+            f"window of {window}; set eval.length lower or eval.every to 0"
+        )
+    return tokens
+
+
+def _data_config(
+    data_config: DataConfig | None, corpus: Corpus, tokenizer: Tokenizer
+) -> DataConfig:
     if data_config is None:
-        data_config = DataConfig(
+        return DataConfig(
             name=corpus.name,
             tokenizer=tokenizer.name if tokenizer.name in ("byte", "bpe") else "byte",
             vocab_size=tokenizer.vocab_size if tokenizer.name == "bpe" else None,
         )
-    elif data_config.content_hash not in (None, corpus.content_hash):
+    if data_config.content_hash not in (None, corpus.content_hash):
         raise UserError(
             f"the corpus {corpus.name} has changed: its hash is {corpus.content_hash[:12]}…, the "
             f"config says {data_config.content_hash[:12]}…; drop data.content_hash to train on "
             "it anyway"
         )
+    return data_config
 
-    torch.manual_seed(train_config.seed)
-    model = GPT(model_config)
-    model.tokenizer = tokenizer
-    model.encoding.check_positions(train_config.train_len - 1)
-    model.to(device)
-    optimizer = make_optimizer(model, train_config)
-    generator = torch.Generator().manual_seed(train_config.seed)
-    start_step, losses, elapsed, valid = 0, [], 0.0, []
-    tok_hash = tokenizer_hash(tokenizer)
 
+def _prepare_run_dir(run_dir: Path | None, resume: bool, overwrite: bool, info: DistInfo) -> None:
+    """Refuse to train over another run's checkpoints unless resuming or overwriting; clear
+    what a resume must not see (partial checkpoints) or a fresh run must not keep."""
     if resume and run_dir is None:
         raise UserError("resume needs a run directory (--out)")
     if run_dir is not None and info.is_main:
@@ -467,53 +423,14 @@ def train(
                 f"choose another --out"
             )
         (remove_partial_checkpoints if resume else clear_checkpoints)(run_dir)
-    _barrier(info)
-    if resume and latest_checkpoint(run_dir) is not None:
-        state = load_train_state(run_dir)
-        folder = latest_checkpoint(run_dir)
-        saved_train = TrainConfig(**state["train_config"]).trajectory()
-        if (
-            state["model_config"] != model_config.to_dict()
-            or saved_train != train_config.trajectory()
-            or state.get("tokenizer_sha256", tok_hash) != tok_hash
-        ):
-            raise UserError(
-                f"{run_dir} holds a run with another configuration; resume it with the same "
-                f"flags or pick another --out"
-            )
-        model.load_state_dict(load_model(folder, map_location=device).state_dict())
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["sampler_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        if device.type == "cuda" and "cuda_rng" in state:
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
-        start_step, losses, elapsed = state["step"], state["losses"], state["elapsed"]
-        valid = [tuple(v) for v in state.get("valid", [])]
+    barrier(info)
 
-    record = _record(model_config, train_config, eval_config, data_config, corpus, tokenizer)
 
-    def save(step: int) -> None:
-        if run_dir is not None and info.is_main:
-            state = {
-                "step": step,
-                "optimizer": optimizer.state_dict(),
-                "sampler_rng": generator.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "losses": losses,
-                "valid": valid,
-                "elapsed": elapsed,
-                "model_config": model_config.to_dict(),
-                "train_config": asdict(train_config),
-                "tokenizer_sha256": tok_hash,
-                "world_size": info.world_size,
-            }
-            if device.type == "cuda":
-                state["cuda_rng"] = torch.cuda.get_rng_state(device)
-            save_checkpoint(
-                run_dir, step, model, record, tokenizer, state, keep_last=train_config.keep_last
-            )
-        _barrier(info)
-
+def _wrap_for_training(
+    model: GPT, train_config: TrainConfig, device: torch.device, info: DistInfo
+) -> tuple[Any, Any, contextlib.AbstractContextManager[Any]]:
+    """What the steps call: the model, in DDP across ranks and/or compiled; the DDP wrapper
+    (or None); the settings the compiled steps run under."""
     forward: Any = model
     ddp = None
     if info.world_size > 1:
@@ -529,7 +446,7 @@ def train(
         )
         ddp = DistributedDataParallel(model, device_ids=ids, **sync)
         forward = ddp
-    compile_settings: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    settings: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
     if train_config.compile:
         forward = torch.compile(forward)
         # torch 2.13: a warm AOTAutograd cache hit replays aliased-output views with garbage
@@ -537,119 +454,18 @@ def train(
         # pytorch issues 141974 and 177812 family); compiling without that cache is correct
         import torch._functorch.config as functorch_config
 
-        compile_settings = functorch_config.patch(enable_autograd_cache=False)
+        settings = functorch_config.patch(enable_autograd_cache=False)
+    return forward, ddp, settings
 
-    log = _RunLog(
-        run_dir if info.is_main else None, start_step, info.is_main and train_config.tensorboard
-    )
-    model.train()
-    rows = slice(info.rank * share, (info.rank + 1) * share)
-    tokens_per_step = train_config.batch_size * train_config.train_len
-    step_seconds: list[float] = []
-    this_call = 1e-9  # seconds of training steps in this call (tokens/s in the progress bar)
-    bar = tqdm(
-        range(start_step, train_config.steps),
-        initial=start_step,
-        total=train_config.steps,
-        desc=description,
-        disable=not (progress and info.is_main),
-        dynamic_ncols=True,
-        leave=False,
-    )
-    try:
-        with compile_settings:
-            for step in bar:
-                t0 = time.perf_counter()
-                lr = train_config.lr * lr_factor(step, train_config)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                x, y = sample_batch(
-                    tokens, train_config.batch_size, train_config.train_len, generator, rows
-                )
-                optimizer.zero_grad(set_to_none=True)
-                step_loss = _forward_backward(
-                    forward,
-                    ddp,
-                    x.to(device),
-                    y.to(device),
-                    train_config.grad_accum,
-                    train_config.precision,
-                    info,
-                )
-                max_norm = train_config.grad_clip if train_config.grad_clip > 0 else math.inf
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
-                loss_value = float(step_loss)
-                done = step + 1
-                if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
-                    log.write({"step": done, "lr": lr, "loss": loss_value, "grad_norm": grad_norm})
-                    what = "loss" if not math.isfinite(loss_value) else "gradient norm"
-                    kept = latest_checkpoint(run_dir) if run_dir is not None else None
-                    where = f"the last checkpoint ({kept}) is kept" if kept else "nothing was saved"
-                    raise UserError(
-                        f"the {what} became {loss_value if what == 'loss' else grad_norm} at step "
-                        f"{done}; the run stopped before updating the weights and {where}. Lower "
-                        f"--lr (now {train_config.lr}) or raise --warmup-steps, then resume or restart"
-                    )
-                optimizer.step()
-                seconds = time.perf_counter() - t0
-                elapsed += seconds
-                step_seconds.append(seconds)
-                this_call += seconds
-                losses.append(loss_value)
-                row: dict[str, Any] = {
-                    "step": done,
-                    "tokens": done * tokens_per_step,
-                    "lr": lr,
-                    "loss": loss_value,
-                    "grad_norm": grad_norm,
-                    "tokens_per_s": tokens_per_step / max(seconds, 1e-9),
-                    "elapsed_s": elapsed,
-                }
-                every = eval_config.every if eval_config is not None else 0
-                if (
-                    valid_tokens is not None
-                    and every
-                    and (done % every == 0 or done == train_config.steps)
-                ):
-                    value = validate(
-                        model,
-                        valid_tokens,
-                        eval_config.length or train_config.train_len,
-                        eval_config.max_tokens,
-                        share // train_config.grad_accum,
-                        train_config.precision,
-                        info,
-                    )
-                    valid.append((done, value))
-                    row["valid_loss"], row["valid_ppl"] = value, math.exp(min(value, 700.0))
-                log.write(row)
-                postfix = {
-                    "loss": f"{loss_value:.3f}",
-                    "tok_s": f"{(done - start_step) * tokens_per_step / this_call:,.0f}",
-                }
-                if valid:
-                    postfix["valid"] = f"{valid[-1][1]:.3f}"
-                bar.set_postfix(postfix)
-                if (
-                    train_config.save_every
-                    and done % train_config.save_every == 0
-                    and done < train_config.steps
-                ):
-                    save(done)
-    finally:
-        bar.close()
-        log.close()
-    save(train_config.steps)
-    model.eval()
-    trained_tokens = train_config.steps * tokens_per_step
-    return TrainResult(
-        model=model,
-        losses=losses,
-        train_seconds=elapsed,
-        tokens_per_second=trained_tokens / max(elapsed, 1e-9),
-        steps=train_config.steps,
-        valid=valid,
-        step_seconds=step_seconds,
+
+def _diverged(stats: Any, done: int, run_dir: Path | None, config: TrainConfig) -> UserError:
+    what = "loss" if not math.isfinite(stats.loss) else "gradient norm"
+    kept = latest_checkpoint(run_dir) if run_dir is not None else None
+    where = f"the last checkpoint ({kept}) is kept" if kept else "nothing was saved"
+    return UserError(
+        f"the {what} became {stats.loss if what == 'loss' else stats.grad_norm} at step "
+        f"{done}; the run stopped before updating the weights and {where}. Lower "
+        f"--lr (now {config.lr}) or raise --warmup-steps, then resume or restart"
     )
 
 
@@ -658,20 +474,20 @@ def _forward_backward(
     ddp: Any,
     x: torch.Tensor,
     y: torch.Tensor,
-    accum: int,
-    precision: str,
+    config: TrainConfig,
     info: DistInfo,
 ) -> torch.Tensor:
     """Forward and backward over this rank's rows x, y (b, L) in `accum` micro-batches, each
     loss scaled by 1/accum (DDP syncs gradients on the last only). Returns the mean loss over
     the global batch, the same number on every rank."""
+    accum, precision = config.grad_accum, config.precision
     micro = x.shape[0] // accum
     step_loss = torch.zeros((), device=x.device)
     for m in range(accum):
         xm, ym = x[m * micro : (m + 1) * micro], y[m * micro : (m + 1) * micro]
         sync = ddp is None or m == accum - 1
         with contextlib.nullcontext() if sync else ddp.no_sync():
-            with _autocast(x.device, precision):
+            with autocast(x.device, precision):
                 logits = forward(xm)
             loss = _lm_loss(logits, ym)
             (loss / accum if accum > 1 else loss).backward()
@@ -682,11 +498,6 @@ def _forward_backward(
         dist.all_reduce(step_loss)
         step_loss /= info.world_size
     return step_loss
-
-
-def _barrier(info: DistInfo) -> None:
-    if info.world_size > 1:
-        dist.barrier()
 
 
 # ----------------------------------------------------------------------------- from a config
@@ -741,7 +552,7 @@ def run_training(
             tokenizer = build_tokenizer(run.data.tokenizer, **options)
     if info.is_main:  # fill the token cache once, before the other ranks read it
         corpus.token_array("train", tokenizer)
-    _barrier(info)
+    barrier(info)
 
     model_dict = {**config.get("model", {}), "vocab_size": tokenizer.vocab_size}
     run = RunConfig.from_dict({**config, "model": model_dict}, where)

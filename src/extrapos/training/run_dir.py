@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,8 @@ from safetensors.torch import save_model as st_save_model
 
 from extrapos.core.errors import UserError
 from extrapos.core.files import atomic_path, read_json, write_json
-from extrapos.data import load_tokenizer, save_tokenizer
-from extrapos.models.gpt import GPT, GPTConfig
+from extrapos.data import Tokenizer, load_tokenizer, save_tokenizer
+from extrapos.models.gpt import GPT, GPTConfig, set_checkpoint_loader
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -193,9 +194,24 @@ def load_config(run_dir: str | Path) -> dict[str, Any]:
     return config
 
 
+@dataclass
+class TrainedRun:
+    """A run directory loaded: the model, the tokenizer it was trained with, its config."""
+
+    model: GPT
+    tokenizer: Tokenizer
+    config: dict[str, Any]
+
+
+def load_run(run_dir: str | Path, map_location: str | torch.device = "cpu") -> TrainedRun:
+    """Model, tokenizer and resolved config of a run directory (or one of its step
+    checkpoints)."""
+    model = load_model(run_dir, map_location)
+    return TrainedRun(model, load_tokenizer(Path(run_dir) / TOKENIZER), load_config(run_dir))
+
+
 def load_model(run_dir: str | Path, map_location: str | torch.device = "cpu") -> GPT:
-    """GPT with weights, config and tokenizer (as `.tokenizer`) from a run directory (or one of
-    its step checkpoints)."""
+    """The GPT (weights and config) of a run directory or one of its step checkpoints."""
     run_dir = Path(run_dir)
     config = load_config(run_dir)
     model = GPT(GPTConfig.from_dict(config["model"]))
@@ -217,7 +233,6 @@ def load_model(run_dir: str | Path, map_location: str | torch.device = "cpu") ->
             f"unexpected {sorted(unexpected)}): the weights are another model's; restore this "
             f"run's {WEIGHTS} or re-train"
         )
-    model.tokenizer = load_tokenizer(run_dir / TOKENIZER)
     return model.to(map_location)
 
 
@@ -239,3 +254,6 @@ def load_train_state(run_dir: str | Path) -> dict[str, Any] | None:
             f"training state {path} is corrupt ({exc}); delete {folder} to resume from an "
             "older checkpoint, or start over without --resume"
         ) from exc
+
+
+set_checkpoint_loader(load_model)  # GPT.from_checkpoint

@@ -208,7 +208,6 @@ def train_translation(
     device = _device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = Seq2Seq(mconfig).to(device)
-    model.tokenizer = tokenizer
 
     train_pairs = data.splits["train"]
     encoded_all = encode_pairs(tokenizer, train_pairs)
@@ -300,8 +299,10 @@ def train_translation(
     }
 
 
-def load_seq2seq(run_dir: str | Path, map_location: str | torch.device = "cpu") -> Seq2Seq:
-    """A trained `Seq2Seq` (weights, config, tokenizer as `.tokenizer`) from a run directory."""
+def load_seq2seq(
+    run_dir: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[Seq2Seq, Any]:
+    """A trained `Seq2Seq` (in eval mode) and its tokenizer, from a run directory."""
     from safetensors import SafetensorError
     from safetensors.torch import load_model as st_load_model
 
@@ -320,9 +321,9 @@ def load_seq2seq(run_dir: str | Path, map_location: str | torch.device = "cpu") 
         st_load_model(model, str(weights), device=str(map_location))
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
         raise UserError(f"checkpoint {weights} is corrupt or another model's ({exc})") from exc
-    model.tokenizer = load_tokenizer(run_dir / "tokenizer.json")
+    tokenizer = load_tokenizer(run_dir / "tokenizer.json")
     model.eval()
-    return model.to(map_location)
+    return model.to(map_location), tokenizer
 
 
 __all__ = [
