@@ -236,7 +236,7 @@ def train_translation(
         "tokenizer": {"type": tokenizer.name, "vocab_size": tokenizer.vocab_size},
     }
     optimizer = _optimizer(model, cfg)
-    start, history = 0, []
+    start, history, prior_seconds = 0, [], 0.0
     if state is not None:
         from safetensors.torch import load_model as st_load_model
 
@@ -246,6 +246,7 @@ def train_translation(
         if device.type == "cuda" and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"])
         start, history = state["step"], state["history"]
+        prior_seconds = float(state.get("seconds", 0.0))  # training time before the resume
 
     model.train()
     tokens_seen, t0 = 0, time.perf_counter()
@@ -281,10 +282,12 @@ def train_translation(
                 "rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None,
                 "history": history,
+                "seconds": prior_seconds + time.perf_counter() - t0,
             }
             save_checkpoint(out, done, model, record, tokenizer, train_state)
     bar.close()
-    seconds = time.perf_counter() - t0
+    session = time.perf_counter() - t0
+    seconds = prior_seconds + session
     valid_losses = [r["valid_loss"] for r in history if "valid_loss" in r]
     return {
         "steps": cfg.steps,
@@ -294,7 +297,7 @@ def train_translation(
         "kept_pairs": len(kept),
         "max_src_tokens": cfg.max_src_tokens,
         "train_seconds": seconds,
-        "tokens_per_second": tokens_seen / seconds if seconds > 0 else None,
+        "tokens_per_second": tokens_seen / session if session > 0 else None,
         "num_params": model.num_params(),
     }
 
