@@ -48,7 +48,10 @@ def bucket_name(n_tokens: int) -> str:
 
 def corpus_scores(hyps: Sequence[str], refs: Sequence[str]) -> dict[str, Any]:
     """{"bleu", "chrf", "len_ratio", "n"} of hypotheses against one reference each."""
-    import sacrebleu
+    try:
+        import sacrebleu
+    except ImportError as exc:
+        raise UserError("translation scores need sacrebleu; pip install 'extrapos[mt]'") from exc
 
     if len(hyps) != len(refs):
         raise UserError(f"{len(hyps)} hypotheses but {len(refs)} references; they must match")
