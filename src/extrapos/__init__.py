@@ -20,6 +20,17 @@ from extrapos.training.run_dir import TrainedRun, load_run  # also registers GPT
 
 __version__ = "0.1.0"
 
+
+def _load_plugins() -> None:
+    import warnings
+
+    from extrapos.core.plugins import load_plugins, plugin_errors
+
+    load_plugins()
+    for error in plugin_errors():
+        warnings.warn(error, stacklevel=2)
+
+
 __all__ = [
     "GPT",
     "GPTConfig",
@@ -35,3 +46,5 @@ __all__ = [
     "register",
     "rope_inv_freq",
 ]
+
+_load_plugins()  # last: plugins import extrapos themselves

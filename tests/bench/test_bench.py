@@ -20,6 +20,8 @@ from extrapos.probes.extensions import (
 )
 from extrapos.report.lm import merge, write_report
 
+pytestmark = pytest.mark.e2e  # end to end: benches and CLI runs
+
 NO_PROBES = {"tasks": [], "passkey_steps": 0, "memory": False}
 
 

@@ -13,6 +13,8 @@ import pytest
 
 from extrapos.cli import main
 
+pytestmark = pytest.mark.e2e  # end to end: benches and CLI runs
+
 TINY = ["--steps", "2", "--train-len", "16", "--n-layer", "1", "--d-model", "32"]
 
 

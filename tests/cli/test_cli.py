@@ -12,6 +12,8 @@ import torch
 from extrapos.cli import main
 from extrapos.encodings import list_encodings
 
+pytestmark = pytest.mark.e2e  # end to end: benches and CLI runs
+
 TINY_BENCH = ["bench", "--steps", "3", "--train-len", "16", "--eval-lens", "16,32,64",
               "--eval-tokens", "256", "--extensions", "linear,yarn", "--seeds", "0,1",
               "--task-steps", "2", "--no-memory"]  # fmt: skip

@@ -26,6 +26,8 @@ from extrapos.data import load_corpus
 from extrapos.training.lm import sample_batch
 from extrapos.training.run_dir import list_checkpoints, load_model, load_run, load_train_state
 
+pytestmark = pytest.mark.e2e  # end to end: benches and CLI runs
+
 TEXT = "".join(
     f"line {i}: the quick brown fox jumps over the lazy dog {i * 7 % 13}\n" for i in range(600)
 )

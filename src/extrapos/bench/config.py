@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from extrapos.core.errors import UserError
+from extrapos.core.registry import Registry
 from extrapos.core.results import RESULTS_VERSION  # noqa: F401  (re-exported)
 from extrapos.core.settings import setting
 from extrapos.data import build_tokenizer
@@ -67,6 +68,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
+_PRESETS: Registry[dict[str, Any]] = Registry("preset", plural="", ordered=True)
+for _name, _settings in PRESETS.items():
+    _PRESETS.add(_name, _settings)
+
 # BenchConfig fields by what they set: which runs exist (selection), the language-model runs,
 # the task runs, and the passkey fine-tunes. A finished run is kept when its group's fields
 # (and, for passkey and cost, the language-model fields) are unchanged.
@@ -114,13 +119,12 @@ class BenchConfig:
     @classmethod
     def from_preset(cls, preset: str = "quick", **overrides: Any) -> BenchConfig:
         """The preset's settings with `overrides` (None values ignored) on top."""
-        if preset not in PRESETS:
-            raise UserError(f"unknown preset '{preset}'; known: {', '.join(PRESETS)}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(overrides) - known)
         if unknown:
             raise UserError(f"unknown bench setting(s) {', '.join(unknown)}")
-        settings = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+        chosen = _PRESETS.get(preset)  # unknown -> UserError listing the presets
+        settings = {**chosen, **{k: v for k, v in overrides.items() if v is not None}}
         return cls(preset=preset, **settings)
 
     def __post_init__(self) -> None:

@@ -45,6 +45,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a one-line usage error (2), already printed
         return exc.code if isinstance(exc.code, int) else 2
+    from extrapos.core.plugins import load_plugins, plugin_errors
+
+    load_plugins()
+    if plugin_errors():
+        print(f"extrapos: error: {plugin_errors()[0]}", file=sys.stderr)
+        return 2
     try:
         args.fn(args)
     except UserError as exc:

@@ -26,6 +26,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from extrapos.core.errors import UserError
+from extrapos.probes.scored import ScoredLM
 
 Protocol = Literal["nonoverlap", "sliding"]
 PROTOCOLS: tuple[str, ...] = ("nonoverlap", "sliding")
@@ -64,7 +65,7 @@ def eval_windows(
 
 @torch.inference_mode()
 def perplexity(
-    model: torch.nn.Module,
+    model: ScoredLM,
     tokens: Tensor,
     length: int,
     protocol: Protocol = "nonoverlap",
@@ -139,7 +140,7 @@ def common_prefix(num_tokens: int, lengths: list[int], max_tokens: int | None = 
 
 
 def evaluate_lengths(
-    model: torch.nn.Module,
+    model: ScoredLM,
     tokens: Tensor,
     lengths: list[int],
     protocol: Protocol = "nonoverlap",

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from extrapos.core.errors import UserError
+from extrapos.core.registry import Registry
 
 PAD, BOS, SEP = "<pad>", "<bos>", "<sep>"
 SPECIALS: tuple[str, ...] = (PAD, BOS, SEP)
@@ -279,7 +280,7 @@ def accuracy(
 
 # --------------------------------------------------------------------------- registry
 
-_TASKS: dict[str, type[Task]] = {}
+_TASKS: Registry[type[Task]] = Registry("task")
 T_ = TypeVar("T_", bound=type[Task])
 
 
@@ -287,10 +288,8 @@ def register_task(name: str) -> Callable[[T_], T_]:
     """Class decorator: make a task buildable by `name`."""
 
     def add(cls: T_) -> T_:
-        if name in _TASKS:
-            raise RuntimeError(f"task name '{name}' registered twice")
+        _TASKS.add(name, cls)
         cls.name = name
-        _TASKS[name] = cls
         return cls
 
     return add
@@ -298,14 +297,12 @@ def register_task(name: str) -> Callable[[T_], T_]:
 
 def list_tasks() -> list[str]:
     """Registered task names, sorted."""
-    return sorted(_TASKS)
+    return _TASKS.names()
 
 
 def get_task(name: str, **params: Any) -> Task:
     """Build the task registered as `name`; unknown names or parameters raise `UserError`."""
-    if name not in _TASKS:
-        raise UserError(f"unknown task '{name}'; known tasks: {', '.join(list_tasks())}")
-    cls = _TASKS[name]
+    cls = _TASKS.get(name)
     accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
     unknown = sorted(set(params) - set(accepted))
     if unknown:
