@@ -11,6 +11,8 @@ import pytest
 
 from extrapos.cli import main
 
+pytestmark = pytest.mark.e2e  # CLI runs and a bench
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
 from test_translation import make_parallel  # noqa: E402  (the tiny generated pair)
 
