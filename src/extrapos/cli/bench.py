@@ -11,6 +11,10 @@ from extrapos.core.settings import field_default
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
+    if args.suite == "translation":
+        from extrapos.cli.translate import cmd_bench_translation
+
+        return cmd_bench_translation(args)
     from extrapos.bench.run import BenchConfig, run_bench
     from extrapos.report.lm import write_report
 
@@ -61,6 +65,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     names = [f.name for f in fields(BenchConfig) if f.name != "preset"]
     add_dataclass_flags(p, BenchConfig, "bench", names, defaults=_preset_defaults)
     p.add_argument("--out", default="bench_out", help="output directory (default bench_out)")
+    from extrapos.cli.translate import add_bench_arguments
+
+    add_bench_arguments(p)
 
     p = add_command(
         sub, "report", cmd_report, "re-render (or merge) reports from bench results.json"

@@ -109,11 +109,14 @@ class PositionalEncoding(nn.Module):
             "raw" (before it; the rotation depends on the length, or the encoding attends
             itself) or "none" (cached keys go stale; no incremental decoding). Encodings at the
             `attention` site cache "raw" (their `attend` gets all raw keys) or "none".
+        bidirectional_attend: for `attention`-site encodings, whether `attend` also takes
+            `causal=False, key_mask=...` (an encoder form); the others are refused in encoders.
     """
 
     name: str = "?"
     max_len: int | None = None
     cache: CacheMode = "rotated"
+    bidirectional_attend: bool = False
 
     @property
     def sites(self) -> frozenset[str]:

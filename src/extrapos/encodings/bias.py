@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from extrapos.core.errors import UserError
@@ -425,11 +426,21 @@ class FIRE(PositionalEncoding):
         """L = |multiplier · init_L| (a scalar tensor)."""
         return (self.L_multiplier * self.init_L).abs()
 
-    def position_bias(self, q_positions: Tensor, k_positions: Tensor) -> Tensor:
+    bidirectional_attend = True
+
+    def position_bias(
+        self, q_positions: Tensor, k_positions: Tensor, signed: bool = False
+    ) -> Tensor:
         """q_positions (s,), k_positions (t,) -> (h, s, t) float32 bias, differentiable in every
         parameter. Rows depend only on their own query position, so query chunks can be built
-        independently (and with a KV cache)."""
+        independently (and with a KV cache).
+
+        signed (the encoder form): the MLP input is sign(i - j) · ψ(|i - j|) / ψ(max(L, i)), in
+        [-1, 1] — the causal input for keys at or before the query, its mirror image for keys
+        after it, so f_θ can treat the two sides differently (as T5's both-sign buckets do)."""
         x = fire_normalized_distance(q_positions, k_positions, self.c, self.threshold, self.eps)
+        if signed:
+            x = x * torch.sign(q_positions[:, None] - k_positions[None, :]).to(x.dtype)
         return self.mlp(x[..., None]).permute(2, 0, 1)
 
     def distance_table(self, num_distances: int) -> Tensor:
@@ -448,10 +459,16 @@ class FIRE(PositionalEncoding):
         positions: Positions,
         layer: int = 0,
         probe: Probe | None = None,
+        causal: bool = True,
+        key_mask: Tensor | None = None,
     ) -> Tensor:
         """Causal attention with the FIRE bias: q (b, h, s, d), k and v (b, h, t, d) with
         t = q_offset + s -> (b, h, s, d). Query chunks each see the keys up to their last query
-        and build only their own bias block; differentiable in q, k, v and every parameter."""
+        and build only their own bias block; differentiable in q, k, v and every parameter.
+        causal=False: the encoder form (every key, the signed bias of `position_bias`), with
+        key_mask (b, t) bool marking real keys of a padded batch."""
+        if not causal:
+            return self._attend_bidirectional(q, k, v, positions, key_mask)
         s = q.shape[-2]
         q_positions, k_positions, q_offset = positions.q, positions.k, positions.q_offset
         # queries below the threshold L (a prefix: positions increase) see a bias of i - j
@@ -493,6 +510,22 @@ class FIRE(PositionalEncoding):
         return blockwise_attention(
             q, k, v, q_offset=positions.q_offset, rows=rows, bias=bias, probe=probe
         )
+
+    def _attend_bidirectional(
+        self, q: Tensor, k: Tensor, v: Tensor, positions: Positions, key_mask: Tensor | None
+    ) -> Tensor:
+        """The encoder form by query chunks: every key, the signed bias; padding masked."""
+        s, t = q.shape[-2], k.shape[-2]
+        rows = max(1, min(s, FIRE_BLOCK_ELEMENTS // (t * (self.mlp_width + self.num_heads))))
+        outs = []
+        for start in range(0, s, rows):
+            stop = min(start + rows, s)
+            bias = self.position_bias(positions.q[start:stop], positions.k, signed=True)
+            bias = bias.to(q.dtype)[None]  # (1, h, c, t)
+            if key_mask is not None:
+                bias = bias.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+            outs.append(F.scaled_dot_product_attention(q[..., start:stop, :], k, v, attn_mask=bias))
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-2)
 
 
 __all__ = [

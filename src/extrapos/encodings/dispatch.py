@@ -63,21 +63,25 @@ def encoded_attention(
     append: Append | None = None,
     probe: Probe | None = None,
     probe_chunk: int = DEFAULT_CHUNK_SIZE,
+    key_mask: Tensor | None = None,
 ) -> Tensor:
     """Attention of new queries q (b, h, s, d) over keys k, v (b, h, s, d) — the new ones when
     `append` adds them to a cache, else all t — with `enc` acting at its site(s); see the module
     docstring. `table`: the bias table when the caller built it once for every layer (default:
-    built here). Returns (b, h, s, d)."""
+    built here). `key_mask` (b, t) bool, non-causal only: False keys (padding of an encoder
+    batch) get no attention. Returns (b, h, s, d)."""
     raw = enc.cache == "raw"
     if append is not None and raw:  # cache keys before any rotation
         k, v = append(k, v)
     if "attention" in enc.sites:
-        if not causal:
+        if causal:
+            return enc.attend(q, k, v, positions, layer, probe)
+        if not enc.bidirectional_attend:
             raise UserError(
                 f"encoding '{enc.name}' computes causal attention itself and has no "
                 f"bidirectional form; use causal=True or an input/q-k/bias encoding"
             )
-        return enc.attend(q, k, v, positions, layer, probe)
+        return enc.attend(q, k, v, positions, layer, probe, causal=False, key_mask=key_mask)
     if "qk" in enc.sites:
         q, k = enc.rotate_qk(q, k, positions.q, positions.for_keys(k.shape[-2]))
     if append is not None and not raw:
@@ -94,7 +98,10 @@ def encoded_attention(
             k_positions=positions.k,
             q_offset=positions.q_offset,
             causal=causal,
+            key_mask=key_mask,
         )
+    if key_mask is not None:
+        raise UserError("attention probes do not take a key mask; probe unpadded sequences")
     return probed_attention(q, k, v, positions, table, causal, probe, probe_chunk)
 
 

@@ -242,19 +242,21 @@ def bidirectional_bias_attention(
     q_positions: Tensor,
     k_positions: Tensor,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    key_mask: Tensor | None = None,
 ) -> Tensor:
     """Encoder (non-causal) attention with a signed distance bias: every query sees every key,
     B[h, i, j] = signed_table[h, n - 1 + pos_i - pos_j] (see `signed_distance_bias`). Query
-    chunks each gather only their own (h, c, t) block; differentiable in q, k, v and the table."""
+    chunks each gather only their own (h, c, t) block; differentiable in q, k, v and the table.
+    key_mask (b, t) bool: False keys (padding) get -inf."""
     n = (signed_table.shape[-1] + 1) // 2
     outs = []
     for start in range(0, q.shape[-2], chunk_size):
         stop = min(start + chunk_size, q.shape[-2])
         offsets = (q_positions[start:stop, None] - k_positions[None, :]).clamp(1 - n, n - 1)
-        block = signed_table[:, offsets + n - 1].to(bias_dtype(q))  # (h, c, t)
-        outs.append(
-            F.scaled_dot_product_attention(q[..., start:stop, :], k, v, attn_mask=block[None])
-        )
+        block = signed_table[:, offsets + n - 1].to(bias_dtype(q))[None]  # (1, h, c, t)
+        if key_mask is not None:
+            block = block.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+        outs.append(F.scaled_dot_product_attention(q[..., start:stop, :], k, v, attn_mask=block))
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-2)
 
 
@@ -354,11 +356,14 @@ def attention(
     backend: Backend | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     causal: bool = True,
+    key_mask: Tensor | None = None,
 ) -> Tensor:
     """Causal attention, with a distance-bias table when given (see module docstring).
 
     `causal=False` is encoder attention: every query sees every key, and `bias_table` is a
-    signed (h, 2n - 1) table (`PositionalEncoding.signed_distance_bias`).
+    signed (h, 2n - 1) table (`PositionalEncoding.signed_distance_bias`); `key_mask` (b, t) bool
+    marks the real keys of a padded batch (False: padding, never attended). Encoder
+    self-attention and the encoder-decoder's cross-attention (no bias) use it.
 
     q (b, h, s, d); k, v (b, h, t, d), t = q_offset + s; bias_table (h, n) with n > the largest
     position difference; q_positions (s,), k_positions (t,) default to the sequence indices.
@@ -368,13 +373,16 @@ def attention(
         _check_backend(backend)
     if not causal:
         if bias_table is None:
-            return F.scaled_dot_product_attention(q, k, v)
+            mask = None if key_mask is None else key_mask[:, None, None, :]
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         s, t = q.shape[-2], k.shape[-2]
         q_positions = torch.arange(s, device=q.device) if q_positions is None else q_positions
         k_positions = torch.arange(t, device=q.device) if k_positions is None else k_positions
         return bidirectional_bias_attention(
-            q, k, v, bias_table, q_positions, k_positions, chunk_size
+            q, k, v, bias_table, q_positions, k_positions, chunk_size, key_mask
         )
+    if key_mask is not None:
+        raise ValueError("key_mask is for non-causal attention (right padding needs no mask)")
     if bias_table is None:
         return causal_sdpa(q, k, v, q_offset)
     s, t = q.shape[-2], k.shape[-2]

@@ -59,6 +59,8 @@ class PositionContext:
     bias_table: Tensor | None  # (h, n), or (h, 2n - 1) signed when not causal, or None
     ffn_term: Tensor | None  # (s, d_ff) or None
     causal: bool = True
+    # (b, t) bool, True where a key is a real token (encoders over padded batches); None: all
+    key_mask: Tensor | None = None
     probe: AttentionProbe | None = None
 
     @property
@@ -128,6 +130,7 @@ class CausalSelfAttention(nn.Module):
             append=None if cache is None else functools.partial(cache.append, self.layer),
             probe=None if ctx.probe is None else functools.partial(ctx.probe.record, self.layer),
             probe_chunk=DEFAULT_CHUNK_SIZE if ctx.probe is None else ctx.probe.chunk_size,
+            key_mask=ctx.key_mask,
         )
         return self.out(y.transpose(1, 2).reshape(b, s, -1))
 
@@ -150,16 +153,23 @@ class SwiGLU(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config: GPTConfig, layer: int) -> None:
+    """x + attn(norm(x)), then x + mlp(norm(x)); `dropout` (residual dropout on each branch, as
+    in Vaswani et al.) is used by the encoder-decoder; the GPT uses none."""
+
+    def __init__(self, config: GPTConfig, layer: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.norm1 = nn.RMSNorm(config.d_model, eps=config.norm_eps)
         self.attn = CausalSelfAttention(config, layer)
         self.norm2 = nn.RMSNorm(config.d_model, eps=config.norm_eps)
         self.mlp = SwiGLU(config)
+        self.dropout = float(dropout)
+
+    def drop(self, x: Tensor) -> Tensor:
+        return F.dropout(x, self.dropout, self.training) if self.dropout else x
 
     def forward(self, x: Tensor, ctx: PositionContext, cache: KVCache | None) -> Tensor:
-        x = x + self.attn(self.norm1(x), ctx, cache)
-        return x + self.mlp(self.norm2(x), ctx.ffn_term)
+        x = x + self.drop(self.attn(self.norm1(x), ctx, cache))
+        return x + self.drop(self.mlp(self.norm2(x), ctx.ffn_term))
 
 
 class GPT(nn.Module):
@@ -232,30 +242,9 @@ class GPT(nn.Module):
             positions = torch.arange(offset, offset + s, device=device)
         elif positions.shape != (s,):
             raise UserError(f"positions must have shape ({s},), got {tuple(positions.shape)}")
-        enc = self.encoding
-        enc.check_positions(int(positions.max()))
-        k_positions = (
-            positions if cache is None else torch.cat((cache.positions.to(device), positions))
+        return make_position_context(
+            self.encoding, positions, cache, self.config.causal, self.config.d_ff, probe=probe
         )
-        causal = self.config.causal
-        if not causal:
-            self._check_bidirectional(cache)
-        where = Positions(positions, k_positions, offset)
-        table = bias_table(enc, where, causal)  # once for every layer
-        ffn_term = enc.ffn_term(positions, self.config.d_ff) if "ffn" in enc.sites else None
-        return PositionContext(enc, where, table, ffn_term, causal=causal, probe=probe)
-
-    def _check_bidirectional(self, cache: KVCache | None) -> None:
-        if cache is not None:
-            raise UserError(
-                "an encoder model (causal=False) has no KV cache: every token sees the whole "
-                "sequence; run it on the full sequence"
-            )
-        if "attention" in self.encoding.sites:
-            raise UserError(
-                f"encoding '{self.encoding.name}' computes causal attention itself and has no "
-                f"bidirectional form; use causal=True or an input/q-k/bias encoding"
-            )
 
     def sample_positions(self, s: int, device: torch.device) -> Tensor:
         """A sorted random subset of s positions from [0, random_positions) (s,): fresh ones
@@ -350,6 +339,47 @@ class GPT(nn.Module):
         if _checkpoint_loader is None:
             raise UserError("no checkpoint loader: import extrapos.training.run_dir first")
         return _checkpoint_loader(run_dir)
+
+
+def make_position_context(
+    enc: PositionalEncoding,
+    positions: Tensor,
+    cache: KVCache | None,
+    causal: bool,
+    d_ff: int | None,
+    key_mask: Tensor | None = None,
+    probe: AttentionProbe | None = None,
+) -> PositionContext:
+    """The positions, bias table and FFN term of one forward pass over tokens at `positions`
+    (s,), after the `cache`d ones. Causal: a one-sided (h, n) distance table; otherwise
+    (encoders) the signed (h, 2n - 1) one, and encodings without a bidirectional form refuse."""
+    enc.check_positions(int(positions.max()))
+    device = positions.device
+    k_positions = positions if cache is None else torch.cat((cache.positions.to(device), positions))
+    offset = cache.length if cache is not None else 0
+    if not causal:
+        check_bidirectional(enc, cache)
+    where = Positions(positions, k_positions, offset)
+    table = bias_table(enc, where, causal)  # once for every layer
+    ffn_term = enc.ffn_term(positions, d_ff) if "ffn" in enc.sites else None
+    return PositionContext(
+        enc, where, table, ffn_term, causal=causal, key_mask=key_mask, probe=probe
+    )
+
+
+def check_bidirectional(enc: PositionalEncoding, cache: KVCache | None = None) -> None:
+    """Refuse what an encoder (non-causal) stack cannot do: a KV cache, or an encoding that
+    computes causal attention itself (the `attention` site), named in the message."""
+    if cache is not None:
+        raise UserError(
+            "an encoder model (causal=False) has no KV cache: every token sees the whole "
+            "sequence; run it on the full sequence"
+        )
+    if "attention" in enc.sites and not enc.bidirectional_attend:
+        raise UserError(
+            f"encoding '{enc.name}' computes causal attention itself and has no "
+            f"bidirectional form; use causal=True or an input/q-k/bias encoding"
+        )
 
 
 def sample_next(
