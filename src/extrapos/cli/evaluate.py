@@ -17,6 +17,13 @@ from extrapos.cli.args import (
 from extrapos.core.errors import UserError
 
 
+def _objective(run_dir: str) -> str:
+    """The objective a run trained with ("lm" for runs that predate the field)."""
+    from extrapos.training.run_dir import load_config
+
+    return load_config(run_dir).get("train", {}).get("objective", "lm")
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
     from extrapos.probes.perplexity import evaluate_lengths
     from extrapos.training.run_dir import load_run
@@ -25,6 +32,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
     model = run.model
     if min(args.lengths) < 1:
         raise UserError(f"--lengths must be positive, got {args.lengths}")
+    if _objective(args.run_dir) == "mlm":
+        return _eval_mlm(run, args)
+    if args.mask_seed is not None:
+        raise UserError(f"--mask-seed applies to mlm runs; {args.run_dir} is an lm run")
     if not getattr(args, "extend", None):  # a learned table too short: say so before any work
         model.encoding.check_positions(max(args.lengths) - 1)
     corpus = run_corpus(Path(args.run_dir), args.data)
@@ -63,6 +74,58 @@ def cmd_eval(args: argparse.Namespace) -> None:
         curves = png.with_suffix(".positions.json")  # never the --out file
         write_position_nll(records, curves, train_len=train_len)
         print(f"wrote {png} and {curves}")
+
+
+def _eval_mlm(run: Any, args: argparse.Namespace) -> None:
+    """Masked-token accuracy and MLM perplexity per length (extrapos.probes.mlm)."""
+    from extrapos.data.tokenizers import mask_token_id
+    from extrapos.probes.mlm import evaluate_mlm_lengths
+    from extrapos.training.mlm import EVAL_MASK_SEED
+
+    model, tokenizer = run.model, run.tokenizer
+    lm_only = {
+        "--protocol sliding": args.protocol != "nonoverlap",
+        "--stride": args.stride is not None,
+        "--extend": bool(getattr(args, "extend", None)),
+        "--per-position": bool(getattr(args, "per_position", None)),
+    }
+    given = [flag for flag, on in lm_only.items() if on]
+    if given:
+        raise UserError(
+            f"{args.run_dir} is an mlm run, scored on non-overlapping masked windows; "
+            f"{', '.join(given)} apply to lm runs only — drop them"
+        )
+    model.encoding.check_positions(max(args.lengths) - 1)
+    corpus = run_corpus(Path(args.run_dir), args.data)
+    tokens = corpus.tokens(args.split, tokenizer)
+    seed = EVAL_MASK_SEED if args.mask_seed is None else args.mask_seed
+    records = evaluate_mlm_lengths(
+        model,
+        tokens,
+        args.lengths,
+        mask_id=mask_token_id(tokenizer),
+        seed=seed,
+        max_tokens=args.max_tokens,
+        progress=True,
+    )
+    for r in records:
+        if r.get("mlm_ppl") is None:
+            print(f"L={r['length']:>6}: n/a ({r['error']})")
+        else:
+            print(
+                f"L={r['length']:>6}: masked accuracy {r['mlm_accuracy']:.4f}  MLM ppl "
+                f"{r['mlm_ppl']:.4f}  ({r['masked_tokens']:,} masked tokens, {r['windows']} windows)"
+            )
+    payload = {
+        "run_dir": str(args.run_dir),
+        "objective": "mlm",
+        "corpus": corpus.name,
+        "corpus_hash": corpus.content_hash,
+        "split": args.split,
+        "mask_seed": seed,
+        "results": records,
+    }
+    write_results(args.out, getattr(args, "csv", None), payload, records)
 
 
 def _train_len(run_dir: str) -> int:
@@ -108,6 +171,11 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from extrapos.probes.extensions import rope_extended
     from extrapos.training.run_dir import load_run
 
+    if _objective(args.run_dir) == "mlm":
+        raise UserError(
+            f"{args.run_dir} was trained with --objective mlm: it is a bidirectional encoder that "
+            "fills masked tokens and cannot generate text; generate from an lm run"
+        )
     run = load_run(args.run_dir)
     model, tokenizer = run.model, run.tokenizer
     prompt = tokenizer.encode(args.prompt)
@@ -133,7 +201,13 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = add_command(sub, "eval", cmd_eval, "perplexity of a trained run at several lengths")
+    p = add_command(
+        sub,
+        "eval",
+        cmd_eval,
+        "perplexity of a trained run at several lengths (for an mlm run: masked-token accuracy "
+        "and MLM perplexity)",
+    )
     p.add_argument("run_dir")
     p.add_argument(
         "--extend",
@@ -149,6 +223,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-tokens", type=int, default=None, help="cap on scored tokens per length")
     p.add_argument("--out", default=None, help="write the results to FILE.json (or FILE.csv)")
     p.add_argument("--csv", default=None, help="also write one CSV row per length")
+    p.add_argument(
+        "--mask-seed",
+        type=int,
+        default=None,
+        help="mlm runs: seed of the masks (default 0; the same masked tokens at every length)",
+    )
     p.add_argument(
         "--per-position",
         default=None,

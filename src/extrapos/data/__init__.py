@@ -24,8 +24,10 @@ from .tokenizers import (
     build_tokenizer,
     list_tokenizers,
     load_tokenizer,
+    mask_token_id,
     save_tokenizer,
     tokenizer_from_dict,
+    with_mask_token,
 )
 
 __all__ = [
@@ -41,7 +43,9 @@ __all__ = [
     "list_tokenizers",
     "load_corpus",
     "load_tokenizer",
+    "mask_token_id",
     "save_tokenizer",
     "split_by_name_hash",
     "tokenizer_from_dict",
+    "with_mask_token",
 ]

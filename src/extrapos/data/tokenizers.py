@@ -18,6 +18,13 @@ Two tokenizers:
   `tokenizers.Tokenizer.from_file` (and `transformers.PreTrainedTokenizerFast`).
 
 A new tokenizer implements the protocol and registers in `_FROM_DICT` and `_BUILDERS`.
+
+Mask token (for the masked-LM objective, `extrapos.training.mlm`): `mask_token_id(tok)`.
+The byte tokenizer reuses byte 0xFF (`BYTE_MASK_ID`): it never occurs in UTF-8 text (nor do
+0xC0, 0xC1, 0xF5–0xFE), so it cannot collide with any token of a corpus, and the vocabulary,
+the tokenizer file and every byte-level model keep their 256 ids. BPE gets a special token
+`[MASK]` (`with_mask_token`), one id past the trained vocabulary; a literal "[MASK]" in a text
+then encodes to that id (the built-in corpus has none).
 """
 
 from __future__ import annotations
@@ -41,15 +48,24 @@ if TYPE_CHECKING:
     from .corpus import Corpus
 
 __all__ = [
+    "BYTE_MASK_ID",
+    "MASK_TOKEN",
     "BpeTokenizer",
     "ByteTokenizer",
     "Tokenizer",
     "build_tokenizer",
     "list_tokenizers",
     "load_tokenizer",
+    "mask_token_id",
     "save_tokenizer",
     "tokenizer_from_dict",
+    "with_mask_token",
 ]
+
+#: the byte used as the mask id by the byte tokenizer: 0xFF never occurs in UTF-8 text
+BYTE_MASK_ID = 0xFF
+#: the special token BPE tokenizers get for the masked-LM objective (BERT's spelling)
+MASK_TOKEN = "[MASK]"
 
 
 @runtime_checkable
@@ -215,10 +231,25 @@ class BpeTokenizer:
         if self._token_bytes is None:
             vocab = self._tok.get_vocab()
             out = torch.zeros(self.vocab_size, dtype=torch.int64)
+            special = {i for i, t in self._tok.get_added_tokens_decoder().items() if t.special}
             for token, i in vocab.items():
-                out[i] = len(token)
+                out[i] = 0 if i in special else len(token)  # [MASK] stands for no text
             self._token_bytes = out
         return self._token_bytes
+
+    def with_mask_token(self) -> BpeTokenizer:
+        """This tokenizer with the special token `[MASK]` added (one id past the vocabulary);
+        itself when it already has it."""
+        if self._tok.token_to_id(MASK_TOKEN) is not None:
+            return self
+        tk = _import_tokenizers()
+        tok = tk.Tokenizer.from_str(self._tok.to_str())
+        tok.add_special_tokens([MASK_TOKEN])
+        return BpeTokenizer(json.loads(tok.to_str()))
+
+    def token_to_id(self, token: str) -> int | None:
+        """The id of `token` in the vocabulary (special tokens included), or None."""
+        return self._tok.token_to_id(token)
 
     def to_dict(self) -> dict[str, Any]:
         """The `tokenizers` library's JSON (loadable by `tokenizers.Tokenizer.from_str`)."""
@@ -242,6 +273,34 @@ class BpeTokenizer:
 
     def __repr__(self) -> str:
         return f"BpeTokenizer(vocab_size={self.vocab_size})"
+
+
+def with_mask_token(tok: Tokenizer) -> Tokenizer:
+    """`tok` able to give a mask id: the byte tokenizer as it is (byte 0xFF), BPE with `[MASK]`
+    added (see the module docstring)."""
+    if isinstance(tok, BpeTokenizer):
+        return tok.with_mask_token()
+    mask_token_id(tok)  # other tokenizers: say so if they have none
+    return tok
+
+
+def mask_token_id(tok: Tokenizer) -> int:
+    """The id the masked-LM objective writes over selected tokens: `BYTE_MASK_ID` for the byte
+    tokenizer, the id of `[MASK]` for BPE (a `UserError` when it was built without one)."""
+    if isinstance(tok, ByteTokenizer):
+        return BYTE_MASK_ID
+    if isinstance(tok, BpeTokenizer):
+        found = tok.token_to_id(MASK_TOKEN)
+        if found is None:
+            raise UserError(
+                f"this BPE tokenizer has no {MASK_TOKEN} token, which the mlm objective needs; "
+                "build it with extrapos.data.with_mask_token(tok) (train --objective mlm does)"
+            )
+        return found
+    raise UserError(
+        f"the {getattr(tok, 'name', type(tok).__name__)} tokenizer has no mask token; "
+        "use the byte or bpe tokenizer with the mlm objective"
+    )
 
 
 def build_bpe(

@@ -36,6 +36,7 @@ from extrapos.models.config import GPTConfig
 
 Precision = Literal["fp32", "bf16"]
 TokenizerName = Literal["byte", "bpe"]
+Objective = Literal["lm", "mlm"]
 
 SECTIONS = ("model", "train", "data", "eval")
 # keys a run's config.json records for provenance; accepted in config files, not settings
@@ -121,6 +122,11 @@ class TrainConfig:
     weight_decay: float = setting(0.1, "AdamW weight decay")
     grad_clip: float = setting(1.0, "gradient-norm clip; 0: off (the norm is still logged)")
     grad_accum: int = setting(1, "micro-steps per optimizer step")
+    objective: Objective = setting(
+        "lm",
+        "lm: next-token prediction (a causal decoder); mlm: BERT masked-token prediction, 15% "
+        "of positions, 80/10/10 (a bidirectional encoder: causal=False is set for you)",
+    )
     precision: Precision = setting(
         "fp32", "bf16: autocast matmuls (weights, optimizer, loss and positional math stay fp32)"
     )
@@ -277,9 +283,11 @@ class RunConfig:
                 raise UserError(
                     "model.encoding is not set; pass --encoding NAME or set it in the config file"
                 )
+            train = TrainConfig.from_dict(data.get("train", {}))
+            model = _model_for_objective(model, train.objective)
             return cls(
                 model=_from_dict(GPTConfig, model, "model"),
-                train=TrainConfig.from_dict(data.get("train", {})),
+                train=train,
                 data=DataConfig.from_dict(data.get("data", {})),
                 eval=EvalConfig.from_dict(data.get("eval", {})),
             )
@@ -290,6 +298,19 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {name: asdict(getattr(self, name)) for name in SECTIONS}
+
+
+def _model_for_objective(model: dict[str, Any], objective: str) -> dict[str, Any]:
+    """The model section for `objective`: mlm trains an encoder, so it sets causal=False (an
+    explicit causal=True is refused); lm leaves the section as it is."""
+    if objective != "mlm":
+        return model
+    if model.get("causal", False) is not False:
+        raise UserError(
+            f"train.objective=mlm trains a bidirectional encoder, but model.causal is "
+            f"{model['causal']!r}; drop model.causal (mlm sets it to false) or use --objective lm"
+        )
+    return {**model, "causal": False}
 
 
 def _from_dict(cls: type, data: dict[str, Any], section: str) -> Any:
@@ -374,6 +395,7 @@ def merge(base: dict[str, Any], *overrides: dict[str, Any]) -> dict[str, Any]:
 __all__ = [
     "DataConfig",
     "EvalConfig",
+    "Objective",
     "Precision",
     "RunConfig",
     "TrainConfig",

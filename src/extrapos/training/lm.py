@@ -1,4 +1,6 @@
-"""Training: next-token prediction on random windows of the train split.
+"""Training: next-token prediction on random windows of the train split (or, with
+`TrainConfig.objective="mlm"`, BERT masked-token prediction by an encoder: see
+`extrapos.training.mlm`; the windows, schedule, checkpoints and resume are the same).
 
 One optimizer step, with B = `batch_size` (the global batch), A = `grad_accum`, W = world size:
 
@@ -39,6 +41,7 @@ import inspect
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +54,7 @@ from tqdm.auto import tqdm
 from extrapos.core.errors import UserError
 from extrapos.data import Corpus, Tokenizer
 from extrapos.data.cache import tokenizer_hash
+from extrapos.data.tokenizers import mask_token_id, with_mask_token
 from extrapos.models.gpt import GPT, GPTConfig
 from extrapos.training.config import DataConfig, EvalConfig, RunConfig, TrainConfig
 from extrapos.training.distributed import (
@@ -62,6 +66,7 @@ from extrapos.training.distributed import (
 )
 from extrapos.training.log import LOG_COLUMNS, RunLog
 from extrapos.training.loop import autocast, lr_factor, make_optimizer, optimizer_step
+from extrapos.training.mlm import check_encoder, mask_tokens, mlm_loss, validate_mlm
 from extrapos.training.run_dir import (
     clear_checkpoints,
     latest_checkpoint,
@@ -227,6 +232,10 @@ def train(
     torch.manual_seed(train_config.seed)
     model = GPT(model_config)
     model.encoding.check_positions(train_config.train_len - 1)
+    mlm = train_config.objective == "mlm"
+    if mlm:
+        check_encoder(model_config, model.encoding.sites)
+        mask_id = mask_token_id(tokenizer)
     model.to(device)
     optimizer = make_optimizer(model, train_config)
     generator = torch.Generator().manual_seed(train_config.seed)
@@ -279,8 +288,15 @@ def train(
 
     def backward() -> torch.Tensor:
         x, y = sample_batch(
-            tokens, train_config.batch_size, train_config.train_len, generator, rows
+            tokens,
+            train_config.batch_size,
+            train_config.train_len,
+            generator,
+            None if mlm else rows,
         )
+        if mlm:  # mask the global batch (every rank draws alike), then take this rank's rows
+            x, y = mask_tokens(x, generator, model_config.vocab_size, mask_id)
+            x, y = x[rows], y[rows]
         return _forward_backward(forward, ddp, x.to(device), y.to(device), train_config, info)
 
     try:
@@ -314,7 +330,7 @@ def train(
                 }
                 every = eval_config.every if eval_config is not None else 0
                 if valid_tokens is not None and (done % every == 0 or done == train_config.steps):
-                    value = validate(
+                    value = (partial(validate_mlm, mask_id=mask_id) if mlm else validate)(
                         model,
                         valid_tokens,
                         eval_config.length or train_config.train_len,
@@ -358,7 +374,7 @@ def train(
 def _check_shapes(
     model_config: GPTConfig, train_config: TrainConfig, tokenizer: Tokenizer, info: DistInfo
 ) -> None:
-    if not model_config.causal:
+    if train_config.objective == "lm" and not model_config.causal:
         raise UserError(
             "causal=False builds an encoder, which next-token training would let see its "
             "targets; train with causal=True"
@@ -479,7 +495,8 @@ def _forward_backward(
 ) -> torch.Tensor:
     """Forward and backward over this rank's rows x, y (b, L) in `accum` micro-batches, each
     loss scaled by 1/accum (DDP syncs gradients on the last only). Returns the mean loss over
-    the global batch, the same number on every rank."""
+    the global batch, the same number on every rank. The loss is the objective's: next-token
+    cross-entropy, or for mlm the mean over each micro-batch's selected positions."""
     accum, precision = config.grad_accum, config.precision
     micro = x.shape[0] // accum
     step_loss = torch.zeros((), device=x.device)
@@ -489,7 +506,7 @@ def _forward_backward(
         with contextlib.nullcontext() if sync else ddp.no_sync():
             with autocast(x.device, precision):
                 logits = forward(xm)
-            loss = _lm_loss(logits, ym)
+            loss = (mlm_loss if config.objective == "mlm" else _lm_loss)(logits, ym)
             (loss / accum if accum > 1 else loss).backward()
         step_loss += loss.detach()
     if accum > 1:
@@ -550,6 +567,8 @@ def run_training(
             tokenizer = tokenizer_from_dict(built[0])
         else:
             tokenizer = build_tokenizer(run.data.tokenizer, **options)
+    if run.train.objective == "mlm":  # BPE gets its [MASK] token (the byte tokenizer has 0xFF)
+        tokenizer = with_mask_token(tokenizer)
     if info.is_main:  # fill the token cache once, before the other ranks read it
         corpus.token_array("train", tokenizer)
     barrier(info)
