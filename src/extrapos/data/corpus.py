@@ -9,6 +9,8 @@
   folder (below); one match is treated as a single text file.
 * a text file — cut into train/valid/test by contiguous byte ranges (90/5/5), each cut moved
   forward to just after the next newline, so each split is one document of whole lines.
+* a DailyDialog-format folder (`dialogues_{train,validation,test}.txt`) — a `DialogueCorpus`
+  (see `extrapos.data.dialogue`).
 * a folder — if its top-level files include, by name, a train, a valid and a test file (a name
   contains the word `train`; `valid`, `val`, `validation` or `dev`; `test` — words being the
   parts between non-alphanumeric characters, as in WikiText's `wiki.valid.tokens`), those files
@@ -234,6 +236,10 @@ def load_corpus(spec: str | os.PathLike[str] | None = None) -> Corpus:
     if path.is_file():
         return _corpus_from_file(raw, path)
     if path.is_dir():
+        from .dialogue import is_dialogue_folder, load_dialogues
+
+        if is_dialogue_folder(path):
+            return load_dialogues(path, raw)
         return _corpus_from_folder(raw, path)
     if path.exists():
         raise UserError(f"{raw!r} is neither a regular file nor a folder; pass a text file")
