@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from extrapos.cli_dialogue import add_generate_arguments
+from extrapos.cli_dialogue import register as register_dialogue
 from extrapos.errors import UserError
 
 
@@ -80,6 +82,7 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
             "keep_last": args.keep_last,
             "device": args.device,
             "tensorboard": args.tensorboard,
+            "loss_on": args.loss_on,
         },
         "data": {"name": args.data, "tokenizer": args.tokenizer, "vocab_size": args.vocab_size},
         "eval": {"every": args.eval_every, "max_tokens": args.eval_tokens},
@@ -254,9 +257,17 @@ def cmd_generate(args: argparse.Namespace) -> None:
     import torch
 
     from extrapos.checkpoint import load_model
+    from extrapos.cli_dialogue import generate_stats, stream_generate
     from extrapos.extend import rope_extended
 
     model = load_model(args.run_dir)
+    if args.stats:
+        if args.extend:
+            raise UserError("--stats does not take --extend; drop one of them")
+        generate_stats(model, args)
+        return
+    if args.prompt is None:
+        raise UserError("--prompt is required (or pass --stats to use held-out prompts)")
     prompt = model.tokenizer.encode(args.prompt)
     if prompt.numel() == 0:
         raise UserError("--prompt is empty; give at least one character")
@@ -268,19 +279,17 @@ def cmd_generate(args: argparse.Namespace) -> None:
         else contextlib.nullcontext()
     )
     with extension:
-        out = model.generate(
-            prompt[None, :],
-            args.max_new_tokens,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            generator=generator,
-        )
-    print(model.tokenizer.decode(out[0]))
+        stream_generate(model, prompt, args, generator)  # the same draws as model.generate
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
     from extrapos.bench import BenchConfig, run_bench
+
+    if args.suite == "dialogue":
+        from extrapos.cli_dialogue import bench_dialogue
+
+        bench_dialogue(args)
+        return
 
     config = BenchConfig.from_preset(
         args.preset,
@@ -691,6 +700,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="also log to RUN_DIR/tb (needs tensorboard); log.csv is always written",
     )
+    p.add_argument(
+        "--loss-on",
+        choices=("all", "responses"),
+        default=None,
+        help="loss targets: every token (default) or, on a dialogue folder, the response turns",
+    )
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument(
@@ -730,14 +745,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="generate from a rope run with an inference-time extension for the full length",
     )
-    p.add_argument("--prompt", required=True)
+    p.add_argument("--prompt", default=None, help="text to continue (streams to stdout)")
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
+    add_generate_arguments(p)
 
     p = add("bench", cmd_bench, "train every method short, evaluate long, write a report")
+    p.add_argument(
+        "--suite",
+        choices=("lm", "dialogue"),
+        default="lm",
+        help="lm (default): language modelling, tasks, passkey; dialogue: history use, recall "
+        "and long generation on a DailyDialog folder (--data)",
+    )
     p.add_argument(
         "--preset",
         choices=("quick", "standard", "paper"),
@@ -882,6 +905,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None, help="write the plot to FILE.png")
     p.add_argument("--out", default=None, help="write results to FILE.json (or FILE.csv)")
     p.add_argument("--csv", default=None, help="also write one CSV row per (layer, head, length)")
+    register_dialogue(sub)
     return parser
 
 

@@ -34,6 +34,7 @@ from extrapos.errors import UserError
 from extrapos.model import GPTConfig
 
 Precision = Literal["fp32", "bf16"]
+LossOn = Literal["all", "responses"]  # extrapos.data.dialogue.LossOn
 TokenizerName = Literal["byte", "bpe"]
 
 SECTIONS = ("model", "train", "data", "eval")
@@ -127,6 +128,8 @@ class TrainConfig:
     keep_last: int = 1  # step checkpoints kept under RUN_DIR/checkpoints; 0 keeps all
     device: str = "auto"  # auto: cuda:LOCAL_RANK when CUDA is available, else cpu
     tensorboard: bool = False  # also log to RUN_DIR/tb (needs the tensorboard package)
+    # targets of the loss: every token, or (dialogue corpora only) the response turns' bodies
+    loss_on: LossOn = "all"
 
     def __post_init__(self) -> None:
         check_types(self, "train")

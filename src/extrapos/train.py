@@ -63,6 +63,7 @@ from extrapos.checkpoint import (
 from extrapos.config import DataConfig, EvalConfig, RunConfig, TrainConfig
 from extrapos.data import Corpus, Tokenizer
 from extrapos.data.cache import tokenizer_hash
+from extrapos.data.dialogue import DialogueCorpus
 from extrapos.errors import UserError
 from extrapos.model import GPT, GPTConfig
 
@@ -245,8 +246,13 @@ def sample_batch(
 
 
 def _lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy; logits (b, L, V), targets (b, L)."""
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+    """Mean next-token cross-entropy over the targets that are not -100 (ignored: outside
+    dialogue responses under `loss_on="responses"`); logits (b, L, V), targets (b, L). A batch
+    with no target left gives a zero loss (and zero gradient), not NaN."""
+    flat = targets.flatten()
+    if not bool((flat != -100).any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.float().flatten(0, 1), flat)
 
 
 def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
@@ -418,6 +424,13 @@ def train(
             f"{info.world_size} x grad_accum {train_config.grad_accum}; change --batch-size"
         )
     tokens = corpus.token_array("train", tokenizer)
+    # dialogue corpora: windows start at turn boundaries, loss optionally on responses only
+    turns = corpus.layout("train", tokenizer) if isinstance(corpus, DialogueCorpus) else None
+    if train_config.loss_on != "all" and turns is None:
+        raise UserError(
+            f"train.loss_on={train_config.loss_on!r} needs a dialogue corpus (a DailyDialog-format "
+            f"folder); {corpus.name} is plain text: use loss_on 'all'"
+        )
     if len(tokens) <= train_config.train_len + 1:
         raise UserError(
             f"the train split has {len(tokens)} tokens, fewer than train_len + 2 = "
@@ -563,9 +576,18 @@ def train(
                 lr = train_config.lr * lr_factor(step, train_config)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                x, y = sample_batch(
-                    tokens, train_config.batch_size, train_config.train_len, generator, rows
-                )
+                if turns is not None:
+                    x, y = turns.sample_batch(
+                        train_config.batch_size,
+                        train_config.train_len,
+                        generator,
+                        rows,
+                        train_config.loss_on,
+                    )
+                else:
+                    x, y = sample_batch(
+                        tokens, train_config.batch_size, train_config.train_len, generator, rows
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 step_loss = _forward_backward(
                     forward,
