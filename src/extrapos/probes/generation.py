@@ -109,9 +109,12 @@ def ngram_window_stats(
             inside = [grams[e - n + 1] for e in range(max(lo, n - 1), hi)]
             if not inside:
                 continue
-            rep[w].append(sum(g in seen for g in inside) / len(inside))
+            repeats = 0
+            for g in inside:  # earlier in the sequence: before the window or inside it
+                repeats += g in seen
+                seen.add(g)
+            rep[w].append(repeats / len(inside))
             dist[w].append(len(set(inside)) / len(inside))
-            seen.update(inside)
     mean = [float(np.mean(v)) if v else None for v in rep]
     return mean, [float(np.mean(v)) if v else None for v in dist]
 
