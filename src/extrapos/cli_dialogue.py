@@ -16,7 +16,9 @@ def _int_list(text: str) -> list[int]:
     try:
         values = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got '{text}'"
+        ) from None
     if not values:
         raise argparse.ArgumentTypeError("expected at least one integer")
     return values
@@ -179,7 +181,9 @@ def generate_stats(model: Any, args: argparse.Namespace) -> None:
         on_token=lambda t: streams[0].add(int(t[0])),
     )
     streams[0].close()
-    print(f"\nper window of {stats['window']} generated tokens (n = {stats['n']}):", file=sys.stderr)
+    print(
+        f"\nper window of {stats['window']} generated tokens (n = {stats['n']}):", file=sys.stderr
+    )
     print(f"{'position':>9} {'rep-n':>7} {'ref':>6} {'distinct':>9} {'ref':>6} {'true NLL':>9}",
           file=sys.stderr)  # fmt: skip
     for i, pos in enumerate(stats["positions"]):
@@ -191,9 +195,8 @@ def generate_stats(model: Any, args: argparse.Namespace) -> None:
         write_json(args.stats_out, stats)
         print(f"wrote {args.stats_out}", file=sys.stderr)
     if args.plot:
-        from extrapos.report_dialogue import plot_generation_runs
-
         from extrapos.io import write_bytes
+        from extrapos.report_dialogue import plot_generation_runs
 
         name = model.config.encoding
         write_bytes(args.plot, plot_generation_runs({name: [stats]}, train_len))

@@ -140,8 +140,15 @@ def dialogue_tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[
             (
                 f"Long generation: first window (position {first['positions'][0]}) vs last "
                 f"(position {last})",
-                ["method", "rep-n first", "rep-n last", "distinct first", "distinct last",
-                 "true NLL first", "true NLL last"],  # fmt: skip
+                [
+                    "method",
+                    "rep-n first",
+                    "rep-n last",
+                    "distinct first",
+                    "distinct last",
+                    "true NLL first",
+                    "true NLL last",
+                ],  # fmt: skip
                 gen_rows,
             )
         )
@@ -149,8 +156,10 @@ def dialogue_tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[
         (
             "Time per run (seconds, this machine)",
             ["method", "train", "probes"],
-            [[s["method"], _cell(s["train_seconds"], 0), _cell(s["eval_seconds"], 0)]
-             for s in summary],  # fmt: skip
+            [
+                [s["method"], _cell(s["train_seconds"], 0), _cell(s["eval_seconds"], 0)]
+                for s in summary
+            ],  # fmt: skip
         )
     )
     return tables
@@ -212,7 +221,9 @@ def plot_dialogue(results: dict[str, Any]) -> tuple[bytes, bytes] | None:
     return history, _png(fig)
 
 
-def plot_generation_runs(curves_by_method: dict[str, list[dict[str, Any]]], train_len: int) -> bytes:
+def plot_generation_runs(
+    curves_by_method: dict[str, list[dict[str, Any]]], train_len: int
+) -> bytes:
     """PNG: rep-n (with the true text's level dotted) and the true continuation's NLL vs
     generated position, one line per method (mean over its generation records)."""
     import matplotlib
@@ -258,7 +269,13 @@ def render_dialogue_markdown(results: dict[str, Any], plots: dict[str, str]) -> 
         lines += [f"## {title}", "", markdown_table(header, rows), ""]
     for title, name in plots.items():
         lines += [f"![{title}]({name})", ""]
-    lines += ["## Settings", "", "```", *(f"{k}: {v}" for k, v in results["settings"].items()), "```"]
+    lines += [
+        "## Settings",
+        "",
+        "```",
+        *(f"{k}: {v}" for k, v in results["settings"].items()),
+        "```",
+    ]
     return "\n".join(lines) + "\n"
 
 

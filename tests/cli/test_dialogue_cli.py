@@ -99,7 +99,9 @@ def test_bench_rerun_reproduces_and_resumes(folder, tmp_path) -> None:
     first = run_dialogue_bench(_tiny(folder, ["t5"], [0, 1]), tmp_path / "a", progress=False)
     # one method and seed rerun from scratch in another folder: the same figures
     again = run_dialogue_bench(_tiny(folder, ["t5"], [1]), tmp_path / "b", progress=False)
-    strip = [{k: v for k, v in r.items() if k not in TIMING} for r in (first["runs"] + again["runs"])]
+    strip = [
+        {k: v for k, v in r.items() if k not in TIMING} for r in (first["runs"] + again["runs"])
+    ]
     by_key = {}
     for r in strip[: len(first["runs"])]:
         by_key[(r["method"], r["seed"])] = r

@@ -53,7 +53,9 @@ def test_tokens_keep_speaker_marks_and_layout(folder, kind) -> None:
     for i, start in enumerate(layout.turn_starts[:40]):
         turn = tok.decode(layout.tokens[start : bounds[i + 1]])
         assert turn[:2] in ("A:", "B:")
-        body = tok.decode(layout.tokens[start : bounds[i + 1]][layout.response[start : bounds[i + 1]]])
+        body = tok.decode(
+            layout.tokens[start : bounds[i + 1]][layout.response[start : bounds[i + 1]]]
+        )
         first_of_dialogue = i == 0 or layout.dialogue_of_turn[i] != layout.dialogue_of_turn[i - 1]
         assert (body == "") == first_of_dialogue
         if body:
@@ -101,7 +103,9 @@ def test_bad_folders(tmp_path, folder) -> None:
         load_corpus(str(folder))
 
 
-@pytest.mark.skipif(DAILYDIALOG is None, reason="DailyDialog not found at ../shared/data/dailydialog")
+@pytest.mark.skipif(
+    DAILYDIALOG is None, reason="DailyDialog not found at ../shared/data/dailydialog"
+)
 def test_dailydialog_duplicates() -> None:
     corpus = load_corpus(str(DAILYDIALOG))
     assert isinstance(corpus, DialogueCorpus)

@@ -30,8 +30,14 @@ def _model(encoding: str, n_layer: int = 2, **params) -> GPT:
     a misplaced context or position would barely move the logits)."""
     torch.manual_seed(0)
     model = GPT(
-        GPTConfig(vocab_size=256, n_layer=n_layer, n_head=2, d_model=32, encoding=encoding,
-                  encoding_params=params)  # fmt: skip
+        GPTConfig(
+            vocab_size=256,
+            n_layer=n_layer,
+            n_head=2,
+            d_model=32,
+            encoding=encoding,
+            encoding_params=params,
+        )  # fmt: skip
     )
     with torch.no_grad():
         for p in model.encoding.parameters():
@@ -72,7 +78,11 @@ def test_history_use_equals_brute_force(corpus, encoding) -> None:
     tok = model.tokenizer
     sums = {str(k): [0.0, 0] for k in HISTORY_KS}
     bins = {b: [0.0, 0, 0.0] for *_, b in LENGTH_BINS}
-    fits = [d for d in corpus.dialogues["test"] if len(tok.encode("".join(m + b for m, b in turn_pieces(d)))) <= 16 * L]
+    fits = [
+        d
+        for d in corpus.dialogues["test"]
+        if len(tok.encode("".join(m + b for m, b in turn_pieces(d)))) <= 16 * L
+    ]
     used = [d for d in fits if len(d) >= 2][:6]
     assert len(fits) < len(corpus.dialogues["test"])  # the length cap is exercised
     for dialogue in used:
@@ -172,7 +182,9 @@ def test_dialogue_eval_json_and_errors(corpus) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(DAILYDIALOG is None, reason="DailyDialog not found at ../shared/data/dailydialog")
+@pytest.mark.skipif(
+    DAILYDIALOG is None, reason="DailyDialog not found at ../shared/data/dailydialog"
+)
 def test_dailydialog_eval_bench_sized() -> None:
     """A bench-sized model (4 layers, d 128, L 64): the whole eval, with its wall time printed
     (the target is <= 3 min on 2 quiet cores; this machine may be shared, so no bound here)."""

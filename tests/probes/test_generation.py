@@ -20,8 +20,14 @@ from extrapos.probes.generation import (
 def _model(encoding: str = "rope", **params) -> GPT:
     torch.manual_seed(0)
     model = GPT(
-        GPTConfig(vocab_size=256, n_layer=2, n_head=2, d_model=32, encoding=encoding,
-                  encoding_params=params)  # fmt: skip
+        GPTConfig(
+            vocab_size=256,
+            n_layer=2,
+            n_head=2,
+            d_model=32,
+            encoding=encoding,
+            encoding_params=params,
+        )  # fmt: skip
     )
     with torch.no_grad():
         for block in model.blocks:

@@ -32,9 +32,7 @@ def test_responses_need_a_dialogue_corpus() -> None:
 def test_masked_loss_and_empty_batch() -> None:
     logits = torch.randn(2, 3, 5, requires_grad=True)
     targets = torch.tensor([[1, -100, 2], [-100, -100, 4]])
-    expected = torch.nn.functional.cross_entropy(
-        logits[targets != -100], targets[targets != -100]
-    )
+    expected = torch.nn.functional.cross_entropy(logits[targets != -100], targets[targets != -100])
     torch.testing.assert_close(_lm_loss(logits, targets), expected)
     empty = _lm_loss(logits, torch.full((2, 3), -100))
     assert empty.item() == 0.0

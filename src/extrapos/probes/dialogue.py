@@ -144,7 +144,9 @@ class DialogueEvalConfig:
                 f"{self.recall_trials} and {self.candidates}"
             )
         if not self.recall_factors or min(self.recall_factors) < 1:
-            raise UserError(f"recall distances must be positive multiples of L: {self.recall_factors}")
+            raise UserError(
+                f"recall distances must be positive multiples of L: {self.recall_factors}"
+            )
         self.recall_factors = tuple(sorted(set(self.recall_factors)))
 
 
@@ -172,9 +174,9 @@ def token_nll(
             batch[r, : len(seqs[j])] = seqs[j]
         batch = batch.to(device)
         logits = model(batch[:, :-1])
-        nll = F.cross_entropy(
-            logits.flatten(0, 1), batch[:, 1:].flatten(), reduction="none"
-        ).view(len(rows), width - 1)
+        nll = F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten(), reduction="none").view(
+            len(rows), width - 1
+        )
         nll = nll.double().cpu()
         for r, j in enumerate(rows):
             out[j] = nll[r, : len(seqs[j]) - 1]
@@ -287,6 +289,16 @@ class RecallPrompt:
         return len(self.prompt) + max(len(c) for c in self.candidates)
 
 
+def _question(kind: str, n_fill: int, encode: Any) -> Tensor:
+    """The question turn after `n_fill` filler turns and the answer's prefix, encoded; the
+    fact's speaker A asks on even turns ("What is my name ?"), B on odd ones ("What is your
+    name again ?"), and the other one answers."""
+    _, q_self, a_self, q_other, a_other, _ = TEMPLATES[kind]
+    t = 1 + n_fill
+    question, answer = (q_self, a_self) if t % 2 == 0 else (q_other, a_other)
+    return encode(f"{speaker(t)} {question}\n{speaker(t + 1)} {answer}")
+
+
 def make_recall_prompts(
     corpus: DialogueCorpus, tokenizer: Any, config: DialogueEvalConfig
 ) -> list[RecallPrompt]:
@@ -300,7 +312,7 @@ def make_recall_prompts(
         distance = factor * config.train_len
         for trial in range(config.recall_trials):
             kind = kinds[trial % len(kinds)]
-            fact, q_self, a_self, q_other, a_other, values = TEMPLATES[kind]
+            fact, *_, values = TEMPLATES[kind]
             chosen = rng.sample(values, config.candidates)
             answer = rng.randrange(config.candidates)
             value = chosen[answer]
@@ -308,26 +320,17 @@ def make_recall_prompts(
             longest = max(len(c) for c in cands)
             head = encode(f"{speaker(0)} {fact.format(x=value)}\n")
 
-            def tail(n_fill: int) -> Tensor:
-                # the turn after the fillers asks; the fact's speaker A asks on even turns
-                t = 1 + n_fill
-                if t % 2 == 0:
-                    text = f"{speaker(t)} {q_self}\n{speaker(t + 1)} {a_self}"
-                else:
-                    text = f"{speaker(t)} {q_other}\n{speaker(t + 1)} {a_other}"
-                return encode(text)
-
             fill: list[Tensor] = []
             start = rng.randrange(len(utterances))
             used = len(head) + longest
             while True:
                 t = 1 + len(fill)
                 nxt = encode(f"{speaker(t)} {utterances[(start + len(fill)) % len(utterances)]}\n")
-                if used + len(nxt) + len(tail(len(fill) + 1)) > distance:
+                if used + len(nxt) + len(_question(kind, len(fill) + 1, encode)) > distance:
                     break
                 fill.append(nxt)
                 used += len(nxt)
-            prompt = torch.cat([head, *fill, tail(len(fill))])
+            prompt = torch.cat([head, *fill, _question(kind, len(fill), encode)])
             prompts.append(RecallPrompt(kind, prompt, cands, answer, distance))
     return prompts
 
@@ -424,7 +427,9 @@ def dialogue_eval(
             ls = [r["length"] for r in records if str(r["distance"]) == key]
             lengths[key] = float(np.mean(ls))
         out.update(extra)
-        out["settings"] = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
+        out["settings"] = {
+            k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()
+        }
         out["recall_lengths"] = lengths
         out["seconds"] = {
             "history": round(t1 - t0, 2),
