@@ -224,34 +224,39 @@ def plot_dialogue(results: dict[str, Any]) -> tuple[bytes, bytes] | None:
 def plot_generation_runs(
     curves_by_method: dict[str, list[dict[str, Any]]], train_len: int
 ) -> bytes:
-    """PNG: rep-n (with the true text's level dotted) and the true continuation's NLL vs
-    generated position, one line per method (mean over its generation records)."""
+    """PNG: rep-n, distinct-n (the true text's levels dotted) and the true continuation's NLL
+    vs generated position, one line per method (mean ± 95% over its generation records)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 4.6), dpi=110)
-    for method, gens in curves_by_method.items():
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.6), dpi=110)
+    keys = ("rep_n", "distinct_n", "true_nll")
+    for i, (method, gens) in enumerate(curves_by_method.items()):
         width = min(len(g["rep_n"]) for g in gens)
         xs = gens[0]["positions"][:width]
-        for ax, key in ((a1, "rep_n"), (a2, "true_nll")):
-            entries = [_stat([g[key][i] for g in gens]) for i in range(width)]
+        for ax, key in zip(axes, keys, strict=True):
+            entries = [_stat([g[key][j] for g in gens]) for j in range(width)]
             _errorbar(ax, xs, entries, method)
-        ref = [_stat([g["reference_rep_n"][i] for g in gens]) for i in range(width)]
-        if method == next(iter(curves_by_method)):
-            a1.plot(xs, [e[0] if e else None for e in ref], ":", color="gray", label="true text")
+            ref = f"reference_{key}"
+            if i == 0 and ref in gens[0]:  # the true text's level, once
+                level = [_stat([g[ref][j] for g in gens]) for j in range(width)]
+                ax.plot(xs, [e[0] if e else None for e in level], ":", color="gray",
+                        label="true text")  # fmt: skip
     n = next(iter(curves_by_method.values()))[0]["n"]
-    a1.set_ylabel(f"rep-{n}: share of the window's {n}-grams seen before")
-    a1.set_title("Repetition of sampled text vs position")
-    a2.set_ylabel("NLL of the true continuation (nats/token)")
-    a2.set_title("Model NLL of the true text vs position")
-    for ax in (a1, a2):
+    axes[0].set_ylabel(f"rep-{n}: share of the window's {n}-grams seen before")
+    axes[0].set_title("Repetition of sampled text vs position")
+    axes[1].set_ylabel(f"distinct-{n}: distinct / all {n}-grams in the window")
+    axes[1].set_title("Diversity of sampled text vs position")
+    axes[2].set_ylabel("NLL of the true continuation (nats/token)")
+    axes[2].set_title("Model NLL of the true text vs position")
+    for ax in axes:
         ax.axvline(train_len, color="gray", ls="--", lw=0.8)
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("position (tokens)")
+        ax.set_xlabel("position (tokens; windows of generated text)")
         ax.grid(True, which="both", alpha=0.3)
-    a2.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    axes[2].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _png(fig)
 
 
