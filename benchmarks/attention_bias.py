@@ -40,7 +40,7 @@ def measure(path: str, n: int, repeats: int) -> dict[str, float]:
     import torch
     import torch.nn.functional as F
 
-    from extrapos.attention import bias_block, chunked_bias_attention, flex_bias_attention
+    from extrapos.kernels.attention import bias_block, chunked_bias_attention, flex_bias_attention
     from extrapos.encodings import build_encoding
 
     torch.manual_seed(0)

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from extrapos.model import GPT, GPTConfig, KVCache
+from extrapos.models.gpt import GPT, GPTConfig, KVCache
 
 
 def per_token_ms(model: GPT, context: int, tokens: int) -> float:

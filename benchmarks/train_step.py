@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from extrapos.encodings import list_encodings
-from extrapos.model import GPT, GPTConfig
-from extrapos.train import TrainConfig, make_optimizer
+from extrapos.models.gpt import GPT, GPTConfig
+from extrapos.training.lm import TrainConfig, make_optimizer
 
 
 def main() -> None:

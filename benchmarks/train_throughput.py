@@ -1,4 +1,4 @@
-"""Training throughput of the real loop (`extrapos.train.train`): fp32 vs bf16 autocast, eager vs
+"""Training throughput of the real loop (`extrapos.training.lm.train`): fp32 vs bf16 autocast, eager vs
 torch.compile.
 
     python benchmarks/train_throughput.py                      # the bench's model, 2 rounds
@@ -23,10 +23,10 @@ import statistics
 
 import torch
 
-from extrapos.config import TrainConfig
+from extrapos.training.config import TrainConfig
 from extrapos.data import build_tokenizer, load_corpus
-from extrapos.model import GPTConfig
-from extrapos.train import train
+from extrapos.models.gpt import GPTConfig
+from extrapos.training.lm import train
 
 
 def measure(

@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 
 from extrapos.encodings import build_encoding, list_encodings
 from extrapos.encodings.rotary import RoPE
-from extrapos.evaluate import eval_windows
-from extrapos.model import GPT, GPTConfig
+from extrapos.models.gpt import GPT, GPTConfig
+from extrapos.probes.perplexity import eval_windows
 
 # derandomized: CI sees the same examples every run (a failure reproduces); raise max_examples
 # or drop derandomize locally to search wider

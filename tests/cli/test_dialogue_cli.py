@@ -7,9 +7,10 @@ import json
 
 import pytest
 
-from extrapos.bench_dialogue import DialogueBenchConfig, run_dialogue_bench
+from extrapos.bench.dialogue import DialogueBenchConfig, run_dialogue_bench
 from extrapos.cli import main
-from tests.dialogue_fixtures import make_dialogue_folder
+
+pytestmark = pytest.mark.e2e
 
 TRAIN = ["train", "--encoding", "alibi", "--train-len", "16", "--steps", "3", "--batch-size", "4",
          "--n-layer", "2", "--d-model", "32", "--eval-every", "0"]  # fmt: skip
@@ -17,7 +18,7 @@ TIMING = {"train_seconds", "eval_seconds", "generation_seconds", "tokens_per_sec
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
+def folder(tmp_path_factory, make_dialogue_folder):
     return make_dialogue_folder(tmp_path_factory.mktemp("dd") / "dd")
 
 

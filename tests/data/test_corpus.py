@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from extrapos.core.errors import UserError
 from extrapos.data.corpus import (
     BUILTIN_EXCLUDED_DIRS,
     BUILTIN_MAX_BYTES,
@@ -24,7 +25,6 @@ from extrapos.data.corpus import (
     split_by_name_hash,
 )
 from extrapos.data.tokenizers import ByteTokenizer
-from extrapos.errors import UserError
 
 WIKITEXT2 = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "wikitext-2"
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
+from extrapos.core.errors import UserError
 from extrapos.data import build_tokenizer, load_corpus
 from extrapos.data.dialogue import (
     IGNORE,
@@ -14,12 +17,22 @@ from extrapos.data.dialogue import (
     parse_dialogue_line,
     render_dialogue,
 )
-from extrapos.errors import UserError
-from tests.dialogue_fixtures import DAILYDIALOG, make_dialogue_folder
+
+
+def _dailydialog() -> Path | None:
+    """../shared/data/dailydialog beside the checkout (or one level up, from a worktree)."""
+    here = Path(__file__).resolve().parents[2]
+    for root in (here.parent, here.parent.parent):
+        if (root / "shared" / "data" / "dailydialog" / "dialogues_test.txt").is_file():
+            return root / "shared" / "data" / "dailydialog"
+    return None
+
+
+DAILYDIALOG = _dailydialog()
 
 
 @pytest.fixture
-def folder(tmp_path):
+def folder(tmp_path, make_dialogue_folder):
     return make_dialogue_folder(tmp_path / "dd")
 
 

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from extrapos.core.errors import UserError
 from extrapos.data.tokenizers import (
     ByteTokenizer,
     Tokenizer,
@@ -16,7 +17,6 @@ from extrapos.data.tokenizers import (
     save_tokenizer,
     tokenizer_from_dict,
 )
-from extrapos.errors import UserError
 
 
 @pytest.mark.parametrize("text", ["", "hello, world\n", "héllo wörld ✓ 中文 😀", "a\0b\tc"])

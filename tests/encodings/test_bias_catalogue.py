@@ -16,7 +16,6 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from extrapos.attention import attention
 from extrapos.encodings import build_encoding, list_encodings, t5_buckets
 from extrapos.encodings.bias import (
     FIRE,
@@ -29,6 +28,7 @@ from extrapos.encodings.bias import (
     kerple_power_table,
     sandwich_table,
 )
+from extrapos.kernels.attention import attention
 
 H = 4
 

@@ -13,7 +13,6 @@ import pytest
 import torch
 from torch import Tensor
 
-from extrapos.attention import attention, causal_sdpa
 from extrapos.encodings import build_encoding, contextual, encoding_parameters
 from extrapos.encodings.contextual import (
     CoPE,
@@ -21,6 +20,7 @@ from extrapos.encodings.contextual import (
     interpolate_at,
     txl_sinusoids,
 )
+from extrapos.kernels.attention import attention, causal_sdpa
 
 B, H, D, D_MODEL, T = 2, 2, 4, 8, 10
 LAYERS = 2  # the tests use layer 1, so per-layer indexing is exercised

@@ -19,7 +19,7 @@ from extrapos.encodings.absolute import sinusoidal_table
 from extrapos.encodings.ffn import default_d_ff
 from extrapos.encodings.functional import functional_features
 from extrapos.encodings.recurrent import recurrence_matrix, recurrent_closed_form
-from extrapos.model import GPT, GPTConfig
+from extrapos.models.gpt import GPT, GPTConfig
 
 D = 32
 LONG = 10**6

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from extrapos.model import GPT, GPTConfig
+from extrapos.models.gpt import GPT, GPTConfig
 
 
 def model(encoding: str, **params) -> GPT:

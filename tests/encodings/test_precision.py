@@ -15,9 +15,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from extrapos.attention import chunked_bias_attention
 from extrapos.encodings import build_encoding
 from extrapos.encodings.rotary import RoPE
+from extrapos.kernels.attention import chunked_bias_attention
 
 LONGROPE = {
     "rope_type": "longrope",

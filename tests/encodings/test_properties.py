@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 import torch
 
-from extrapos.attention import bias_block
 from extrapos.encodings import (
     PositionalEncoding,
     alibi_slopes,
@@ -29,6 +28,7 @@ from extrapos.encodings import (
 )
 from extrapos.encodings.absolute import sinusoidal_table
 from extrapos.encodings.rotary import RoPE
+from extrapos.kernels.attention import bias_block
 
 H, D_MODEL, HEAD_DIM = 4, 64, 16
 

@@ -6,6 +6,7 @@ import inspect
 
 import pytest
 
+from extrapos.core.errors import UserError
 from extrapos.encodings import (
     PositionalEncoding,
     build_encoding,
@@ -14,7 +15,6 @@ from extrapos.encodings import (
     encoding_parameters,
     list_encodings,
 )
-from extrapos.errors import UserError
 
 BUILTIN = ("sinusoidal", "learned", "nope", "rope", "alibi", "t5")
 

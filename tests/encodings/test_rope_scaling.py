@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 import torch
 
+from extrapos.core.errors import UserError
 from extrapos.encodings.rope_scaling import (
     ROPE_SCALING_TYPES,
     rope_inv_freq,
     validate_rope_scaling,
 )
-from extrapos.errors import UserError
 
 HEAD_DIMS = (8, 32, 128)
 BASES = (10000.0, 500000.0)

@@ -18,7 +18,7 @@ import torch
 from extrapos.encodings import build_encoding
 from extrapos.encodings.rotary import RoPE
 from extrapos.encodings.xpos import XPos, xpos_zeta
-from extrapos.model import GPT, GPTConfig, KVCache
+from extrapos.models.gpt import GPT, GPTConfig, KVCache
 
 H, D = 2, 16
 

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from extrapos.core.errors import UserError
 from extrapos.data import build_tokenizer, load_corpus
 from extrapos.data.dialogue import turn_pieces
-from extrapos.errors import UserError
-from extrapos.model import GPT, GPTConfig
+from extrapos.models.gpt import GPT, GPTConfig
 from extrapos.probes.dialogue import (
     HISTORY_KS,
     LENGTH_BINS,
@@ -22,7 +23,18 @@ from extrapos.probes.dialogue import (
     score_candidates,
     token_nll,
 )
-from tests.dialogue_fixtures import DAILYDIALOG, make_dialogue_folder
+
+
+def _dailydialog() -> Path | None:
+    """../shared/data/dailydialog beside the checkout (or one level up, from a worktree)."""
+    here = Path(__file__).resolve().parents[2]
+    for root in (here.parent, here.parent.parent):
+        if (root / "shared" / "data" / "dailydialog" / "dialogues_test.txt").is_file():
+            return root / "shared" / "data" / "dailydialog"
+    return None
+
+
+DAILYDIALOG = _dailydialog()
 
 
 def _model(encoding: str, n_layer: int = 2, **params) -> GPT:
@@ -44,12 +56,11 @@ def _model(encoding: str, n_layer: int = 2, **params) -> GPT:
             p.copy_(torch.randn_like(p) * 0.5)
         for block in model.blocks:
             block.attn.qkv.weight.mul_(8.0)
-    model.tokenizer = build_tokenizer("byte")
     return model.eval()
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
+def corpus(tmp_path_factory, make_dialogue_folder):
     return load_corpus(str(make_dialogue_folder(tmp_path_factory.mktemp("dd") / "dd")))
 
 
@@ -73,9 +84,9 @@ def test_history_use_equals_brute_force(corpus, encoding) -> None:
     model = _model(encoding)
     L = 16
     config = DialogueEvalConfig(train_len=L, max_len=16 * L, max_dialogues=6)
-    got, n, extra = history_use(model, corpus, config)
+    tok = build_tokenizer("byte")
+    got, n, extra = history_use(model, tok, corpus, config)
     assert n == 6
-    tok = model.tokenizer
     sums = {str(k): [0.0, 0] for k in HISTORY_KS}
     bins = {b: [0.0, 0, 0.0] for *_, b in LENGTH_BINS}
     fits = [
@@ -163,7 +174,8 @@ def test_recall_prompts(corpus) -> None:
 def test_dialogue_eval_json_and_errors(corpus) -> None:
     model = _model("rope")
     config = DialogueEvalConfig(train_len=16, max_dialogues=4, recall_trials=3, candidates=4)
-    out = dialogue_eval(model, corpus, config)
+    tok = build_tokenizer("byte")
+    out = dialogue_eval(model, tok, corpus, config)
     assert set(out) == {"history", "recall", "chance", "n_dialogues"}
     assert set(out["history"]) == {"k", "by_length"}
     assert list(out["history"]["k"]) == ["0", "1", "2", "4", "8", "all"]
@@ -171,12 +183,12 @@ def test_dialogue_eval_json_and_errors(corpus) -> None:
     assert list(out["recall"]) == ["16", "32", "64", "128", "256"]
     assert out["chance"] == 0.25 and out["n_dialogues"] == 4
     assert all(0 <= a <= 1 for a in out["recall"].values())
-    assert dialogue_eval(model, corpus, config) == out  # deterministic
+    assert dialogue_eval(model, tok, corpus, config) == out  # deterministic
     short = _model("learned", max_len=64)
     with pytest.raises(UserError, match="learned|position"):
-        dialogue_eval(short, corpus, config)
+        dialogue_eval(short, tok, corpus, config)
     with pytest.raises(UserError, match="not a dialogue corpus"):
-        dialogue_eval(model, load_corpus("builtin"), config)
+        dialogue_eval(model, tok, load_corpus("builtin"), config)
     with pytest.raises(UserError):
         DialogueEvalConfig(train_len=16, candidates=1)
 
@@ -191,9 +203,9 @@ def test_dailydialog_eval_bench_sized() -> None:
     corpus = load_corpus(str(DAILYDIALOG))
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=256, n_layer=4, n_head=4, d_model=128, encoding="alibi"))
-    model.tokenizer = build_tokenizer("byte")
     t0 = time.perf_counter()
-    out = dialogue_eval(model.eval(), corpus, DialogueEvalConfig(train_len=64))
+    tok = build_tokenizer("byte")
+    out = dialogue_eval(model.eval(), tok, corpus, DialogueEvalConfig(train_len=64))
     print(f"dialogue eval: {time.perf_counter() - t0:.1f} s")
     assert out["n_dialogues"] == 200
     assert all(v is not None for v in out["history"]["by_length"].values())

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from extrapos.data import build_tokenizer
-from extrapos.model import GPT, GPTConfig
+from extrapos.models.gpt import GPT, GPTConfig
 from extrapos.probes.generation import (
     generation_stats,
     held_out_prompts,
@@ -33,7 +33,6 @@ def _model(encoding: str = "rope", **params) -> GPT:
         for block in model.blocks:
             block.attn.qkv.weight.mul_(8.0)
         model.lm_head.weight.mul_(20.0)  # peaked distributions: sampling follows the logits
-    model.tokenizer = build_tokenizer("byte")
     return model.eval()
 
 
@@ -87,7 +86,8 @@ def test_windowed_mean_and_prompts() -> None:
 def test_generation_stats_nll_and_determinism() -> None:
     model = _model("alibi")
     tokens = torch.randint(0, 256, (600,), generator=torch.Generator().manual_seed(2))
-    out = generation_stats(model, tokens, train_len=8, total_len=64, prompts=3, seed=4)
+    tok = build_tokenizer("byte")
+    out = generation_stats(model, tok, tokens, train_len=8, total_len=64, prompts=3, seed=4)
     assert out["positions"] == list(range(8, 64, 8))
     truth = held_out_prompts(tokens, 3, 64)
     with torch.no_grad():
@@ -98,6 +98,6 @@ def test_generation_stats_nll_and_determinism() -> None:
         expected = float(nll[:, pos - 1 : pos - 1 + 8].mean())
         assert out["true_nll"][w] == pytest.approx(expected, rel=1e-5)
     assert len(out["rep_n"]) == len(out["distinct_n"]) == 7
-    assert out == generation_stats(model, tokens, train_len=8, total_len=64, prompts=3, seed=4)
-    other = generation_stats(model, tokens, train_len=8, total_len=64, prompts=3, seed=5)
+    assert out == generation_stats(model, tok, tokens, train_len=8, total_len=64, prompts=3, seed=4)
+    other = generation_stats(model, tok, tokens, train_len=8, total_len=64, prompts=3, seed=5)
     assert other["sample"] != out["sample"]

@@ -5,12 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from extrapos.config import TrainConfig
+from extrapos.core.errors import UserError
 from extrapos.data import build_tokenizer, load_corpus
-from extrapos.errors import UserError
-from extrapos.model import GPT, GPTConfig
-from extrapos.train import _lm_loss, train
-from tests.dialogue_fixtures import make_dialogue_folder
+from extrapos.models.gpt import GPT, GPTConfig
+from extrapos.training.config import TrainConfig
+from extrapos.training.lm import _lm_loss, train
 
 
 def _config() -> GPTConfig:
@@ -40,7 +39,7 @@ def test_masked_loss_and_empty_batch() -> None:
     assert torch.equal(logits.grad, torch.zeros_like(logits))
 
 
-def test_train_responses_vs_all(tmp_path) -> None:
+def test_train_responses_vs_all(tmp_path, make_dialogue_folder) -> None:
     corpus = load_corpus(str(make_dialogue_folder(tmp_path / "dd")))
     tok = build_tokenizer("byte")
     runs = {}

@@ -10,7 +10,7 @@ never reads a stale entry. Arrays use the narrowest unsigned dtype that holds th
 (uint8 for bytes, uint16 up to 65,536 tokens, else int32) and are opened with
 `np.load(mmap_mode="r")`: a split of any size costs no memory until its pages are read.
 
-Every entry is written atomically (`extrapos.io.atomic_path`), so concurrent writers (several
+Every entry is written atomically (`extrapos.core.files.atomic_path`), so concurrent writers (several
 ranks, several runs) and killed processes leave either no entry or a complete one. An unwritable
 cache directory only warns: the cache is an optimization, never a reason to fail a run.
 """
@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from extrapos.errors import UserError
-from extrapos.io import atomic_path
+from extrapos.core.errors import UserError
+from extrapos.core.files import atomic_path
 
 __all__ = [
     "CACHE_ENV",

@@ -66,7 +66,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from extrapos.errors import UserError
+from extrapos.core.errors import UserError
 
 from .cache import cached_tokens, tokenizer_hash
 from .hf_datasets import HF_PREFIX, load_hf_splits
@@ -84,6 +84,10 @@ __all__ = [
 
 SPLITS: tuple[str, str, str] = ("train", "valid", "test")
 KNOWN_CORPORA: tuple[str, ...] = ("builtin",)
+
+#: folders in a format of their own: (is_format(path), load(path, name)), tried in order;
+#: `extrapos.data.dialogue` adds the DailyDialog format (imported by `extrapos.data`)
+FOLDER_FORMATS: list[tuple[Callable[[Path], bool], Callable[[Path, str], Corpus]]] = []
 
 BUILTIN_MAX_BYTES = 4_000_000
 BUILTIN_TEST_MIN_BYTES = 150_000
@@ -236,10 +240,9 @@ def load_corpus(spec: str | os.PathLike[str] | None = None) -> Corpus:
     if path.is_file():
         return _corpus_from_file(raw, path)
     if path.is_dir():
-        from .dialogue import is_dialogue_folder, load_dialogues
-
-        if is_dialogue_folder(path):
-            return load_dialogues(path, raw)
+        for is_format, load in FOLDER_FORMATS:
+            if is_format(path):
+                return load(path, raw)
         return _corpus_from_folder(raw, path)
     if path.exists():
         raise UserError(f"{raw!r} is neither a regular file nor a folder; pass a text file")

@@ -39,10 +39,10 @@ from typing import Literal
 import numpy as np
 import torch
 
-from extrapos.errors import UserError
+from extrapos.core.errors import UserError
 
 from .cache import tokenizer_hash
-from .corpus import Corpus, _check_text
+from .corpus import FOLDER_FORMATS, Corpus, _check_text
 from .tokenizers import Tokenizer
 
 __all__ = [
@@ -280,3 +280,6 @@ def load_dialogues(path: str | Path, name: str | None = None) -> DialogueCorpus:
         dialogues=dialogues,
         removed=removed,
     )
+
+
+FOLDER_FORMATS.append((is_dialogue_folder, load_dialogues))

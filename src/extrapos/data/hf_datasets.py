@@ -27,7 +27,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from extrapos.errors import UserError
+from extrapos.core.errors import UserError
 
 HF_PREFIX = "hf:"
 _VALID_NAMES = ("validation", "valid", "val", "dev")

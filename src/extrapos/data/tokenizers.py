@@ -17,7 +17,7 @@ Two tokenizers:
   `to_dict()` is the `tokenizers` library's own JSON, so a run's `tokenizer.json` also loads with
   `tokenizers.Tokenizer.from_file` (and `transformers.PreTrainedTokenizerFast`).
 
-A new tokenizer implements the protocol and adds one line to `_FROM_DICT` and `_BUILDERS`.
+A new tokenizer implements the protocol and registers in `_FROM_DICT` and `_BUILDERS`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from extrapos.errors import UserError
+from extrapos.core.errors import UserError
+from extrapos.core.registry import Registry
 
 if TYPE_CHECKING:
     from .corpus import Corpus
@@ -283,21 +284,19 @@ def _byte(vocab_size: int | None = None, corpus: Corpus | None = None) -> ByteTo
 
 
 # type (as written by to_dict) -> constructor from that dict
-_FROM_DICT: dict[str, Callable[[dict[str, Any]], Tokenizer]] = {
-    "byte": ByteTokenizer.from_dict,
-    "bpe": BpeTokenizer.from_dict,
-}
+_FROM_DICT: Registry[Callable[[dict[str, Any]], Tokenizer]] = Registry("tokenizer type")
+_FROM_DICT.add("byte", ByteTokenizer.from_dict)
+_FROM_DICT.add("bpe", BpeTokenizer.from_dict)
 
 # name accepted by build_tokenizer -> factory taking its keyword options
-_BUILDERS: dict[str, Callable[..., Tokenizer]] = {
-    "byte": _byte,
-    "bpe": build_bpe,
-}
+_BUILDERS: Registry[Callable[..., Tokenizer]] = Registry("tokenizer")
+_BUILDERS.add("byte", _byte)
+_BUILDERS.add("bpe", build_bpe)
 
 
 def list_tokenizers() -> list[str]:
     """Names that `build_tokenizer` accepts."""
-    return sorted(_BUILDERS)
+    return _BUILDERS.names()
 
 
 def build_tokenizer(name: str, **kw: Any) -> Tokenizer:
@@ -307,12 +306,9 @@ def build_tokenizer(name: str, **kw: Any) -> Tokenizer:
     byte-level BPE on the corpus's train split (see `build_bpe`). Unknown names or options raise
     `UserError`.
     """
-    if name not in _BUILDERS:
-        raise UserError(
-            f"unknown tokenizer {name!r}; choose one of: {', '.join(list_tokenizers())}"
-        )
+    builder = _BUILDERS.get(name)
     try:
-        return _BUILDERS[name](**kw)
+        return builder(**kw)
     except TypeError as e:
         raise UserError(
             f"bad options for tokenizer {name!r}: {sorted(kw)} ({e}); drop or rename them"
@@ -328,17 +324,12 @@ def tokenizer_from_dict(d: dict[str, Any]) -> Tokenizer:
         raise UserError(
             'a tokenizer description must be a JSON object with a "type" key; re-save the tokenizer'
         )
-    kind = d["type"]
-    if kind not in _FROM_DICT:
-        raise UserError(
-            f"unknown tokenizer type {kind!r}; known types: {', '.join(sorted(_FROM_DICT))}"
-        )
-    return _FROM_DICT[kind](d)
+    return _FROM_DICT.get(d["type"])(d)
 
 
 def save_tokenizer(tok: Tokenizer, path: str | os.PathLike[str]) -> None:
-    """Write `tok.to_dict()` as JSON to `path`, atomically (`extrapos.io.write_text`)."""
-    from extrapos.io import write_text
+    """Write `tok.to_dict()` as JSON to `path`, atomically (`extrapos.core.files.write_text`)."""
+    from extrapos.core.files import write_text
 
     d = tok.to_dict()
     # the `tokenizers` JSON is written as the library writes it (compact, its key order)

@@ -25,7 +25,7 @@ Positions are explicit 1-D int64 tensors (shared across the batch); the default 
 
 Biases are added to the *scaled* scores, softmax(q·kᵀ/√d + B), as in the ALiBi and T5 code.
 Distance-only biases are Toeplitz, so the encoding returns one value per distance and head; the
-attention code never materializes an (h, n, n) tensor from it (see `extrapos.attention`).
+attention code never materializes an (h, n, n) tensor from it (see `extrapos.kernels.attention`).
 """
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from extrapos.errors import UserError
+from extrapos.core.errors import UserError
 
 Site = Literal["input", "qk", "bias", "ffn"]
 
-#: standard deviation of the token-embedding init in `extrapos.model` (GPT-2's); input-site
+#: standard deviation of the token-embedding init in `extrapos.models.gpt` (GPT-2's); input-site
 #: encodings size their vectors against it.
 EMBEDDING_INIT_STD = 0.02
 

@@ -1,7 +1,7 @@
 """Score biases: softmax(q·kᵀ/√d + B) with B[h, i, j] = table[h, i - j].
 
 Each registered encoding returns its per-head table over distances k = i - j = 0 .. n-1
-(causal: j <= i), O(h·n) memory; `extrapos.attention` applies it without building an
+(causal: j <= i), O(h·n) memory; `extrapos.kernels.attention` applies it without building an
 (h, n, n) tensor. Registered: alibi, t5, kerple_log, kerple_power, sandwich (and fire, below).
 
 Also here: FIRE, registered at the `attention` site because its bias depends on the query
@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from extrapos.core.errors import UserError
 from extrapos.encodings.base import PositionalEncoding
 from extrapos.encodings.registry import register
-from extrapos.errors import UserError
 
 
 def alibi_slopes(num_heads: int) -> Tensor:

@@ -25,10 +25,10 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from extrapos.core.errors import UserError
 from extrapos.encodings.base import PositionalEncoding
 from extrapos.encodings.bias import KERPLE_EPS, alibi_slopes
 from extrapos.encodings.registry import register
-from extrapos.errors import UserError
 
 #: query chunks are sized so one chunk holds at most this many per-pair activations
 #: (b · c · t' · `_pair_width`), and never more than `chunk_size` queries.

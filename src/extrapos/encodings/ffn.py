@@ -1,6 +1,6 @@
 """Position inside the feed-forward block: an input-site encoding moved to the FFN site.
 
-    FFN(x) = W2 (silu(W1 x + P·PE(pos)) ⊙ W3 x)        (the model's SwiGLU, `extrapos.model`)
+    FFN(x) = W2 (silu(W1 x + P·PE(pos)) ⊙ W3 x)        (the model's SwiGLU, `extrapos.models.gpt`)
 
 PE is any input-site encoding (`inner`: sinusoidal, learned, functional, recurrent, ...), P a
 learned (d_ff, D) projection; the term enters the gate's pre-activation of every layer, through
@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from extrapos.core.errors import UserError
 from extrapos.encodings.base import PositionalEncoding
 from extrapos.encodings.registry import build_for_model, register
-from extrapos.errors import UserError
 
 
 def default_d_ff(d_model: int) -> int:

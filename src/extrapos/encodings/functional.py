@@ -27,10 +27,10 @@ import math
 import torch
 from torch import Tensor, nn
 
+from extrapos.core.errors import UserError
 from extrapos.encodings.absolute import sinusoidal_table
 from extrapos.encodings.base import EMBEDDING_INIT_STD, PositionalEncoding
 from extrapos.encodings.registry import register
-from extrapos.errors import UserError
 
 
 def functional_features(positions: Tensor, num_frequencies: int, base: float) -> Tensor:

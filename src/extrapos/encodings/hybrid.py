@@ -16,10 +16,10 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from extrapos.attention import attention
+from extrapos.core.errors import UserError
 from extrapos.encodings.base import PositionalEncoding
 from extrapos.encodings.registry import build_for_model, register
-from extrapos.errors import UserError
+from extrapos.kernels.attention import attention
 
 
 @register("hybrid")

@@ -30,9 +30,9 @@ import math
 import torch
 from torch import Tensor, nn
 
+from extrapos.core.errors import UserError
 from extrapos.encodings.base import EMBEDDING_INIT_STD, PositionalEncoding
 from extrapos.encodings.registry import register
-from extrapos.errors import UserError
 
 
 def recurrent_closed_form(

@@ -13,10 +13,11 @@ import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from extrapos.core.errors import UserError
+from extrapos.core.registry import Registry
 from extrapos.encodings.base import PositionalEncoding
-from extrapos.errors import UserError
 
-_REGISTRY: dict[str, type[PositionalEncoding]] = {}
+_REGISTRY: Registry[type[PositionalEncoding]] = Registry("encoding")
 
 #: constructor parameters a model supplies from its own shape; users do not set them.
 MODEL_DIMENSIONS = ("d_model", "num_heads", "head_dim", "num_layers", "d_ff")
@@ -28,10 +29,8 @@ def register(name: str) -> Callable[[E], E]:
     """Class decorator: make an encoding buildable by `name`."""
 
     def add(cls: E) -> E:
-        if name in _REGISTRY:
-            raise RuntimeError(f"encoding name '{name}' registered twice")
+        _REGISTRY.add(name, cls)
         cls.name = name
-        _REGISTRY[name] = cls
         return cls
 
     return add
@@ -39,17 +38,12 @@ def register(name: str) -> Callable[[E], E]:
 
 def list_encodings() -> list[str]:
     """Registered encoding names, sorted."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def encoding_class(name: str) -> type[PositionalEncoding]:
     """The class registered as `name`; `UserError` (a ValueError) listing the known names."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise UserError(
-            f"unknown encoding '{name}'; known encodings: {', '.join(list_encodings())}"
-        ) from None
+    return _REGISTRY.get(name)
 
 
 def encoding_parameters(name: str) -> dict[str, Any]:

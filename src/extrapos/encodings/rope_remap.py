@@ -3,7 +3,7 @@
 Each method keeps ordinary RoPE for near pairs, d = i - j < window, and gives far pairs a
 relative position the model saw in training. A pair's score is q·R(f(d))·k, computed as two
 rotations of the same q and k (near and far) and a per-pair choice (see
-`extrapos.attention.two_branch_attention`):
+`extrapos.kernels.attention.two_branch_attention`):
 
 | method | far relative position f(d), d >= window | far rotation of q at / k at |
 |---|---|---|
@@ -15,7 +15,7 @@ rotations of the same q and k (near and far) and a per-pair choice (see
 Papers: Su 2023, "Rectified Rotary Position Embeddings" (kexue.fm blog, github bojone/rerope);
 Jin et al. 2024, "LLM Maybe LongLM: Self-Extend LLM Context Window Without Tuning"; An et al.
 2024, "Why Does the Effective Context Length of LLMs Fall Short?" (STRING). All are usually
-applied at inference to a model trained with plain RoPE (`extrapos.extend`); they are also
+applied at inference to a model trained with plain RoPE (`extrapos.probes.extensions`); they are also
 registered so they can be trained and checked like every encoding. The model caches raw keys
 for them, so KV-cache decoding stays exact.
 """
@@ -27,10 +27,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from extrapos.attention import two_branch_attention
+from extrapos.core.errors import UserError
 from extrapos.encodings.registry import register
 from extrapos.encodings.rotary import RoPE
-from extrapos.errors import UserError
+from extrapos.kernels.attention import two_branch_attention
 
 
 class _RemappedRoPE(RoPE):

@@ -48,7 +48,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from extrapos.errors import UserError
+from extrapos.core.errors import UserError
+from extrapos.core.registry import Registry
 
 __all__ = ["ROPE_SCALING_TYPES", "rope_inv_freq", "validate_rope_scaling"]
 
@@ -68,7 +69,7 @@ class _Scaling:
     nullable: tuple[str, ...]  # required keys that may be None (meaning: derive the value)
 
 
-_SCALINGS: dict[str, _Scaling] = {}
+_SCALINGS: Registry[_Scaling] = Registry("rope_type", plural="", ordered=True)
 
 
 def _register(
@@ -80,7 +81,7 @@ def _register(
 ) -> Callable[[RopeScalingFn], RopeScalingFn]:
     def add(fn: RopeScalingFn) -> RopeScalingFn:
         # `rope_theta` is `transformers`' v5 copy of `base`; accepted when it agrees.
-        _SCALINGS[name] = _Scaling(fn, required, (*optional, "rope_theta"), factor_min, nullable)
+        _SCALINGS.add(name, _Scaling(fn, required, (*optional, "rope_theta"), factor_min, nullable))
         return fn
 
     return add
@@ -488,10 +489,8 @@ def validate_rope_scaling(scaling: Mapping[str, Any] | None) -> dict[str, Any]:
     implicit = params.get("rope_type") is None
     rope_type = params["rope_type"] = "default" if implicit else params["rope_type"]
     if rope_type not in _SCALINGS:
-        raise UserError(
-            f"rope_scaling: unknown rope_type {rope_type!r}; known: {', '.join(ROPE_SCALING_TYPES)}"
-        )
-    spec = _SCALINGS[rope_type]
+        raise UserError(f"rope_scaling: {_SCALINGS.unknown(rope_type)}")
+    spec = _SCALINGS.get(rope_type)
 
     allowed = {"rope_type", *spec.required, *spec.optional}
     for key in params:
@@ -594,6 +593,6 @@ def rope_inv_freq(
                 f"rope_scaling[{key!r}] must have head_dim // 2 = {head_dim // 2} entries, "
                 f"got {len(params[key])}"
             )
-    fn = _SCALINGS[params["rope_type"]].fn
+    fn = _SCALINGS.get(params["rope_type"]).fn
     inv_freq, attention_factor = fn(head_dim, float(base), params, max_position_embeddings, seq_len)
     return inv_freq, float(attention_factor)

@@ -22,10 +22,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from extrapos.core.errors import UserError
 from extrapos.encodings.base import PositionalEncoding
 from extrapos.encodings.registry import register
 from extrapos.encodings.rope_scaling import rope_inv_freq, validate_rope_scaling
-from extrapos.errors import UserError
 
 #: scalings whose frequencies depend on the current sequence length.
 _LENGTH_DEPENDENT = ("dynamic", "longrope")

@@ -37,9 +37,9 @@ import math
 import torch
 from torch import Tensor
 
+from extrapos.core.errors import UserError
 from extrapos.encodings.registry import register
 from extrapos.encodings.rotary import RoPE, rotate_half_split
-from extrapos.errors import UserError
 
 #: headroom left for the magnitudes of q and k entries (up to 2^10) when sizing the exponent range.
 _HEADROOM = math.log(2.0**10)

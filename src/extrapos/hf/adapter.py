@@ -30,7 +30,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from extrapos.errors import UserError
+from extrapos.core.errors import UserError
 from extrapos.hf.classic import interpolate_position_embeddings, position_limit
 from extrapos.hf.rope import config_errors, one_line
 
@@ -221,7 +221,7 @@ class HFCausalLM(nn.Module):
         use_cache: bool = False,
     ) -> Tensor:
         """Like `GPT.generate` (same sampling), recomputing the whole sequence every step."""
-        from extrapos.model import sample_next
+        from extrapos.models.gpt import sample_next
 
         out = idx
         for _ in range(max_new_tokens):

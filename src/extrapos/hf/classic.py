@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from extrapos.core.errors import UserError
 from extrapos.encodings import build_encoding
 from extrapos.encodings.bias import T5Bias
-from extrapos.errors import UserError
 
 __all__ = [
     "LEARNED_POSITION_TABLES",

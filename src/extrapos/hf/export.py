@@ -41,9 +41,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from extrapos.errors import UserError
+from extrapos.core.errors import UserError
 from extrapos.hf.rope import _partial_rotary_factor, rope_config_to_hf
-from extrapos.model import GPT
+from extrapos.models.gpt import GPT
 
 __all__ = ["EXPORTABLE", "export_hf", "gpt_to_llama", "llama_rope_parameters"]
 
@@ -207,13 +207,13 @@ def export_hf(
     """
     from transformers import AutoModelForCausalLM
 
-    from extrapos.checkpoint import load_config, load_model
+    from extrapos.training.run_dir import load_run
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if out_dir.resolve() == run_dir.resolve():
         raise UserError("OUT_DIR is the run directory; write the export to a new folder")
-    run_config = load_config(run_dir)
-    model = load_model(run_dir).eval()
+    run = load_run(run_dir)
+    run_config, model, tokenizer = run.config, run.model.eval(), run.tokenizer
     if max_position_embeddings is None:
         max_position_embeddings = getattr(model.encoding, "max_position_embeddings", None)
     if max_position_embeddings is None:  # the RoPE reads no trained length: record train_len
@@ -226,12 +226,10 @@ def export_hf(
     out_dir.mkdir(parents=True, exist_ok=True)
     llama.save_pretrained(str(out_dir))
     tokenizer_note = "bytes: token id = UTF-8 byte value"
-    if getattr(model.tokenizer, "name", None) == "byte":
+    if getattr(tokenizer, "name", None) == "byte":
         byte_tokenizer_hf().save_pretrained(str(out_dir))
     else:
-        tokenizer_note = (
-            f"not exported ({getattr(model.tokenizer, 'name', '?')}); tokenize as in the run"
-        )
+        tokenizer_note = f"not exported ({getattr(tokenizer, 'name', '?')}); tokenize as in the run"
     provenance = {
         "source_run": str(run_dir),
         "encoding": model.config.encoding,

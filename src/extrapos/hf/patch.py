@@ -29,8 +29,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from extrapos.core.errors import UserError
 from extrapos.encodings.rope_scaling import rope_inv_freq, validate_rope_scaling
-from extrapos.errors import UserError
 from extrapos.hf.rope import RopeConfig, rope_config_from_hf
 
 __all__ = ["RopePatch", "patch_rope", "rotary_modules"]

@@ -35,8 +35,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal, NamedTuple
 
+from extrapos.core.errors import UserError
 from extrapos.encodings.rope_scaling import rope_inv_freq, validate_rope_scaling
-from extrapos.errors import UserError
 
 __all__ = ["RopeConfig", "rope_config_from_hf", "rope_config_to_hf", "hf_config_view"]
 

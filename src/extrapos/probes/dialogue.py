@@ -48,10 +48,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from extrapos.core.errors import UserError
 from extrapos.data.dialogue import DialogueCorpus, speaker, turn_pieces
-from extrapos.errors import UserError
-from extrapos.evaluate import BATCH_TOKENS
-from extrapos.model import KVCache
+from extrapos.models.gpt import GPT, KVCache
+from extrapos.probes.perplexity import BATCH_TOKENS
+from extrapos.probes.scored import PositionLimit
 
 __all__ = [
     "HISTORY_KS",
@@ -196,6 +197,7 @@ def _mean(total: float, count: int) -> float | None:
 
 def history_use(
     model: Any,
+    tokenizer: Any,
     corpus: DialogueCorpus,
     config: DialogueEvalConfig,
     progress: bool = False,
@@ -204,7 +206,7 @@ def history_use(
     extra); see the module docstring. A bin with no response token is None. `extra` holds, per
     length bin, the k = 0 NLL of the same turns ("by_length_k0", so gain = k0 - by_length) and
     the number of scored tokens ("by_length_tokens")."""
-    tok = model.tokenizer
+    tok = tokenizer
     max_len = config.max_len or 16 * config.train_len
     chosen: list[list[tuple[Tensor, Tensor]]] = []
     for dialogue in corpus.dialogues["test"]:
@@ -351,7 +353,12 @@ def score_candidates(model: Any, prompt: Tensor, candidates: Sequence[Tensor]) -
         mask[i, : len(x)] = True
     cands, mask = cands.to(device), mask.to(device)
     p = len(prompt)
-    if model.encoding.supports_kv_cache and not model.config.random_positions:
+    reusable = (
+        isinstance(model, GPT)
+        and model.encoding.supports_kv_cache
+        and not model.config.random_positions
+    )
+    if reusable:
         cache = KVCache(model.config.n_layer)
         first = model(prompt[None].to(device), cache=cache)[:, -1]  # (1, V)
         for layer in range(len(cache.k)):
@@ -368,10 +375,14 @@ def score_candidates(model: Any, prompt: Tensor, candidates: Sequence[Tensor]) -
 
 
 def recall_across_turns(
-    model: Any, corpus: DialogueCorpus, config: DialogueEvalConfig, progress: bool = False
+    model: Any,
+    tokenizer: Any,
+    corpus: DialogueCorpus,
+    config: DialogueEvalConfig,
+    progress: bool = False,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """({"<D>": accuracy}, one record per prompt: kind, distance, length, right)."""
-    prompts = make_recall_prompts(corpus, model.tokenizer, config)
+    prompts = make_recall_prompts(corpus, tokenizer, config)
     records = []
     for pr in tqdm(prompts, disable=not progress, leave=False, desc="recall"):
         scores = score_candidates(model, pr.prompt, pr.candidates)
@@ -388,6 +399,7 @@ def recall_across_turns(
 
 def dialogue_eval(
     model: Any,
+    tokenizer: Any,
     corpus: DialogueCorpus,
     config: DialogueEvalConfig,
     progress: bool = False,
@@ -405,14 +417,16 @@ def dialogue_eval(
         )
     max_len = config.max_len or 16 * config.train_len
     longest = max(max_len, max(config.recall_factors) * config.train_len)
-    model.encoding.check_positions(longest - 1)  # a learned table too short fails here
+    encoding = getattr(model, "encoding", None)
+    if isinstance(encoding, PositionLimit):  # a learned table too short fails here
+        encoding.check_positions(longest - 1)
     was_training = model.training
     model.eval()
     t0 = time.perf_counter()
     try:
-        history, n, extra = history_use(model, corpus, config, progress)
+        history, n, extra = history_use(model, tokenizer, corpus, config, progress)
         t1 = time.perf_counter()
-        recall, records = recall_across_turns(model, corpus, config, progress)
+        recall, records = recall_across_turns(model, tokenizer, corpus, config, progress)
     finally:
         model.train(was_training)
     out: dict[str, Any] = {

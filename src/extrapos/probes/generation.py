@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from extrapos.errors import UserError
-from extrapos.model import KVCache, sample_next
+from extrapos.core.errors import UserError
+from extrapos.models.gpt import KVCache, sample_next
 
 __all__ = [
     "generation_stats",
@@ -152,6 +152,7 @@ def held_out_prompts(
 @torch.inference_mode()
 def generation_stats(
     model: Any,
+    tokenizer: Any,
     tokens: Tensor,
     train_len: int,
     total_len: int | None = None,
@@ -206,7 +207,7 @@ def generation_stats(
     by_target = torch.cat((torch.full((nll.shape[0], 1), float("nan")), nll), dim=1)
     rep, distinct = ngram_window_stats(sampled, prompt_len, window, n)
     ref_rep, ref_distinct = ngram_window_stats(truth, prompt_len, window, n)
-    tok = getattr(model, "tokenizer", None)
+    tok = tokenizer
     return {
         "positions": list(range(prompt_len, total_len, window)),
         "rep_n": rep,

@@ -1,0 +1,424 @@
+"""The main job: train every method short, evaluate it long, write results and a report.
+
+Every method gets the same model shape, data, seeds and token budget. Stages:
+
+1. language model: each (method, seed) is trained once and evaluated at every length under
+   each protocol; inference-time RoPE extensions (PI, NTK, dynamic NTK, YaRN, Llama 3, ReRoPE,
+   Self-Extend, log-n) are applied to each trained `rope` model as extra rows `rope+<name>`,
+   each length with its own factor (eval / train length);
+2. synthetic tasks: a small fresh model per (method, task, seed), trained at short sizes and
+   scored at longer ones (`extrapos.bench.stages.task_probe`);
+3. passkey: a copy of each trained language model fine-tuned on passkeys at the train length,
+   scored at every evaluation length and depth (with the RoPE extensions for `rope`);
+4. cost: time and peak memory of one forward at the longest length, in a fresh process.
+
+After every record the results file is rewritten atomically, so a killed bench loses at most
+the record in progress, and a rerun with the same `--out` keeps every finished record whose
+stage settings are unchanged (changing a task or passkey setting does not retrain the language
+models: the passkey stage reloads them from `runs/`).
+
+`learned` cannot represent positions past its table; the bench sizes its table to the longest
+evaluation length, so rows past `train_len` exist but are never trained: what "extrapolating" a
+learned table means. The report says so.
+
+Presets (flags override their fields):
+
+| preset | methods | seeds | language model | tasks; passkey | for |
+|---|---|---|---|---|---|
+| quick | the six classics | 1 | 200 steps × 2,048 tokens | selective_copy; 60 steps, 3 depths × 4 keys | a first look, ≤ 5 min on 2 CPU cores |
+| standard | every registered encoding | 3 | 300 steps × 2,048 tokens | 3 tasks; 100 steps, 5 depths × 4 keys | the leaderboard |
+| paper | every registered encoding | 3 | 12 layers, d 768, train 512, 20k steps × 16k tokens | 3 tasks × 2k steps; 500 steps, 20 keys | a GPU |
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from extrapos.bench.config import (  # noqa: F401  (re-exported)
+    CLASSIC_METHODS,
+    PRESETS,
+    RESULTS_VERSION,
+    BenchConfig,
+)
+from extrapos.core.errors import UserError
+from extrapos.core.files import read_json, write_json
+from extrapos.core.results import record_key
+from extrapos.data import build_tokenizer, load_corpus
+from extrapos.probes.extensions import describe_extension, rope_extended
+from extrapos.probes.perplexity import common_prefix, evaluate_lengths
+from extrapos.training.lm import train
+
+
+def environment() -> dict[str, Any]:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "processor": platform.machine(),
+        "threads": torch.get_num_threads(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "argv": sys.argv,
+    }
+
+
+def run_bench(
+    config: BenchConfig, out_dir: str | Path, progress: bool = True, save_runs: bool = True
+) -> dict[str, Any]:
+    """Run the comparison into out_dir/results.json (and out_dir/runs/), and return it.
+
+    Stages, each kept from an earlier results.json in out_dir where its settings match:
+    language-model runs (and RoPE extension rows), synthetic tasks, passkey, cost. The report
+    is the layer above: `extrapos.report.write_report(results, out_dir)` (what `extrapos
+    bench` does next).
+    """
+    out_dir = Path(out_dir)
+    corpus = load_corpus(config.data)
+    tokenizer = build_tokenizer(config.tokenizer)
+    # one trimmed stream for every run, so every length and every row scores the same targets
+    all_tokens = corpus.tokens("test", tokenizer)
+    test_tokens = all_tokens[
+        : common_prefix(all_tokens.numel(), config.eval_lens, config.eval_tokens)
+    ]
+    results: dict[str, Any] = {
+        "version": RESULTS_VERSION,
+        "corpus": corpus.name,
+        "corpus_hash": corpus.content_hash,
+        "tokenizer": tokenizer.name,
+        "train_len": config.train_len,
+        "eval_lens": config.eval_lens,
+        "protocol": config.protocols[0],
+        "protocols": config.protocols,
+        "preset": config.preset,
+        "settings": config.settings(),
+        "task_settings": config.task_settings(),
+        "passkey_settings": config.passkey_settings(),
+        "environment": environment(),
+        "runs": [],
+        "task_runs": [],
+        "passkey_runs": [],
+        "costs": [],
+    }
+    previous = _previous_runs(out_dir / "results.json", results)
+    models: dict[tuple[str, int], Any] = {}  # trained in this process (else loaded)
+
+    def keep_or_run(
+        stage: str, key: tuple[Any, ...], run: Any, rows: set[str] | None = None
+    ) -> None:
+        """Keep the finished record(s) under `key`, else run(). `rows`: the methods a list of
+        records must hold (extra ones are dropped, a missing one means run again)."""
+        done = previous[stage].get(key)
+        if done is not None and rows is not None:
+            done = [r for r in done if r["method"] in rows]
+            if {r["method"] for r in done} != rows:
+                done = None
+        if done is None:
+            done = run()
+        elif progress:
+            shown = " ".join(map(str, key))
+            print(f"{stage} {shown}: kept from {out_dir / 'results.json'}", file=sys.stderr)
+        results[stage] += done if isinstance(done, list) else [done]
+        write_json(out_dir / "results.json", results)
+
+    def model_of(method: str, seed: int) -> Any:
+        if (method, seed) not in models:
+            from extrapos.training.run_dir import load_model
+
+            run_dir = out_dir / "runs" / f"{method}-seed{seed}"
+            if not (run_dir / "config.json").is_file():
+                raise UserError(
+                    f"the {method} (seed {seed}) model is needed but was neither trained in "
+                    f"this bench nor saved in {run_dir}; rerun with a fresh --out"
+                )
+            models[(method, seed)] = load_model(run_dir)
+        return models[(method, seed)]
+
+    assert config.methods is not None
+    for seed in config.seeds:
+        for method in config.methods:
+
+            def run_method(method: str = method, seed: int = seed) -> Any:
+                summary, models[(method, seed)] = _run_method(
+                    config,
+                    method,
+                    seed,
+                    corpus,
+                    tokenizer,
+                    test_tokens,
+                    out_dir,
+                    progress,
+                    save_runs,
+                )
+                return summary
+
+            keep_or_run("runs", (method, seed), run_method)
+            if method != "rope":
+                continue
+            for ext in config.extensions:
+                keep_or_run(
+                    "runs",
+                    (f"rope+{ext}", seed),
+                    lambda ext=ext, seed=seed: _run_extension(
+                        config, ext, seed, model_of("rope", seed), tokenizer, test_tokens, progress
+                    ),
+                )
+    _run_probes(config, results, keep_or_run, model_of, tokenizer, progress)
+    return results
+
+
+def _run_probes(
+    config: BenchConfig,
+    results: dict[str, Any],
+    keep_or_run: Any,
+    model_of: Any,
+    tokenizer: Any,
+    progress: bool,
+) -> None:
+    """The task, passkey and cost stages (see `extrapos.bench.stages`)."""
+    from extrapos.bench.stages import cost_probe, passkey_probe, task_probe
+
+    assert config.methods is not None and config.eval_lens is not None
+    for seed in config.seeds:
+        for task in config.tasks:
+            for method in config.methods:
+                keep_or_run(
+                    "task_runs",
+                    (method, task, seed),
+                    lambda method=method, task=task, seed=seed: _said(
+                        task_probe(
+                            method,
+                            task,
+                            seed,
+                            train_len=config.task_train_len,
+                            eval_lens=config.task_eval_lens or [],
+                            steps=config.task_steps,
+                            samples=config.task_samples,
+                            progress=progress,
+                        ),
+                        progress,
+                    ),
+                )
+    if config.passkey_steps:
+        for seed in config.seeds:
+            for method in config.methods:
+                keep_or_run(
+                    "passkey_runs",
+                    (method, seed),
+                    lambda method=method, seed=seed: [
+                        _said(row, progress)
+                        for row in passkey_probe(
+                            model_of(method, seed),
+                            tokenizer,
+                            method,
+                            seed,
+                            train_len=config.train_len,
+                            lengths=config.eval_lens or [],
+                            depths=config.passkey_depths,
+                            trials=config.passkey_trials,
+                            steps=config.passkey_steps,
+                            extensions=config.extensions,
+                            progress=progress,
+                        )
+                    ],
+                    rows={method, *(f"rope+{e}" for e in config.extensions if method == "rope")},
+                )
+    if config.memory:
+        for method in config.methods:
+            keep_or_run(
+                "costs",
+                (method,),
+                lambda method=method: cost_probe(
+                    method,
+                    max(config.eval_lens or [1]),
+                    n_layer=config.n_layer,
+                    n_head=config.n_head,
+                    d_model=config.d_model,
+                ),
+            )
+
+
+def _said(record: dict[str, Any], progress: bool) -> dict[str, Any]:
+    """Print a task or passkey record's accuracies by length; return it."""
+    if progress:
+        by_len: dict[int, list[float]] = {}
+        for r in record["records"]:
+            if r.get("accuracy") is not None:
+                by_len.setdefault(r["length"], []).append(r["accuracy"])
+        shown = ", ".join(f"{n}: {sum(v) / len(v):.2f}" for n, v in by_len.items())
+        what = f"task {record['task']}" if "task" in record else "passkey"
+        print(f"{record['method']} (seed {record['seed']}) {what}: acc {shown}", file=sys.stderr)
+    return record
+
+
+# results fields that must be unchanged for a finished record of each stage to be kept
+_STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
+    "runs": ("settings",),
+    "task_runs": ("task_settings",),
+    "passkey_runs": ("settings", "passkey_settings"),
+    "costs": ("settings",),
+}
+
+
+def _previous_runs(path: Path, results: dict[str, Any]) -> dict[str, dict[tuple[Any, ...], Any]]:
+    """Per stage, the finished records of an earlier results.json whose settings still hold,
+    by key. Passkey rows of one fine-tune (the method's own and its `rope+<ext>` rows) are
+    kept together under the method's key."""
+
+    kept: dict[str, dict[tuple[Any, ...], Any]] = {stage: {} for stage in _STAGE_SETTINGS}
+    if not path.is_file():
+        return kept
+    old = read_json(path, "bench results")
+    if any(old.get(k) != results[k] for k in ("version", "corpus_hash")):
+        return kept
+    for stage, must_match in _STAGE_SETTINGS.items():
+        if any(old.get(k) != results[k] for k in must_match):
+            continue
+        for record in old.get(stage, []):
+            key = record_key(stage, record)
+            if stage == "passkey_runs":
+                owner = (record.get("extends") or key[0], key[1])
+                kept[stage].setdefault(owner, []).append(record)
+            else:
+                kept[stage][key] = record
+    return kept
+
+
+def _evaluate(
+    model: Any,
+    lengths: list[int],
+    protocols: list[str],
+    test_tokens: torch.Tensor,
+    progress: bool,
+    token_bytes: torch.Tensor | None = None,
+) -> dict[str, Any]:
+    """ppl (first protocol), ppl per protocol, bits per byte, tokens scored, errors, the
+    per-position loss at the longest length, and the time it took. `test_tokens` is already
+    trimmed to the scored budget (see `run_bench`)."""
+    t0 = time.perf_counter()
+    by_protocol: dict[str, dict[str, Any]] = {}
+    for protocol in protocols:
+        records = evaluate_lengths(
+            model,
+            test_tokens,
+            lengths,
+            protocol=protocol,
+            progress=progress,  # type: ignore[arg-type]
+            token_bytes=token_bytes,
+        )
+        by_protocol[protocol] = {str(r["length"]): r for r in records}
+    first = by_protocol[protocols[0]]
+    longest = first[str(max(lengths))]
+    return {
+        "ppl": {k: r["ppl"] for k, r in first.items()},
+        "ppl_by_protocol": {
+            p: {k: r["ppl"] for k, r in recs.items()} for p, recs in by_protocol.items()
+        },
+        "bits_per_byte": {k: r.get("bits_per_byte") for k, r in first.items()},
+        "tokens_scored": {k: r.get("tokens") for k, r in first.items()},
+        "errors": {k: r["error"] for k, r in first.items() if r.get("error")},
+        "position_nll": {str(longest["length"]): longest.get("position_nll")},
+        "eval_seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+def _run_method(
+    config: BenchConfig,
+    method: str,
+    seed: int,
+    corpus: Any,
+    tokenizer: Any,
+    test_tokens: torch.Tensor,
+    out_dir: Path,
+    progress: bool,
+    save_runs: bool,
+) -> tuple[dict[str, Any], Any]:
+    model_config = config.model_config(method)
+    result = train(
+        model_config,
+        config.train_config(seed),
+        corpus,
+        tokenizer,
+        run_dir=out_dir / "runs" / f"{method}-seed{seed}" if save_runs else None,
+        progress=progress,
+        description=f"train {method} (seed {seed})",
+        overwrite=True,  # a run here is retrained only when the bench's settings changed
+    )
+    summary = {
+        "method": method,
+        "params": model_config.encoding_params,
+        "seed": seed,
+        **_evaluate(
+            result.model,
+            config.eval_lens or [],
+            config.protocols,
+            test_tokens,
+            progress,
+            tokenizer.token_bytes(),
+        ),
+        "final_train_loss": sum(result.losses[-20:]) / len(result.losses[-20:]),
+        "train_seconds": round(result.train_seconds, 2),
+        "tokens_per_second": round(result.tokens_per_second),
+        "num_params": result.model.num_params(),
+    }
+    _say(summary, progress)
+    return summary, result.model
+
+
+def _run_extension(
+    config: BenchConfig,
+    ext: str,
+    seed: int,
+    model: Any,
+    tokenizer: Any,
+    test_tokens: torch.Tensor,
+    progress: bool,
+) -> dict[str, Any]:
+    """Evaluate the trained rope model of this seed with scaling `ext`, each length with its
+    own factor (eval_len / train_len)."""
+    parts: dict[str, Any] = {}
+    for length in config.eval_lens or []:
+        with rope_extended(model, ext, config.train_len, length):
+            part = _evaluate(
+                model, [length], config.protocols, test_tokens, False, tokenizer.token_bytes()
+            )
+        parts[length] = (part, describe_extension(ext, config.train_len, length))
+    merged: dict[str, Any] = {"ppl_by_protocol": {p: {} for p in config.protocols}}
+    for key in ("ppl", "bits_per_byte", "tokens_scored", "errors", "position_nll"):
+        merged[key] = {}
+    for length, (part, _scaling) in parts.items():
+        for key in ("ppl", "bits_per_byte", "tokens_scored", "errors"):
+            merged[key].update(part[key])
+        for p in config.protocols:
+            merged["ppl_by_protocol"][p].update(part["ppl_by_protocol"][p])
+        if length == max(parts):
+            merged["position_nll"] = part["position_nll"]
+    summary = {
+        "method": f"rope+{ext}",
+        "params": {"at_longest_length": parts[max(parts)][1]},
+        "seed": seed,
+        "extends": "rope",
+        **merged,
+        "eval_seconds": round(sum(p["eval_seconds"] for p, _ in parts.values()), 2),
+        "train_seconds": 0.0,
+        "tokens_per_second": 0,
+        "num_params": model.num_params(),
+    }
+    _say(summary, progress)
+    return summary
+
+
+def _say(summary: dict[str, Any], progress: bool) -> None:
+    if progress:
+        shown = ", ".join(
+            f"{k}: {v:.3f}" if v is not None else f"{k}: n/a" for k, v in summary["ppl"].items()
+        )
+        print(f"{summary['method']} (seed {summary['seed']}): ppl {shown}", file=sys.stderr)
+
+
+__all__ = ["CLASSIC_METHODS", "PRESETS", "BenchConfig", "run_bench"]

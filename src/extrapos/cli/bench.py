@@ -1,0 +1,81 @@
+"""`extrapos bench` and `extrapos report`: the main job and re-rendering its report."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+from pathlib import Path
+
+from extrapos.cli.args import add_command, add_dataclass_flags, dataclass_flags
+from extrapos.core.settings import field_default
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from extrapos.bench.run import BenchConfig, run_bench
+    from extrapos.report.lm import write_report
+
+    if args.suite == "dialogue":
+        from extrapos.cli.dialogue import bench_dialogue
+
+        bench_dialogue(args)
+        return
+    config = BenchConfig.from_preset(args.preset, **dataclass_flags(args, "bench"))
+    write_report(run_bench(config, args.out), args.out)
+    print(f"wrote {Path(args.out) / 'results.json'}, report.md, report.html, results.csv, plots")
+
+
+def _preset_defaults(name: str) -> str:
+    """The true default of a bench field: the quick preset's value, and where the other
+    presets differ, theirs."""
+    from extrapos.bench.config import PRESETS, BenchConfig
+
+    base = {f.name: field_default(f) for f in fields(BenchConfig)}
+    values = {preset: settings.get(name, base[name]) for preset, settings in PRESETS.items()}
+
+    def show(value: object) -> str:
+        if value is None:
+            return "None"
+        if isinstance(value, list):
+            return ",".join(map(str, value)) or "none"
+        return str(value)
+
+    text = f"default {show(values['quick'])}"
+    others = [f"{p} {show(v)}" for p, v in values.items() if p != "quick" and v != values["quick"]]
+    return text + (f"; presets: {', '.join(others)}" if others else "")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from extrapos.report.lm import rerender
+
+    target = rerender(args.dirs, args.out)
+    print(f"wrote {target / 'report.md'}, report.html, results.csv and plots")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = add_command(
+        sub, "bench", cmd_bench, "train every method short, evaluate long, write a report"
+    )
+    p.add_argument(
+        "--preset",
+        choices=("quick", "standard", "paper"),
+        default="quick",
+        help="quick (default, minutes on 2 cores), standard (every encoding, 3 seeds), paper (GPU)",
+    )
+    p.add_argument(
+        "--suite",
+        choices=("lm", "dialogue"),
+        default="lm",
+        help="lm (default): language modelling, tasks, passkey; dialogue: history use, recall "
+        "and long generation on a DailyDialog folder (--data)",
+    )
+    from extrapos.bench.config import BenchConfig
+
+    names = [f.name for f in fields(BenchConfig) if f.name != "preset"]
+    add_dataclass_flags(p, BenchConfig, "bench", names, defaults=_preset_defaults)
+    p.add_argument("--out", default="bench_out", help="output directory (default bench_out)")
+
+    p = add_command(
+        sub, "report", cmd_report, "re-render (or merge) reports from bench results.json"
+    )
+    p.add_argument("dirs", nargs="+", help="bench output directories")
+    p.add_argument("--out", default=None, help="write the merged report here (several dirs)")

@@ -1,0 +1,356 @@
+"""A compact decoder-only GPT whose positional encoding is one config field.
+
+Pre-norm blocks (RMSNorm), SwiGLU feed-forward (Shazeer 2020), tied input/output embeddings.
+The encoding is built once per model from the registry and passed to every layer at forward
+time, so adding an encoding never changes this file. Per forward pass the model resolves
+positions once, and builds the distance-bias table and the FFN term once for all layers.
+
+Shapes: b batch, s new tokens, t keys (cached + new), h heads, d head dim, D d_model, V vocab.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from extrapos.core.errors import UserError
+from extrapos.encodings import PositionalEncoding, build_for_model
+from extrapos.encodings.base import EMBEDDING_INIT_STD
+from extrapos.kernels.attention import attention
+from extrapos.models.config import GPTConfig
+
+#: set by the run layer (`extrapos.training.run_dir`) so that `GPT.from_checkpoint` works
+#: without the model knowing what a run directory is
+_checkpoint_loader: Callable[[str | Path], GPT] | None = None
+
+
+def set_checkpoint_loader(loader: Callable[[str | Path], GPT]) -> None:
+    global _checkpoint_loader
+    _checkpoint_loader = loader
+
+
+@dataclass
+class PositionContext:
+    """What every layer needs to know about positions for one forward pass."""
+
+    encoding: PositionalEncoding
+    q_positions: Tensor  # (s,)
+    k_positions: Tensor  # (t,)
+    q_offset: int  # index of the first new token (= cached length)
+    bias_table: Tensor | None  # (h, n), or (h, 2n - 1) signed when not causal, or None
+    ffn_term: Tensor | None  # (s, d_ff) or None
+    causal: bool = True
+
+
+class KVCache:
+    """Keys (after rotation) and values of every layer, grown by doubling; plus key positions."""
+
+    def __init__(self, n_layer: int) -> None:
+        self.k: list[Tensor | None] = [None] * n_layer
+        self.v: list[Tensor | None] = [None] * n_layer
+        self.positions = torch.empty(0, dtype=torch.long)
+        self.length = 0
+
+    def append(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store new (b, h, s, d) keys/values of `layer`; return all (b, h, length + s, d)."""
+        start, stop = self.length, self.length + k.shape[-2]
+        buf_k, buf_v = self.k[layer], self.v[layer]
+        if buf_k is None or buf_k.shape[-2] < stop:
+            capacity = max(stop, 2 * (buf_k.shape[-2] if buf_k is not None else 0), 64)
+            new_k = k.new_empty(*k.shape[:-2], capacity, k.shape[-1])
+            new_v = v.new_empty(*v.shape[:-2], capacity, v.shape[-1])
+            if buf_k is not None:
+                new_k[..., :start, :] = buf_k[..., :start, :]
+                new_v[..., :start, :] = buf_v[..., :start, :]
+            self.k[layer], self.v[layer] = buf_k, buf_v = new_k, new_v
+        buf_k[..., start:stop, :] = k
+        buf_v[..., start:stop, :] = v
+        return buf_k[..., :stop, :], buf_v[..., :stop, :]
+
+    def advance(self, positions: Tensor) -> None:
+        """Record that the tokens at `positions` (s,) were appended to every layer."""
+        self.positions = torch.cat((self.positions.to(positions.device), positions))
+        self.length += positions.shape[0]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig, layer: int) -> None:
+        super().__init__()
+        self.n_head, self.head_dim, self.layer = config.n_head, config.head_dim, layer
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=False)
+        self.out = nn.Linear(config.d_model, config.d_model, bias=False)
+
+    def forward(self, x: Tensor, ctx: PositionContext, cache: KVCache | None) -> Tensor:
+        b, s, _ = x.shape
+        q, k, v = self.qkv(x).view(b, s, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        # q, k, v: (b, h, s, d)
+        enc = ctx.encoding
+        if "attention" in enc.sites:  # the encoding attends itself, from raw q/k
+            if cache is not None:
+                k, v = cache.append(self.layer, k, v)
+            y = enc.attend(q, k, v, ctx.q_positions, ctx.k_positions, ctx.q_offset, self.layer)
+            return self.out(y.transpose(1, 2).reshape(b, s, -1))
+        if cache is not None and enc.rotation_depends_on_length:
+            # frequencies depend on the current length: cache raw keys, rotate them all now
+            k, v = cache.append(self.layer, k, v)  # (b, h, t, d)
+            q, k = enc.rotate_qk(q, k, ctx.q_positions, ctx.k_positions)
+        else:
+            if "qk" in enc.sites:
+                q, k = enc.rotate_qk(q, k, ctx.q_positions, ctx.k_positions[ctx.q_offset :])
+            if cache is not None:
+                k, v = cache.append(self.layer, k, v)  # (b, h, t, d)
+        y = attention(
+            q,
+            k,
+            v,
+            bias_table=ctx.bias_table,
+            q_positions=ctx.q_positions,
+            k_positions=ctx.k_positions,
+            q_offset=ctx.q_offset,
+            causal=ctx.causal,
+        )
+        return self.out(y.transpose(1, 2).reshape(b, s, -1))
+
+
+class SwiGLU(nn.Module):
+    """FFN(x) = W2 (silu(W1 x + p) ⊙ W3 x), p the encoding's FFN-site term (or 0)."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        assert config.d_ff is not None
+        self.w1 = nn.Linear(config.d_model, config.d_ff, bias=False)
+        self.w3 = nn.Linear(config.d_model, config.d_ff, bias=False)
+        self.w2 = nn.Linear(config.d_ff, config.d_model, bias=False)
+
+    def forward(self, x: Tensor, ffn_term: Tensor | None = None) -> Tensor:
+        gate = self.w1(x)
+        if ffn_term is not None:
+            gate = gate + ffn_term.to(gate.dtype)
+        return self.w2(F.silu(gate) * self.w3(x))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig, layer: int) -> None:
+        super().__init__()
+        self.norm1 = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.attn = CausalSelfAttention(config, layer)
+        self.norm2 = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.mlp = SwiGLU(config)
+
+    def forward(self, x: Tensor, ctx: PositionContext, cache: KVCache | None) -> Tensor:
+        x = x + self.attn(self.norm1(x), ctx, cache)
+        return x + self.mlp(self.norm2(x), ctx.ffn_term)
+
+
+class GPT(nn.Module):
+    """Decoder-only Transformer LM. `model(idx)` with idx (b, s) int64 -> logits (b, s, V)."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoding = build_for_model(
+            config.encoding,
+            config.encoding_params,
+            d_model=config.d_model,
+            num_heads=config.n_head,
+            head_dim=config.head_dim,
+            num_layers=config.n_layer,
+            d_ff=config.d_ff,
+        )
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self._init_weights()
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+
+    def _init_weights(self) -> None:
+        # GPT-2 init: N(0, 0.02); residual output projections scaled by 1/sqrt(2·n_layer).
+        residual_std = EMBEDDING_INIT_STD / math.sqrt(2 * self.config.n_layer)
+        for name, module in self.named_modules():
+            if name.startswith("encoding"):
+                continue  # encodings initialize their own parameters
+            if isinstance(module, nn.Linear):
+                std = residual_std if name.endswith(("attn.out", "mlp.w2")) else EMBEDDING_INIT_STD
+                nn.init.normal_(module.weight, std=std)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=EMBEDDING_INIT_STD)
+
+    def num_params(self) -> int:
+        """Trainable parameters, tied weights counted once."""
+        return sum(p.numel() for p in self.parameters())
+
+    def position_context(
+        self, s: int, positions: Tensor | None, cache: KVCache | None, device: torch.device
+    ) -> PositionContext:
+        offset = cache.length if cache is not None else 0
+        if positions is None and self.config.random_positions and cache is None:
+            positions = self.sample_positions(s, device)
+        elif positions is None:
+            if self.config.random_positions:
+                raise UserError(
+                    "a model trained with random_positions needs explicit positions when "
+                    "decoding with a cache; generate() samples them for the whole sequence"
+                )
+            positions = torch.arange(offset, offset + s, device=device)
+        elif positions.shape != (s,):
+            raise UserError(f"positions must have shape ({s},), got {tuple(positions.shape)}")
+        enc = self.encoding
+        enc.check_positions(int(positions.max()))
+        k_positions = (
+            positions if cache is None else torch.cat((cache.positions.to(device), positions))
+        )
+        causal = self.config.causal
+        if not causal:
+            self._check_bidirectional(cache)
+        bias_table = None
+        if "bias" in enc.sites and causal:
+            num_distances = int(positions.max() - k_positions.min()) + 1
+            bias_table = enc.distance_bias(num_distances)
+        elif "bias" in enc.sites:
+            bias_table = enc.signed_distance_bias(int(positions.max() - positions.min()) + 1)
+        ffn_term = enc.ffn_term(positions, self.config.d_ff) if "ffn" in enc.sites else None
+        return PositionContext(
+            enc, positions, k_positions, offset, bias_table, ffn_term, causal=causal
+        )
+
+    def _check_bidirectional(self, cache: KVCache | None) -> None:
+        if cache is not None:
+            raise UserError(
+                "an encoder model (causal=False) has no KV cache: every token sees the whole "
+                "sequence; run it on the full sequence"
+            )
+        if "attention" in self.encoding.sites:
+            raise UserError(
+                f"encoding '{self.encoding.name}' computes causal attention itself and has no "
+                f"bidirectional form; use causal=True or an input/q-k/bias encoding"
+            )
+
+    def sample_positions(self, s: int, device: torch.device) -> Tensor:
+        """A sorted random subset of s positions from [0, random_positions) (s,): fresh ones
+        from the global RNG while training; in eval mode a fixed draw per length, so evaluation
+        is deterministic."""
+        limit = self.config.random_positions
+        assert limit is not None
+        if s > limit:
+            raise UserError(
+                f"sequence of {s} tokens is longer than random_positions={limit}, the range "
+                f"positions are drawn from; train with a larger random_positions"
+            )
+        generator = None if self.training else torch.Generator().manual_seed(s)
+        return torch.randperm(limit, generator=generator)[:s].sort().values.to(device)
+
+    def forward(
+        self, idx: Tensor, positions: Tensor | None = None, cache: KVCache | None = None
+    ) -> Tensor:
+        """idx (b, s) int64; positions (s,) int64, default offset .. offset+s-1 where offset is
+        the cache length; cache: keys/values of earlier tokens, extended in place.
+        Returns logits (b, s, V) in float32."""
+        if idx.ndim != 2:
+            raise UserError(f"idx must have shape (batch, seq), got {tuple(idx.shape)}")
+        ctx = self.position_context(idx.shape[1], positions, cache, idx.device)
+        x = self.embed(idx)  # (b, s, D)
+        if "input" in ctx.encoding.sites:
+            x = x + ctx.encoding.input_embedding(ctx.q_positions).to(x.dtype)
+        for block in self.blocks:
+            x = block(x, ctx, cache)
+        if cache is not None:
+            cache.advance(ctx.q_positions)
+        return self.lm_head(self.norm(x)).float()
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+    ) -> Tensor:
+        """Sample `max_new_tokens` after the prompt idx (b, s); returns (b, s + max_new_tokens).
+
+        With a KV cache each step feeds only the new token. Encodings whose cached keys go
+        stale as the sequence grows (`supports_kv_cache = False`) recompute the full sequence
+        each step instead, with a warning. Encodings whose rotation depends on the length
+        (dynamic NTK) keep their cache: keys are cached before rotation. temperature 0 means
+        greedy decoding.
+        """
+        if not self.config.causal:
+            raise UserError("an encoder model (causal=False) cannot generate text; use causal=True")
+        if use_cache and not self.encoding.supports_kv_cache:
+            warnings.warn(
+                f"encoding '{self.encoding.name}' cannot reuse cached keys; recomputing the full "
+                f"sequence at every step",
+                stacklevel=2,
+            )
+            use_cache = False
+        cache = KVCache(self.config.n_layer) if use_cache else None
+        s = idx.shape[1]
+        positions = torch.arange(s + max_new_tokens, device=idx.device)
+        if self.config.random_positions:
+            positions = self.sample_positions(s + max_new_tokens, idx.device)
+        out = idx
+        logits = self(idx, positions=positions[:s], cache=cache)[:, -1]
+        for step in range(max_new_tokens):
+            next_token = sample_next(logits, temperature, top_k, top_p, generator)
+            out = torch.cat((out, next_token[:, None]), dim=1)
+            if step == max_new_tokens - 1:
+                break
+            t = out.shape[1]
+            if cache is not None:
+                logits = self(next_token[:, None], positions=positions[t - 1 : t], cache=cache)
+            else:
+                logits = self(out, positions=positions[:t])
+            logits = logits[:, -1]
+        return out
+
+    @classmethod
+    def from_checkpoint(cls, run_dir: str | Path) -> GPT:
+        """The model of a trained run directory (weights and config; its tokenizer comes with
+        `extrapos.training.run_dir.load_run`). Run directories are the run layer's business:
+        it registers its loader here when imported (importing `extrapos` does)."""
+        if _checkpoint_loader is None:
+            raise UserError("no checkpoint loader: import extrapos.training.run_dir first")
+        return _checkpoint_loader(run_dir)
+
+
+def sample_next(
+    logits: Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Sample one token per row of logits (b, V) -> (b,) int64, with temperature, top-k and
+    nucleus (top-p) filtering. temperature 0 -> argmax."""
+    if not temperature >= 0:  # also catches NaN
+        raise UserError(f"temperature must be >= 0, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise UserError(f"top_k must be >= 1, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise UserError(f"top_p must be in (0, 1], got {top_p}")
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        # drop a token when the tokens ranked above it already hold top_p of the mass
+        drop_sorted = cumulative - sorted_logits.softmax(-1) >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

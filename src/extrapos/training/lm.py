@@ -1,0 +1,593 @@
+"""Training: next-token prediction on random windows of the train split.
+
+One optimizer step, with B = `batch_size` (the global batch), A = `grad_accum`, W = world size:
+
+1. lr = peak · `lr_factor(step)`: linear warmup, then cosine decay to `min_lr_ratio · lr`.
+2. The sampler (a seeded `torch.Generator`, the same on every rank) draws B window starts in the
+   train split. Rank r takes rows [r·B/W, (r+1)·B/W) and runs them as A micro-batches, each
+   loss scaled by 1/A; DDP averages gradients over ranks. So the gradient is that of the mean
+   loss over the B windows whatever W and A are, up to float summation order.
+3. Gradient-norm clipping (`grad_clip`; the norm is logged either way), then AdamW (weight decay
+   only on matrices of the Transformer body, not on norms, biases, embeddings or positional
+   parameters).
+4. A non-finite loss or gradient norm stops the run with a `UserError` naming the step, before
+   the optimizer touches the weights; the checkpoints already written stay as they are.
+
+`precision="bf16"` runs forward and backward under `torch.autocast(bfloat16)` (CPU and CUDA):
+matmuls in bf16, weights, optimizer state, loss and the positional math in fp32 (encodings
+compute their tables in fp32). `compile=True` trains through `torch.compile(model)`.
+
+With a run directory (rank 0 writes; see `extrapos.training.run_dir` for the layout): a checkpoint
+every `save_every` steps and at the end, keeping the last `keep_last`; `log.csv` with one row per
+step (loss, lr, grad norm, tokens/s, validation every `EvalConfig.every` steps), TensorBoard
+scalars in `tb/` when `tensorboard=True`; `config.json` with the resolved config. `resume=True`
+continues from the newest checkpoint — weights, optimizer, schedule, sampler and RNG state, loss
+history and log — to the same weights an uninterrupted run reaches.
+
+Distributed data parallel: launch with `torchrun --nproc_per_node N -m extrapos train ...`;
+`init_distributed()` joins the process group (NCCL on CUDA, gloo on CPU). Every rank must see
+the same corpus and the run directory on a shared filesystem (every rank reads it on resume).
+FSDP2 (`torch.distributed.fsdp.fully_shard`) is not wired in: the models here fit one device
+many times over; the path would be `fully_shard` on each block then the root, and checkpoints
+through `torch.distributed.checkpoint` (or a full state dict gathered on rank 0).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from extrapos.core.errors import UserError
+from extrapos.data import Corpus, Tokenizer
+from extrapos.data.cache import tokenizer_hash
+from extrapos.data.dialogue import DialogueCorpus
+from extrapos.models.gpt import GPT, GPTConfig
+from extrapos.training.config import DataConfig, EvalConfig, RunConfig, TrainConfig
+from extrapos.training.distributed import (
+    DistInfo,
+    barrier,
+    distributed_info,
+    init_distributed,
+    resolve_device,
+)
+from extrapos.training.log import LOG_COLUMNS, RunLog
+from extrapos.training.loop import autocast, lr_factor, make_optimizer, optimizer_step
+from extrapos.training.run_dir import (
+    clear_checkpoints,
+    latest_checkpoint,
+    list_checkpoints,
+    load_model,
+    load_train_state,
+    remove_partial_checkpoints,
+    save_checkpoint,
+)
+from extrapos.training.state import TrainState, mismatch
+
+__all__ = [
+    "LOG_COLUMNS",
+    "DistInfo",
+    "EvalConfig",
+    "TrainConfig",
+    "TrainResult",
+    "distributed_info",
+    "init_distributed",
+    "lr_factor",
+    "make_optimizer",
+    "run_training",
+    "sample_batch",
+    "train",
+    "validate",
+]
+
+
+@dataclass
+class TrainResult:
+    model: GPT
+    losses: list[float]  # mean training loss of each optimizer step (over the global batch)
+    train_seconds: float  # time in training steps (not validation or saving)
+    tokens_per_second: float
+    steps: int
+    valid: list[tuple[int, float]] = field(default_factory=list)  # (step, valid loss)
+    step_seconds: list[float] = field(default_factory=list)  # steps run by this call
+    tokenizer: Tokenizer | None = None  # the tokenizer the model was trained with
+
+
+def sample_batch(
+    tokens: torch.Tensor | np.ndarray,
+    batch_size: int,
+    length: int,
+    generator: torch.Generator,
+    rows: slice | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random windows of a 1-D token stream (tensor or numpy array, e.g. a memory map):
+    inputs (b, L) and next-token targets (b, L), int64.
+
+    Always draws `batch_size` starts from `generator` (so every rank advances it alike);
+    `rows` selects which of those windows to build (this rank's share of the global batch).
+    """
+    starts = torch.randint(0, len(tokens) - length, (batch_size,), generator=generator)
+    if rows is not None:
+        starts = starts[rows]
+    if isinstance(tokens, torch.Tensor):
+        windows = torch.stack([tokens[s : s + length + 1] for s in starts.tolist()])
+    else:
+        index = starts.numpy()[:, None] + np.arange(length + 1)
+        windows = torch.from_numpy(np.asarray(tokens[index], dtype=np.int64))
+    return windows[:, :-1], windows[:, 1:]
+
+
+def _lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over the targets that are not -100 (ignored: outside
+    dialogue responses under `loss_on="responses"`); logits (b, L, V), targets (b, L). A batch
+    with no target left gives a zero loss (and zero gradient), not NaN."""
+    flat = targets.flatten()
+    if not bool((flat != -100).any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.float().flatten(0, 1), flat)
+
+
+@torch.no_grad()
+def validate(
+    model: GPT,
+    tokens: np.ndarray | torch.Tensor,
+    length: int,
+    max_tokens: int,
+    batch_size: int,
+    precision: str = "fp32",
+    info: DistInfo | None = None,
+) -> float:
+    """Mean next-token loss over non-overlapping windows of `length` at the start of `tokens`
+    (as many as fit in `max_tokens` targets, at least one). Under DDP each rank scores every
+    W-th window and the sums are all-reduced, so every rank returns the same number."""
+    info = info or distributed_info()
+    device = next(model.parameters()).device
+    n_windows = min((len(tokens) - 1) // length, max(1, max_tokens // length))
+    mine = list(range(info.rank, n_windows, info.world_size))
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # nll sum, targets
+    was_training = model.training
+    model.eval()
+    for i in range(0, len(mine), batch_size):
+        starts = np.array(mine[i : i + batch_size]) * length
+        index = starts[:, None] + np.arange(length + 1)
+        rows = torch.as_tensor(np.asarray(tokens[index], dtype=np.int64), device=device)
+        with autocast(device, precision):
+            logits = model(rows[:, :-1])
+        nll = F.cross_entropy(logits.float().flatten(0, 1), rows[:, 1:].flatten(), reduction="sum")
+        sums[0] += nll.double()
+        sums[1] += rows[:, 1:].numel()
+    model.train(was_training)
+    if info.world_size > 1:
+        dist.all_reduce(sums)
+    return float(sums[0] / sums[1])
+
+
+def _record(
+    model_config: GPTConfig,
+    train_config: TrainConfig,
+    eval_config: EvalConfig | None,
+    data_config: DataConfig,
+    corpus: Corpus,
+    tokenizer: Tokenizer,
+) -> dict[str, Any]:
+    """The resolved config saved as config.json (a valid `--config` file itself)."""
+    return {
+        "model": model_config.to_dict(),
+        "train": asdict(train_config),
+        "eval": asdict(eval_config) if eval_config is not None else {"every": 0},
+        "data": {**asdict(data_config), **corpus.describe(), "name": data_config.name},
+        "tokenizer": {
+            "type": tokenizer.name,
+            "vocab_size": tokenizer.vocab_size,
+            "sha256": tokenizer_hash(tokenizer),
+        },
+    }
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def train(
+    model_config: GPTConfig,
+    train_config: TrainConfig,
+    corpus: Corpus,
+    tokenizer: Tokenizer,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    description: str = "train",
+    eval_config: EvalConfig | None = None,
+    data_config: DataConfig | None = None,
+    overwrite: bool = False,
+) -> TrainResult:
+    """Train a GPT on `corpus`'s train split; see the module docstring.
+
+    A run_dir holding another run's checkpoints is refused unless `resume` (continue it) or
+    `overwrite` (delete them and start over).
+
+    `eval_config` None: no periodic validation. `data_config` is only recorded (default: the
+    corpus's name and the tokenizer's). Inside a torchrun job call `init_distributed()` first.
+    """
+    info = distributed_info()
+    device = resolve_device(train_config.device, info)
+    run_dir = Path(run_dir) if run_dir is not None else None
+    _check_shapes(model_config, train_config, tokenizer, info)
+    tokens = _split_tokens(corpus, "train", tokenizer, train_config.train_len + 1)
+    # dialogue corpora: windows start at turn boundaries, loss optionally on responses only
+    turns = corpus.layout("train", tokenizer) if isinstance(corpus, DialogueCorpus) else None
+    if train_config.loss_on != "all" and turns is None:
+        raise UserError(
+            f"train.loss_on={train_config.loss_on!r} needs a dialogue corpus (a DailyDialog-format "
+            f"folder); {corpus.name} is plain text: use loss_on 'all'"
+        )
+    if eval_config is not None:
+        eval_config = eval_config.resolved(train_config)
+    valid_tokens = None
+    if eval_config is not None and eval_config.every:
+        valid_tokens = _split_tokens(corpus, "valid", tokenizer, eval_config.length or 0)
+    data_config = _data_config(data_config, corpus, tokenizer)
+
+    torch.manual_seed(train_config.seed)
+    model = GPT(model_config)
+    model.encoding.check_positions(train_config.train_len - 1)
+    model.to(device)
+    optimizer = make_optimizer(model, train_config)
+    generator = torch.Generator().manual_seed(train_config.seed)
+    tok_hash = tokenizer_hash(tokenizer)
+    _prepare_run_dir(run_dir, resume, overwrite, info)
+    state = TrainState()
+    if resume and latest_checkpoint(run_dir) is not None:
+        saved = load_train_state(run_dir)
+        differs = mismatch(saved, model_config, train_config, tok_hash)
+        if differs:
+            raise UserError(
+                f"{run_dir} holds a run with another {differs}; resume it with the same "
+                f"settings or pick another --out"
+            )
+        folder = latest_checkpoint(run_dir)
+        model.load_state_dict(load_model(folder, map_location=device).state_dict())
+        state = TrainState.restore(saved, optimizer, generator, device)
+
+    record = _record(model_config, train_config, eval_config, data_config, corpus, tokenizer)
+
+    def save(step: int) -> None:
+        if run_dir is not None and info.is_main:
+            saved = state.capture(
+                optimizer, generator, device, model_config, train_config, tok_hash, info.world_size
+            )
+            saved["step"] = step
+            save_checkpoint(
+                run_dir, step, model, record, tokenizer, saved, keep_last=train_config.keep_last
+            )
+        barrier(info)
+
+    forward, ddp, compile_settings = _wrap_for_training(model, train_config, device, info)
+    log = RunLog(
+        run_dir if info.is_main else None, state.step, info.is_main and train_config.tensorboard
+    )
+    model.train()
+    share = train_config.batch_size // info.world_size
+    rows = slice(info.rank * share, (info.rank + 1) * share)
+    tokens_per_step = train_config.batch_size * train_config.train_len
+    start_step, step_seconds = state.step, []
+    bar = tqdm(
+        range(start_step, train_config.steps),
+        initial=start_step,
+        total=train_config.steps,
+        desc=description,
+        disable=not (progress and info.is_main),
+        dynamic_ncols=True,
+        leave=False,
+    )
+
+    def backward() -> torch.Tensor:
+        if turns is not None:
+            x, y = turns.sample_batch(
+                train_config.batch_size,
+                train_config.train_len,
+                generator,
+                rows,
+                train_config.loss_on,
+            )
+        else:
+            x, y = sample_batch(
+                tokens, train_config.batch_size, train_config.train_len, generator, rows
+            )
+        return _forward_backward(forward, ddp, x.to(device), y.to(device), train_config, info)
+
+    try:
+        with compile_settings:
+            for step in bar:
+                t0 = time.perf_counter()
+                stats = optimizer_step(model, optimizer, train_config, step, backward)
+                done = step + 1
+                if not stats.finite:
+                    log.write(
+                        {
+                            "step": done,
+                            "lr": stats.lr,
+                            "loss": stats.loss,
+                            "grad_norm": stats.grad_norm,
+                        }
+                    )
+                    raise _diverged(stats, done, run_dir, train_config)
+                seconds = time.perf_counter() - t0
+                state.step, state.elapsed = done, state.elapsed + seconds
+                state.losses.append(stats.loss)
+                step_seconds.append(seconds)
+                row: dict[str, Any] = {
+                    "step": done,
+                    "tokens": done * tokens_per_step,
+                    "lr": stats.lr,
+                    "loss": stats.loss,
+                    "grad_norm": stats.grad_norm,
+                    "tokens_per_s": tokens_per_step / max(seconds, 1e-9),
+                    "elapsed_s": state.elapsed,
+                }
+                every = eval_config.every if eval_config is not None else 0
+                if valid_tokens is not None and (done % every == 0 or done == train_config.steps):
+                    value = validate(
+                        model,
+                        valid_tokens,
+                        eval_config.length or train_config.train_len,
+                        eval_config.max_tokens,
+                        share // train_config.grad_accum,
+                        train_config.precision,
+                        info,
+                    )
+                    state.valid.append((done, value))
+                    row["valid_loss"], row["valid_ppl"] = value, math.exp(min(value, 700.0))
+                log.write(row)
+                this_call = sum(step_seconds) + 1e-9
+                postfix = {
+                    "loss": f"{stats.loss:.3f}",
+                    "tok_s": f"{(done - start_step) * tokens_per_step / this_call:,.0f}",
+                }
+                if state.valid:
+                    postfix["valid"] = f"{state.valid[-1][1]:.3f}"
+                bar.set_postfix(postfix)
+                save_every = train_config.save_every
+                if save_every and done % save_every == 0 and done < train_config.steps:
+                    save(done)
+    finally:
+        bar.close()
+        log.close()
+    save(train_config.steps)
+    model.eval()
+    trained_tokens = train_config.steps * tokens_per_step
+    return TrainResult(
+        model=model,
+        losses=state.losses,
+        train_seconds=state.elapsed,
+        tokens_per_second=trained_tokens / max(state.elapsed, 1e-9),
+        steps=train_config.steps,
+        valid=state.valid,
+        step_seconds=step_seconds,
+        tokenizer=tokenizer,
+    )
+
+
+def _check_shapes(
+    model_config: GPTConfig, train_config: TrainConfig, tokenizer: Tokenizer, info: DistInfo
+) -> None:
+    if not model_config.causal:
+        raise UserError(
+            "causal=False builds an encoder, which next-token training would let see its "
+            "targets; train with causal=True"
+        )
+    if model_config.vocab_size != tokenizer.vocab_size:
+        raise UserError(
+            f"model vocab_size={model_config.vocab_size} differs from the tokenizer's "
+            f"{tokenizer.vocab_size}; set vocab_size to the tokenizer's"
+        )
+    if train_config.batch_size % (info.world_size * train_config.grad_accum):
+        raise UserError(
+            f"batch_size={train_config.batch_size} must be divisible by world size "
+            f"{info.world_size} x grad_accum {train_config.grad_accum}; change --batch-size"
+        )
+
+
+def _split_tokens(corpus: Corpus, split: str, tokenizer: Tokenizer, window: int) -> Any:
+    """The split's token array; an error when it cannot hold one window of `window` + 1."""
+    tokens = corpus.token_array(split, tokenizer)
+    if len(tokens) <= window:
+        if split == "train":
+            raise UserError(
+                f"the train split has {len(tokens)} tokens, fewer than train_len + 2 = "
+                f"{window + 1}; use more data or a shorter --train-len"
+            )
+        raise UserError(
+            f"the valid split has {len(tokens)} tokens, too few for one validation "
+            f"window of {window}; set eval.length lower or eval.every to 0"
+        )
+    return tokens
+
+
+def _data_config(
+    data_config: DataConfig | None, corpus: Corpus, tokenizer: Tokenizer
+) -> DataConfig:
+    if data_config is None:
+        return DataConfig(
+            name=corpus.name,
+            tokenizer=tokenizer.name if tokenizer.name in ("byte", "bpe") else "byte",
+            vocab_size=tokenizer.vocab_size if tokenizer.name == "bpe" else None,
+        )
+    if data_config.content_hash not in (None, corpus.content_hash):
+        raise UserError(
+            f"the corpus {corpus.name} has changed: its hash is {corpus.content_hash[:12]}…, the "
+            f"config says {data_config.content_hash[:12]}…; drop data.content_hash to train on "
+            "it anyway"
+        )
+    return data_config
+
+
+def _prepare_run_dir(run_dir: Path | None, resume: bool, overwrite: bool, info: DistInfo) -> None:
+    """Refuse to train over another run's checkpoints unless resuming or overwriting; clear
+    what a resume must not see (partial checkpoints) or a fresh run must not keep."""
+    if resume and run_dir is None:
+        raise UserError("resume needs a run directory (--out)")
+    if run_dir is not None and info.is_main:
+        earlier = list_checkpoints(run_dir)
+        if earlier and not (resume or overwrite):
+            raise UserError(
+                f"{run_dir} holds checkpoints of an earlier run (up to step {earlier[-1][0]}); "
+                f"pass --resume to continue it, --overwrite to delete them and start over, or "
+                f"choose another --out"
+            )
+        (remove_partial_checkpoints if resume else clear_checkpoints)(run_dir)
+    barrier(info)
+
+
+def _wrap_for_training(
+    model: GPT, train_config: TrainConfig, device: torch.device, info: DistInfo
+) -> tuple[Any, Any, contextlib.AbstractContextManager[Any]]:
+    """What the steps call: the model, in DDP across ranks and/or compiled; the DDP wrapper
+    (or None); the settings the compiled steps run under."""
+    forward: Any = model
+    ddp = None
+    if info.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device.type == "cuda" else None
+        # buffers (e.g. ALiBi slopes) are derived from the config, identical on every rank:
+        # no need to re-broadcast them at every forward
+        sync = (
+            {"forward_sync_buffers": False}
+            if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+            else {"broadcast_buffers": False}
+        )
+        ddp = DistributedDataParallel(model, device_ids=ids, **sync)
+        forward = ddp
+    settings: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    if train_config.compile:
+        forward = torch.compile(forward)
+        # torch 2.13: a warm AOTAutograd cache hit replays aliased-output views with garbage
+        # shapes for this model (RuntimeError "shape '[9404…, 5547…, 48]' is invalid"; the
+        # pytorch issues 141974 and 177812 family); compiling without that cache is correct
+        import torch._functorch.config as functorch_config
+
+        settings = functorch_config.patch(enable_autograd_cache=False)
+    return forward, ddp, settings
+
+
+def _diverged(stats: Any, done: int, run_dir: Path | None, config: TrainConfig) -> UserError:
+    what = "loss" if not math.isfinite(stats.loss) else "gradient norm"
+    kept = latest_checkpoint(run_dir) if run_dir is not None else None
+    where = f"the last checkpoint ({kept}) is kept" if kept else "nothing was saved"
+    return UserError(
+        f"the {what} became {stats.loss if what == 'loss' else stats.grad_norm} at step "
+        f"{done}; the run stopped before updating the weights and {where}. Lower "
+        f"--lr (now {config.lr}) or raise --warmup-steps, then resume or restart"
+    )
+
+
+def _forward_backward(
+    forward: Any,
+    ddp: Any,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    config: TrainConfig,
+    info: DistInfo,
+) -> torch.Tensor:
+    """Forward and backward over this rank's rows x, y (b, L) in `accum` micro-batches, each
+    loss scaled by 1/accum (DDP syncs gradients on the last only). Returns the mean loss over
+    the global batch, the same number on every rank."""
+    accum, precision = config.grad_accum, config.precision
+    micro = x.shape[0] // accum
+    step_loss = torch.zeros((), device=x.device)
+    for m in range(accum):
+        xm, ym = x[m * micro : (m + 1) * micro], y[m * micro : (m + 1) * micro]
+        sync = ddp is None or m == accum - 1
+        with contextlib.nullcontext() if sync else ddp.no_sync():
+            with autocast(x.device, precision):
+                logits = forward(xm)
+            loss = _lm_loss(logits, ym)
+            (loss / accum if accum > 1 else loss).backward()
+        step_loss += loss.detach()
+    if accum > 1:
+        step_loss /= accum
+    if info.world_size > 1:  # gloo has no AVG: sum, then divide
+        dist.all_reduce(step_loss)
+        step_loss /= info.world_size
+    return step_loss
+
+
+# ----------------------------------------------------------------------------- from a config
+
+
+def run_training(
+    config: dict[str, Any] | RunConfig,
+    run_dir: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    where: str | None = None,
+    overwrite: bool = False,
+) -> TrainResult:
+    """Train from a nested config dict (sections model/train/data/eval; see `extrapos.training.config`)
+    or a `RunConfig`: validate it, load the corpus, build (or on resume, reload) the tokenizer,
+    set the model's vocab_size to the tokenizer's, and call `train`.
+
+    Under torchrun, rank 0 trains the BPE tokenizer and tokenizes the corpus (filling the
+    on-disk cache) while the other ranks wait, then receives the same tokenizer.
+    """
+    from extrapos.data import build_tokenizer, load_corpus, load_tokenizer, tokenizer_from_dict
+    from extrapos.training.run_dir import TOKENIZER
+
+    if isinstance(config, RunConfig):
+        config = config.to_dict()
+    run = RunConfig.from_dict(config, where)  # fail fast, before any data is read
+    info = distributed_info()
+    corpus = load_corpus(run.data.name)
+
+    tokenizer = None
+    saved = Path(run_dir) / TOKENIZER
+    if resume and saved.is_file() and latest_checkpoint(run_dir) is not None:
+        tokenizer = load_tokenizer(saved)  # exactly the tokenizer the run started with
+        if tokenizer.name != run.data.tokenizer:
+            raise UserError(
+                f"{run_dir} was trained with the {tokenizer.name} tokenizer, not "
+                f"{run.data.tokenizer}; resume with the same flags or pick another --out"
+            )
+    if tokenizer is None:
+        options = run.data.tokenizer_options()
+        if run.data.tokenizer == "bpe":
+            options["corpus"] = corpus
+        if info.world_size > 1:
+            built = (
+                [build_tokenizer(run.data.tokenizer, **options).to_dict()]
+                if info.is_main
+                else [None]
+            )
+            dist.broadcast_object_list(built, src=0)
+            tokenizer = tokenizer_from_dict(built[0])
+        else:
+            tokenizer = build_tokenizer(run.data.tokenizer, **options)
+    if info.is_main:  # fill the token cache once, before the other ranks read it
+        corpus.token_array("train", tokenizer)
+    barrier(info)
+
+    model_dict = {**config.get("model", {}), "vocab_size": tokenizer.vocab_size}
+    run = RunConfig.from_dict({**config, "model": model_dict}, where)
+    return train(
+        run.model,
+        run.train,
+        corpus,
+        tokenizer,
+        run_dir=run_dir,
+        resume=resume,
+        progress=progress,
+        description=f"train {run.model.encoding}",
+        eval_config=run.eval,
+        data_config=run.data,
+        overwrite=overwrite,
+    )
