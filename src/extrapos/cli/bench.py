@@ -66,7 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=("lm", "dialogue"),
         default="lm",
         help="lm (default): language modelling, tasks, passkey; dialogue: history use, recall "
-        "and long generation on a DailyDialog folder (--data)",
+        "and long generation on a DailyDialog folder (--data), with its own defaults (sinusoidal,"
+        "learned,nope,rope,alibi,t5,kerple_log,fire; seeds 0,1,2; train-len 64; 300 steps)",
     )
     from extrapos.bench.config import BenchConfig
 
