@@ -13,11 +13,11 @@ import traceback
 from collections.abc import Sequence
 from typing import NoReturn
 
-from extrapos.cli import bench, evaluate, hf, info, probes, train, translate
+from extrapos.cli import bench, dialogue, evaluate, hf, info, probes, train, translate
 from extrapos.core.errors import UserError
 
 #: command groups, in the order `extrapos --help` lists them
-COMMAND_MODULES = (info, train, evaluate, bench, hf, probes, translate)
+COMMAND_MODULES = (info, train, evaluate, bench, hf, probes, translate, dialogue)
 
 
 class _Parser(argparse.ArgumentParser):

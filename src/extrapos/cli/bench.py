@@ -18,6 +18,11 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from extrapos.bench.run import BenchConfig, run_bench
     from extrapos.report.lm import write_report
 
+    if args.suite == "dialogue":
+        from extrapos.cli.dialogue import bench_dialogue
+
+        bench_dialogue(args)
+        return
     config = BenchConfig.from_preset(args.preset, **dataclass_flags(args, "bench"))
     write_report(run_bench(config, args.out), args.out)
     print(f"wrote {Path(args.out) / 'results.json'}, report.md, report.html, results.csv, plots")
@@ -59,6 +64,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=("quick", "standard", "paper"),
         default="quick",
         help="quick (default, minutes on 2 cores), standard (every encoding, 3 seeds), paper (GPU)",
+    )
+    p.add_argument(
+        "--suite",
+        choices=("lm", "translation", "dialogue"),
+        default="lm",
+        help="lm (default): language modelling, tasks, passkey; translation: train short "
+        "pairs, translate long ones (--data DIR --src L1 --tgt L2); dialogue: history use, recall "
+        "and long generation on a DailyDialog folder (--data), with its own defaults (sinusoidal,"
+        "learned,nope,rope,alibi,t5,kerple_log,fire; seeds 0,1,2; train-len 64; 300 steps)",
     )
     from extrapos.bench.config import BenchConfig
 

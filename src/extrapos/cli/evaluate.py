@@ -168,6 +168,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
     import torch
 
+    from extrapos.cli.dialogue import generate_stats, stream_generate
     from extrapos.probes.extensions import rope_extended
     from extrapos.training.run_dir import load_run
 
@@ -178,6 +179,13 @@ def cmd_generate(args: argparse.Namespace) -> None:
         )
     run = load_run(args.run_dir)
     model, tokenizer = run.model, run.tokenizer
+    if args.stats:
+        if args.extend:
+            raise UserError("--stats does not take --extend; drop one of them")
+        generate_stats(model, tokenizer, args)
+        return
+    if args.prompt is None:
+        raise UserError("--prompt is required (or pass --stats to use held-out prompts)")
     prompt = tokenizer.encode(args.prompt)
     if prompt.numel() == 0:
         raise UserError("--prompt is empty; give at least one character")
@@ -188,16 +196,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
         if args.extend
         else contextlib.nullcontext()
     )
-    with extension:
-        out = model.generate(
-            prompt[None, :],
-            args.max_new_tokens,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            generator=generator,
-        )
-    print(tokenizer.decode(out[0]))
+    with extension:  # the text streams to stdout; the same draws as model.generate
+        stream_generate(model, tokenizer, prompt, args, generator)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -246,9 +246,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="generate from a rope run with an inference-time extension for the full length",
     )
-    p.add_argument("--prompt", required=True)
+    p.add_argument("--prompt", default=None, help="text to continue (streams to stdout)")
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
+    from extrapos.cli.dialogue import add_generate_arguments
+
+    add_generate_arguments(p)

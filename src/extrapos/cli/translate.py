@@ -226,9 +226,6 @@ def register(sub: Any) -> None:
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     """The flags `extrapos bench --suite translation` adds to the bench command (it shares
     --methods, --seeds, --steps, --data, --lr, --n-layer, --n-head, --d-model with the LM suite)."""
-    p.add_argument(
-        "--suite", choices=("lm", "translation"), default="lm", help="lm (default) or translation"
-    )
     g = p.add_argument_group("translation suite (--suite translation)")
     g.add_argument("--src", default="en", help="source language (default en)")
     g.add_argument("--tgt", default="de", help="target language (default de)")

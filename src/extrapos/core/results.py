@@ -56,6 +56,25 @@ class CostRecord(TypedDict, total=False):
     peak_mib: float
 
 
+class DialogueRecord(TypedDict, total=False):
+    """One (method, seed) of the dialogue suite (`bench --suite dialogue`, whose results.json
+    has `"suite": "dialogue"` and these records in `runs`; see `extrapos.bench.dialogue`)."""
+
+    kind: str  # "dialogue"
+    method: str
+    seed: int
+    params: dict[str, Any]
+    history: dict[str, dict[str, float | None]]  # {"k": {"0": nll, ...}, "by_length": {...}}
+    history_by_length_k0: dict[str, float | None]  # the same turns' NLL with no history
+    recall: dict[str, float]  # distance in tokens -> accuracy
+    chance: float
+    n_dialogues: int
+    generation: dict[str, Any]  # positions, rep_n, distinct_n, true_nll, ... per window
+    train_seconds: float
+    eval_seconds: float
+    generation_seconds: float
+
+
 class BenchResults(TypedDict, total=False):
     """The whole results.json."""
 

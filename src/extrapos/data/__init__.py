@@ -17,6 +17,7 @@ from .corpus import (
     load_corpus,
     split_by_name_hash,
 )
+from .dialogue import DialogueCorpus  # also registers the DailyDialog folder format
 from .tokenizers import (
     BpeTokenizer,
     ByteTokenizer,
@@ -37,6 +38,7 @@ __all__ = [
     "BpeTokenizer",
     "ByteTokenizer",
     "Corpus",
+    "DialogueCorpus",
     "Tokenizer",
     "build_tokenizer",
     "list_corpora",

@@ -9,6 +9,8 @@
   folder (below); one match is treated as a single text file.
 * a text file — cut into train/valid/test by contiguous byte ranges (90/5/5), each cut moved
   forward to just after the next newline, so each split is one document of whole lines.
+* a DailyDialog-format folder (`dialogues_{train,validation,test}.txt`) — a `DialogueCorpus`
+  (see `extrapos.data.dialogue`).
 * a folder — if its top-level files include, by name, a train, a valid and a test file (a name
   contains the word `train`; `valid`, `val`, `validation` or `dev`; `test` — words being the
   parts between non-alphanumeric characters, as in WikiText's `wiki.valid.tokens`), those files
@@ -82,6 +84,10 @@ __all__ = [
 
 SPLITS: tuple[str, str, str] = ("train", "valid", "test")
 KNOWN_CORPORA: tuple[str, ...] = ("builtin",)
+
+#: folders in a format of their own: (is_format(path), load(path, name)), tried in order;
+#: `extrapos.data.dialogue` adds the DailyDialog format (imported by `extrapos.data`)
+FOLDER_FORMATS: list[tuple[Callable[[Path], bool], Callable[[Path, str], Corpus]]] = []
 
 BUILTIN_MAX_BYTES = 4_000_000
 BUILTIN_TEST_MIN_BYTES = 150_000
@@ -234,6 +240,9 @@ def load_corpus(spec: str | os.PathLike[str] | None = None) -> Corpus:
     if path.is_file():
         return _corpus_from_file(raw, path)
     if path.is_dir():
+        for is_format, load in FOLDER_FORMATS:
+            if is_format(path):
+                return load(path, raw)
         return _corpus_from_folder(raw, path)
     if path.exists():
         raise UserError(f"{raw!r} is neither a regular file nor a folder; pass a text file")

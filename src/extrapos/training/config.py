@@ -35,6 +35,7 @@ from extrapos.core.settings import setting
 from extrapos.models.config import GPTConfig
 
 Precision = Literal["fp32", "bf16"]
+LossOn = Literal["all", "responses"]  # extrapos.data.dialogue.LossOn
 TokenizerName = Literal["byte", "bpe"]
 Objective = Literal["lm", "mlm"]
 
@@ -139,6 +140,9 @@ class TrainConfig:
     )
     tensorboard: bool = setting(
         False, "also log to RUN_DIR/tb (needs tensorboard); log.csv is always written"
+    )
+    loss_on: LossOn = setting(
+        "all", "loss targets: every token, or on a dialogue folder the response turns only"
     )
 
     def __post_init__(self) -> None:

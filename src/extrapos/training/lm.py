@@ -54,6 +54,7 @@ from tqdm.auto import tqdm
 from extrapos.core.errors import UserError
 from extrapos.data import Corpus, Tokenizer
 from extrapos.data.cache import tokenizer_hash
+from extrapos.data.dialogue import DialogueCorpus
 from extrapos.data.tokenizers import mask_token_id, with_mask_token
 from extrapos.models.gpt import GPT, GPTConfig
 from extrapos.training.config import DataConfig, EvalConfig, RunConfig, TrainConfig
@@ -132,8 +133,13 @@ def sample_batch(
 
 
 def _lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy; logits (b, L, V), targets (b, L)."""
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+    """Mean next-token cross-entropy over the targets that are not -100 (ignored: outside
+    dialogue responses under `loss_on="responses"`); logits (b, L, V), targets (b, L). A batch
+    with no target left gives a zero loss (and zero gradient), not NaN."""
+    flat = targets.flatten()
+    if not bool((flat != -100).any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.float().flatten(0, 1), flat)
 
 
 @torch.no_grad()
@@ -222,6 +228,13 @@ def train(
     run_dir = Path(run_dir) if run_dir is not None else None
     _check_shapes(model_config, train_config, tokenizer, info)
     tokens = _split_tokens(corpus, "train", tokenizer, train_config.train_len + 1)
+    # dialogue corpora: windows start at turn boundaries, loss optionally on responses only
+    turns = corpus.layout("train", tokenizer) if isinstance(corpus, DialogueCorpus) else None
+    if train_config.loss_on != "all" and turns is None:
+        raise UserError(
+            f"train.loss_on={train_config.loss_on!r} needs a dialogue corpus (a DailyDialog-format "
+            f"folder); {corpus.name} is plain text: use loss_on 'all'"
+        )
     if eval_config is not None:
         eval_config = eval_config.resolved(train_config)
     valid_tokens = None
@@ -287,13 +300,22 @@ def train(
     )
 
     def backward() -> torch.Tensor:
-        x, y = sample_batch(
-            tokens,
-            train_config.batch_size,
-            train_config.train_len,
-            generator,
-            None if mlm else rows,
-        )
+        if turns is not None:
+            x, y = turns.sample_batch(
+                train_config.batch_size,
+                train_config.train_len,
+                generator,
+                None if mlm else rows,
+                train_config.loss_on,
+            )
+        else:
+            x, y = sample_batch(
+                tokens,
+                train_config.batch_size,
+                train_config.train_len,
+                generator,
+                None if mlm else rows,
+            )
         if mlm:  # mask the global batch (every rank draws alike), then take this rank's rows
             x, y = mask_tokens(x, generator, model_config.vocab_size, mask_id)
             x, y = x[rows], y[rows]

@@ -1,0 +1,254 @@
+"""The dialogue suite: `extrapos bench --suite dialogue --data DIR` (a DailyDialog folder).
+
+Every method is trained with the same model shape, data, seeds and token budget at a short
+length L (default 64 byte tokens: one or two turns; a DailyDialog test dialogue is ~8 L) on
+windows that start at turn boundaries, then probed on the deduplicated test dialogues:
+
+1. history use and recall across turns (`extrapos.probes.dialogue`);
+2. long generation: continuations of held-out prompts (starting at a turn) to 16·L, rep-n,
+   distinct-n and the true continuation's NLL per window of L positions
+   (`extrapos.probes.generation`).
+
+One record per (method, seed), of kind `dialogue`, in `results.json` (rewritten atomically after
+each); a rerun with the same `--out` and unchanged settings keeps the finished records. Every
+random choice (weights, batches, recall prompts, samples) comes from the seed, so rerunning one
+method and seed gives the same figures (tests check it). `learned` gets a table of 16·L rows,
+of which only the first L are trained.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from extrapos.bench.run import environment
+from extrapos.core.errors import UserError
+from extrapos.core.files import read_json, write_json
+from extrapos.data import build_tokenizer, load_corpus
+from extrapos.data.dialogue import DialogueCorpus, LossOn
+from extrapos.encodings import encoding_class
+from extrapos.models.config import GPTConfig
+from extrapos.probes.dialogue import DialogueEvalConfig, dialogue_eval
+from extrapos.probes.generation import generation_stats
+from extrapos.training.config import TrainConfig
+from extrapos.training.lm import train
+
+__all__ = ["DIALOGUE_METHODS", "DialogueBenchConfig", "run_dialogue_bench"]
+
+RESULTS_VERSION = 1
+DIALOGUE_METHODS = ("sinusoidal", "learned", "nope", "rope", "alibi", "t5", "kerple_log", "fire")
+# fields that choose which runs exist; every other field must match to keep a finished record
+_SELECTION = ("methods", "seeds")
+
+
+@dataclass
+class DialogueBenchConfig:
+    """What the dialogue bench runs (see the module docstring)."""
+
+    data: str
+    methods: list[str] = field(default_factory=lambda: list(DIALOGUE_METHODS))
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    train_len: int = 64
+    steps: int = 300
+    batch_size: int = 16
+    lr: float = 2e-3
+    tokenizer: str = "byte"
+    n_layer: int = 4
+    n_head: int = 4
+    d_model: int = 128
+    loss_on: LossOn = "all"
+    max_dialogues: int = 200
+    recall_factors: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    recall_trials: int = 24
+    candidates: int = 5
+    gen_prompts: int = 4
+    gen_factor: int = 16  # continuations to gen_factor · L tokens
+    gen_temperature: float = 0.8
+    ngram: int = 4
+
+    def __post_init__(self) -> None:
+        if not self.methods:
+            raise UserError("no methods selected; pass --methods with names from `extrapos list`")
+        for method in self.methods:
+            encoding_class(method)  # unknown -> UserError listing the known names
+        for name, values in (("methods", self.methods), ("seeds", self.seeds)):
+            if not values or len(set(values)) != len(values):
+                raise UserError(f"--{name} must list distinct entries, got {values}")
+        if self.tokenizer not in ("byte", "bpe"):
+            raise UserError(f"--tokenizer must be byte or bpe, got {self.tokenizer!r}")
+        for name in ("gen_prompts", "gen_factor", "ngram"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
+        self.eval_config()
+        self.train_config(self.seeds[0])  # validates train_len, steps, lr, loss_on ...
+
+    @property
+    def max_len(self) -> int:
+        return max(16, self.gen_factor, *self.recall_factors) * self.train_len
+
+    def model_config(self, method: str, vocab_size: int) -> GPTConfig:
+        params: dict[str, Any] = {"max_len": self.max_len} if method == "learned" else {}
+        return GPTConfig(
+            vocab_size=vocab_size,
+            n_layer=self.n_layer,
+            n_head=self.n_head,
+            d_model=self.d_model,
+            encoding=method,
+            encoding_params=params,
+        )
+
+    def train_config(self, seed: int) -> TrainConfig:
+        return TrainConfig(
+            train_len=self.train_len,
+            batch_size=self.batch_size,
+            steps=self.steps,
+            lr=self.lr,
+            warmup_steps=max(1, self.steps // 10),
+            seed=seed,
+            loss_on=self.loss_on,
+        )
+
+    def eval_config(self) -> DialogueEvalConfig:
+        return DialogueEvalConfig(
+            train_len=self.train_len,
+            max_len=16 * self.train_len,
+            max_dialogues=self.max_dialogues,
+            recall_factors=tuple(self.recall_factors),
+            recall_trials=self.recall_trials,
+            candidates=self.candidates,
+            seed=0,
+        )
+
+    def settings(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k not in _SELECTION}
+
+
+def _tokenizer(config: DialogueBenchConfig, corpus: DialogueCorpus) -> Any:
+    if config.tokenizer == "bpe":
+        return build_tokenizer("bpe", vocab_size=1024, corpus=corpus)
+    return build_tokenizer("byte")
+
+
+def run_dialogue_record(
+    config: DialogueBenchConfig,
+    method: str,
+    seed: int,
+    corpus: DialogueCorpus,
+    tokenizer: Any,
+    run_dir: Path | None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train one (method, seed) and probe it: the `dialogue` record."""
+    model_config = config.model_config(method, tokenizer.vocab_size)
+    result = train(
+        model_config,
+        config.train_config(seed),
+        corpus,
+        tokenizer,
+        run_dir=run_dir,
+        progress=progress,
+        description=f"train {method} (seed {seed})",
+        overwrite=True,  # retrained only when the settings changed
+    )
+    model = result.model
+    t0 = time.perf_counter()
+    probes = dialogue_eval(
+        model, tokenizer, corpus, config.eval_config(), progress=progress, details=True
+    )
+    t1 = time.perf_counter()
+    generation = generation_stats(
+        model,
+        tokenizer,
+        corpus.tokens("test", tokenizer),
+        config.train_len,
+        total_len=config.gen_factor * config.train_len,
+        prompts=config.gen_prompts,
+        n=config.ngram,
+        temperature=config.gen_temperature,
+        seed=seed,
+        starts=corpus.layout("test", tokenizer).turn_starts,
+    )
+    generation["sample"] = (generation.get("sample") or "")[:4000]
+    t2 = time.perf_counter()
+    losses = result.losses[-20:]
+    return {
+        "kind": "dialogue",
+        "method": method,
+        "params": model_config.encoding_params,
+        "seed": seed,
+        **{k: probes[k] for k in ("history", "recall", "chance", "n_dialogues")},
+        "history_by_length_k0": probes["by_length_k0"],
+        "history_by_length_tokens": probes["by_length_tokens"],
+        "recall_lengths": probes["recall_lengths"],
+        "generation": generation,
+        "final_train_loss": sum(losses) / len(losses),
+        "train_seconds": round(result.train_seconds, 2),
+        "eval_seconds": round(t1 - t0, 2),
+        "generation_seconds": round(t2 - t1, 2),
+        "tokens_per_second": round(result.tokens_per_second),
+        "num_params": model.num_params(),
+    }
+
+
+def run_dialogue_bench(
+    config: DialogueBenchConfig, out_dir: str | Path, progress: bool = True, save_runs: bool = True
+) -> dict[str, Any]:
+    """Run the suite into out_dir and return the results (results.json is rewritten after
+    every record; `extrapos.report.dialogue.write_dialogue_report` renders the report)."""
+    out_dir = Path(out_dir)
+    corpus = load_corpus(config.data)
+    if not isinstance(corpus, DialogueCorpus):
+        raise UserError(
+            f"--suite dialogue needs a DailyDialog-format folder (dialogues_train.txt, "
+            f"dialogues_validation.txt, dialogues_test.txt); {config.data} is not one"
+        )
+    tokenizer = _tokenizer(config, corpus)
+    results: dict[str, Any] = {
+        "version": RESULTS_VERSION,
+        "suite": "dialogue",
+        "corpus": corpus.name,
+        "corpus_hash": corpus.content_hash,
+        "duplicates_removed": dict(corpus.removed),
+        "tokenizer": tokenizer.name,
+        "train_len": config.train_len,
+        "settings": config.settings(),
+        "environment": environment(),
+        "runs": [],
+    }
+    previous: dict[tuple[str, int], dict[str, Any]] = {}
+    path = out_dir / "results.json"
+    if path.is_file():
+        old = read_json(path, "dialogue bench results")
+        if all(old.get(k) == results[k] for k in ("version", "suite", "corpus_hash", "settings")):
+            previous = {(r["method"], r["seed"]): r for r in old.get("runs", [])}
+    for seed in config.seeds:
+        for method in config.methods:
+            record = previous.get((method, seed))
+            if record is not None:
+                if progress:
+                    print(f"dialogue {method} seed {seed}: kept from {path}", file=sys.stderr)
+            else:
+                run_dir = out_dir / "runs" / f"{method}-seed{seed}" if save_runs else None
+                record = run_dialogue_record(
+                    config, method, seed, corpus, tokenizer, run_dir, progress
+                )
+                if progress:
+                    _say(record)
+            results["runs"].append(record)
+            write_json(path, results)
+    return results
+
+
+def _say(record: dict[str, Any]) -> None:
+    k = record["history"]["k"]
+    shown = ", ".join(f"k={key}: {v:.3f}" for key, v in k.items() if v is not None)
+    recall = ", ".join(f"{d}: {a:.2f}" for d, a in record["recall"].items())
+    print(
+        f"{record['method']} (seed {record['seed']}): NLL {shown}; recall {recall} "
+        f"(chance {record['chance']:.2f}); train {record['train_seconds']:.0f} s, "
+        f"eval {record['eval_seconds']:.0f} s, generation {record['generation_seconds']:.0f} s",
+        file=sys.stderr,
+    )

@@ -1,0 +1,61 @@
+"""Training on a dialogue corpus: windows at turn starts, loss on every token or responses."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from extrapos.core.errors import UserError
+from extrapos.data import build_tokenizer, load_corpus
+from extrapos.models.gpt import GPT, GPTConfig
+from extrapos.training.config import TrainConfig
+from extrapos.training.lm import _lm_loss, train
+
+
+def _config() -> GPTConfig:
+    return GPTConfig(vocab_size=256, n_layer=1, n_head=2, d_model=16, encoding="rope")
+
+
+def test_loss_on_is_validated() -> None:
+    with pytest.raises(UserError, match="train.loss_on"):
+        TrainConfig(loss_on="assistant")  # type: ignore[arg-type]
+    assert "loss_on" in TrainConfig(loss_on="responses").trajectory()
+
+
+def test_responses_need_a_dialogue_corpus() -> None:
+    with pytest.raises(UserError, match="needs a dialogue corpus"):
+        train(_config(), TrainConfig(steps=1, train_len=16, loss_on="responses"),
+              load_corpus("builtin"), build_tokenizer("byte"))  # fmt: skip
+
+
+def test_masked_loss_and_empty_batch() -> None:
+    logits = torch.randn(2, 3, 5, requires_grad=True)
+    targets = torch.tensor([[1, -100, 2], [-100, -100, 4]])
+    expected = torch.nn.functional.cross_entropy(logits[targets != -100], targets[targets != -100])
+    torch.testing.assert_close(_lm_loss(logits, targets), expected)
+    empty = _lm_loss(logits, torch.full((2, 3), -100))
+    assert empty.item() == 0.0
+    empty.backward()
+    assert torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+def test_train_responses_vs_all(tmp_path, make_dialogue_folder) -> None:
+    corpus = load_corpus(str(make_dialogue_folder(tmp_path / "dd")))
+    tok = build_tokenizer("byte")
+    runs = {}
+    for loss_on in ("all", "responses"):
+        cfg = TrainConfig(train_len=24, batch_size=4, steps=3, seed=0, loss_on=loss_on)
+        runs[loss_on] = train(_config(), cfg, corpus, tok, progress=False)
+    # same windows (same sampler draws), different targets -> different losses and weights
+    assert runs["all"].losses[0] != pytest.approx(runs["responses"].losses[0], rel=1e-6)
+    a = runs["all"].model.state_dict()
+    b = runs["responses"].model.state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    # the first step's loss is the loss of the masked targets of the first batch
+    layout = corpus.layout("train", tok)
+    x, y = layout.sample_batch(4, 24, torch.Generator().manual_seed(0), loss_on="responses")
+    torch.manual_seed(0)
+    fresh = GPT(_config())
+    with torch.no_grad():
+        first = _lm_loss(fresh(x), y).item()
+    assert runs["responses"].losses[0] == pytest.approx(first, rel=1e-5)
