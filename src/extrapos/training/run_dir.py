@@ -53,6 +53,19 @@ CONFIG = "config.json"
 TOKENIZER = "tokenizer.json"
 TRAIN_STATE = "train_state.pt"
 CHECKPOINTS = "checkpoints"
+#: model fields every run's config.json records; the others (random_positions, causal,
+#: embed_scale) were added later and their defaults are what runs did before they existed
+REQUIRED_MODEL_FIELDS = (
+    "vocab_size",
+    "n_layer",
+    "n_head",
+    "d_model",
+    "encoding",
+    "encoding_params",
+    "d_ff",
+    "norm_eps",
+    "tie_embeddings",
+)
 _STEP_DIR = re.compile(r"step_(\d+)")
 
 
@@ -235,9 +248,15 @@ def load_config(run_dir: str | Path) -> dict[str, Any]:
     if not run_dir.is_dir():
         raise UserError(f"run directory {run_dir} does not exist; train one with `extrapos train`")
     config = read_json(run_dir / CONFIG, "run config")
-    if not isinstance(config, dict) or "model" not in config:
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         raise UserError(
             f"run config {run_dir / CONFIG} has no 'model' section; is it an extrapos run?"
+        )
+    missing = [name for name in REQUIRED_MODEL_FIELDS if name not in config["model"]]
+    if missing:
+        raise UserError(
+            f"run config {run_dir / CONFIG} lacks model.{missing[0]}; a run's config records "
+            "every model field (a default could silently build another model): restore the file"
         )
     return config
 
