@@ -246,3 +246,21 @@ def test_the_same_seed_gives_the_same_results(tmp_path):
     other = run_bench(_probe_config(steps=3, task_steps=3, passkey_steps=2, seeds=[1]),
                       tmp_path / "c", progress=False, save_runs=False)  # fmt: skip
     assert _numbers(other)["runs"] != _numbers(a)["runs"]  # the seed matters
+
+
+def test_a_rerun_with_fewer_methods_keeps_the_other_finished_records(tmp_path):
+    cfg = BenchConfig.from_preset(
+        "quick", methods=["alibi", "nope"], steps=2, train_len=8, eval_lens=[8, 16], eval_tokens=64,
+        protocols=["nonoverlap"], extensions=[], **NO_PROBES,
+    )  # fmt: skip
+    first = run_bench(cfg, tmp_path, progress=False, save_runs=False)
+    fewer = BenchConfig.from_preset(
+        "quick", methods=["nope"], steps=2, train_len=8, eval_lens=[8, 16], eval_tokens=64,
+        protocols=["nonoverlap"], extensions=[], **NO_PROBES,
+    )  # fmt: skip
+    second = run_bench(fewer, tmp_path, progress=False, save_runs=False)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    by_method = {r["method"]: r for r in saved["runs"]}
+    assert sorted(by_method) == ["alibi", "nope"]
+    assert by_method == {r["method"]: r for r in first["runs"]}
+    assert second["runs"] == saved["runs"]
