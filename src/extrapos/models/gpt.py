@@ -25,6 +25,7 @@ from extrapos.encodings import PositionalEncoding, build_for_model
 from extrapos.encodings.base import EMBEDDING_INIT_STD
 from extrapos.kernels.attention import attention
 from extrapos.models.config import GPTConfig
+from extrapos.models.decoding import rotation_key, same_rotation
 
 
 @dataclass
@@ -274,8 +275,10 @@ class GPT(nn.Module):
         With a KV cache each step feeds only the new token. Encodings whose cached keys go
         stale as the sequence grows (`supports_kv_cache = False`) recompute the full sequence
         each step instead, with a warning. Encodings whose rotation depends on the length
-        (dynamic NTK) keep their cache: keys are cached before rotation. temperature 0 means
-        greedy decoding.
+        (dynamic NTK, LongRoPE, xPos without a centre) keep their cache while their rotation
+        is unchanged and recompute the prefix when it changes (`extrapos.models.decoding`), so
+        cached decoding gives the same logits as the full forward at every step. temperature 0
+        means greedy decoding. Non-finite logits (NaN/inf weights) raise `UserError`.
         """
         if not self.config.causal:
             raise UserError("an encoder model (causal=False) cannot generate text; use causal=True")
@@ -291,15 +294,30 @@ class GPT(nn.Module):
         positions = torch.arange(s + max_new_tokens, device=idx.device)
         if self.config.random_positions:
             positions = self.sample_positions(s + max_new_tokens, idx.device)
+        if max_new_tokens < 0:
+            raise UserError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if idx.ndim != 2 or idx.shape[1] == 0:
+            raise UserError(f"the prompt must have shape (batch, seq >= 1), got {tuple(idx.shape)}")
+        length_dependent = cache is not None and self.encoding.rotation_depends_on_length
+
+        def key(t: int) -> Any:  # the rotation a full forward over t tokens uses
+            return rotation_key(self.encoding, int(positions[:t].max()) + 1)
+
+        cache_key = key(s) if length_dependent else None
         out = idx
         logits = self(idx, positions=positions[:s], cache=cache)[:, -1]
         for step in range(max_new_tokens):
+            _check_finite(logits, step)
             next_token = sample_next(logits, temperature, top_k, top_p, generator)
             out = torch.cat((out, next_token[:, None]), dim=1)
             if step == max_new_tokens - 1:
                 break
             t = out.shape[1]
-            if cache is not None:
+            if length_dependent and not same_rotation(key(t), cache_key):
+                # cached entries were made with other frequencies: recompute them (exact)
+                cache, cache_key = KVCache(self.config.n_layer), key(t)
+                logits = self(out, positions=positions[:t], cache=cache)
+            elif cache is not None:
                 logits = self(next_token[:, None], positions=positions[t - 1 : t], cache=cache)
             else:
                 logits = self(out, positions=positions[:t])
@@ -312,6 +330,14 @@ class GPT(nn.Module):
         from extrapos.training.run_dir import load_model
 
         return load_model(run_dir)
+
+
+def _check_finite(logits: Tensor, step: int) -> None:
+    if not bool(torch.isfinite(logits).all()):
+        raise UserError(
+            f"the model produced non-finite logits at generation step {step}: its weights are "
+            "NaN/inf or it diverged in training; retrain it (e.g. a lower --lr)"
+        )
 
 
 def sample_next(
@@ -331,7 +357,10 @@ def sample_next(
         raise UserError(f"top_p must be in (0, 1], got {top_p}")
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits / temperature
+    scaled = logits / temperature
+    if not bool(torch.isfinite(scaled).all()) and bool(torch.isfinite(logits).all()):
+        return logits.argmax(dim=-1)  # a temperature so small it overflows: its limit, greedy
+    logits = scaled
     if top_k is not None:
         kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -281,6 +281,8 @@ def train(
         share = train_config.batch_size // info.world_size
         rows = slice(info.rank * share, (info.rank + 1) * share)
         tokens_per_step = train_config.batch_size * train_config.train_len
+        # a uniform guess scores ln V; ten times that is no longer training but divergence
+        diverged_above = 10 * math.log(model_config.vocab_size)
         start_step, step_seconds = state.step, []
         bar = tqdm(
             range(start_step, train_config.steps),
@@ -314,6 +316,8 @@ def train(
                             }
                         )
                         raise _diverged(stats, done, run_dir, train_config)
+                    if stats.loss > diverged_above:
+                        raise _diverged(stats, done, run_dir, train_config, diverged_above)
                     seconds = time.perf_counter() - t0
                     state.step, state.elapsed = done, state.elapsed + seconds
                     state.losses.append(stats.loss)
@@ -488,14 +492,26 @@ def _wrap_for_training(
     return forward, ddp, settings
 
 
-def _diverged(stats: Any, done: int, run_dir: Path | None, config: TrainConfig) -> UserError:
-    what = "loss" if not math.isfinite(stats.loss) else "gradient norm"
+def _diverged(
+    stats: Any, done: int, run_dir: Path | None, config: TrainConfig, limit: float | None = None
+) -> UserError:
     kept = latest_checkpoint(run_dir) if run_dir is not None else None
     where = f"the last checkpoint ({kept}) is kept" if kept else "nothing was saved"
+    # a resume keeps the run's settings (lr, warmup), so the advice is a fresh start
+    advice = (
+        f"Rerun with a lower --lr (now {config.lr}) or more --warmup-steps, adding --overwrite "
+        "to replace this run"
+    )
+    if limit is not None:
+        return UserError(
+            f"the loss reached {stats.loss:.4g} at step {done}, above 10 x ln(vocab) = "
+            f"{limit:.1f} (a uniform guess scores ln(vocab)): the run diverged and stopped; "
+            f"{where}. {advice}"
+        )
+    what = "loss" if not math.isfinite(stats.loss) else "gradient norm"
     return UserError(
         f"the {what} became {stats.loss if what == 'loss' else stats.grad_norm} at step "
-        f"{done}; the run stopped before updating the weights and {where}. Lower "
-        f"--lr (now {config.lr}) or raise --warmup-steps, then resume or restart"
+        f"{done}; the run stopped before updating the weights and {where}. {advice}"
     )
 
 
