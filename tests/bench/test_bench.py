@@ -56,11 +56,25 @@ def test_extension_factor_is_eval_over_train_length():
     assert extension_scaling("yarn", 128, 512)["original_max_position_embeddings"] == 128
 
 
-def test_self_extend_group_keeps_grouped_distances_inside_the_train_length():
-    for eval_len in (128, 512, 2048):
-        params = describe_extension("self_extend", 128, eval_len)
-        window, group = params["window"], params["group"]
-        assert (eval_len - 1 - window) // group + window < 128
+@pytest.mark.parametrize("eval_len", [128, 200, 256, 512, 1000, 2048])
+def test_self_extend_group_keeps_grouped_distances_inside_the_train_length(eval_len):
+    """Every pair's distance after the encoding's own remap (brute force over all pairs) is a
+    trained distance (< 128), and the next smaller group would not keep it so."""
+    from extrapos.encodings import build_encoding
+
+    params = describe_extension("self_extend", 128, eval_len)
+    window, group = params["window"], params["group"]
+
+    def farthest(g: int) -> float:
+        enc = build_encoding("self_extend", head_dim=8, window=window, group=g)
+        pos = torch.arange(eval_len)
+        q, k = enc.far_positions(pos, pos)
+        far = (pos[:, None] - pos[None, :]) >= window
+        return float(((q[:, None] - k[None, :]) * far).max())
+
+    assert farthest(group) <= 127
+    if group > 1:
+        assert farthest(group - 1) > 127
 
 
 def test_rope_extended_swaps_and_restores_the_encoding():
