@@ -108,3 +108,18 @@ def test_non_finite_weights_and_tiny_temperatures():
         model.blocks[0].mlp.w2.weight.fill_(float("nan"))
     with pytest.raises(UserError, match="non-finite logits at generation step 0"):
         model.generate(prompt, 4)
+
+
+def test_embed_scale_multiplies_token_embeddings_by_sqrt_d():
+    """The Transformer paper's recipe: embeddings x sqrt(D) + unit sinusoids; the default adds
+    sinusoids to embeddings as initialized."""
+    torch.manual_seed(0)
+    base = dict(vocab_size=32, n_layer=1, n_head=2, d_model=16, encoding="nope")
+    plain, scaled = GPT(GPTConfig(**base)), GPT(GPTConfig(**base, embed_scale=True))
+    scaled.load_state_dict(plain.state_dict())
+    seen = {}
+    for name, model in (("plain", plain), ("scaled", scaled)):
+        model.blocks[0].register_forward_pre_hook(lambda m, a, n=name: seen.__setitem__(n, a[0]))
+        model(torch.arange(8)[None])
+    torch.testing.assert_close(seen["scaled"], seen["plain"] * 4.0)
+    assert GPTConfig.from_dict({**base}).embed_scale is False

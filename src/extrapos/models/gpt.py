@@ -251,6 +251,8 @@ class GPT(nn.Module):
             raise UserError(f"idx must have shape (batch, seq), got {tuple(idx.shape)}")
         ctx = self.position_context(idx.shape[1], positions, cache, idx.device)
         x = self.embed(idx)  # (b, s, D)
+        if self.config.embed_scale:  # the Transformer paper's sqrt(D) (see GPTConfig)
+            x = x * math.sqrt(self.config.d_model)
         if "input" in ctx.encoding.sites:
             x = x + ctx.encoding.input_embedding(ctx.q_positions).to(x.dtype)
         for block in self.blocks:
