@@ -59,11 +59,25 @@ def test_extension_factor_is_eval_over_train_length():
     assert extension_scaling("yarn", 128, 512)["original_max_position_embeddings"] == 128
 
 
-def test_self_extend_group_keeps_grouped_distances_inside_the_train_length():
-    for eval_len in (128, 512, 2048):
-        params = describe_extension("self_extend", 128, eval_len)
-        window, group = params["window"], params["group"]
-        assert (eval_len - 1 - window) // group + window < 128
+@pytest.mark.parametrize("eval_len", [128, 200, 256, 512, 1000, 2048])
+def test_self_extend_group_keeps_grouped_distances_inside_the_train_length(eval_len):
+    """Every pair's distance after the encoding's own remap (brute force over all pairs) is a
+    trained distance (< 128), and the next smaller group would not keep it so."""
+    from extrapos.encodings import build_encoding
+
+    params = describe_extension("self_extend", 128, eval_len)
+    window, group = params["window"], params["group"]
+
+    def farthest(g: int) -> float:
+        enc = build_encoding("self_extend", head_dim=8, window=window, group=g)
+        pos = torch.arange(eval_len)
+        q, k = enc.far_positions(pos, pos)
+        far = (pos[:, None] - pos[None, :]) >= window
+        return float(((q[:, None] - k[None, :]) * far).max())
+
+    assert farthest(group) <= 127
+    if group > 1:
+        assert farthest(group - 1) > 127
 
 
 def test_rope_extended_swaps_and_restores_the_encoding():
@@ -252,3 +266,21 @@ def test_the_same_seed_gives_the_same_results(tmp_path):
     other = run_bench(_probe_config(steps=3, task_steps=3, passkey_steps=2, seeds=[1]),
                       tmp_path / "c", progress=False, save_runs=False)  # fmt: skip
     assert _numbers(other)["runs"] != _numbers(a)["runs"]  # the seed matters
+
+
+def test_a_rerun_with_fewer_methods_keeps_the_other_finished_records(tmp_path):
+    cfg = BenchConfig.from_preset(
+        "quick", methods=["alibi", "nope"], steps=2, train_len=8, eval_lens=[8, 16], eval_tokens=64,
+        protocols=["nonoverlap"], extensions=[], **NO_PROBES,
+    )  # fmt: skip
+    first = run_bench(cfg, tmp_path, progress=False, save_runs=False)
+    fewer = BenchConfig.from_preset(
+        "quick", methods=["nope"], steps=2, train_len=8, eval_lens=[8, 16], eval_tokens=64,
+        protocols=["nonoverlap"], extensions=[], **NO_PROBES,
+    )  # fmt: skip
+    second = run_bench(fewer, tmp_path, progress=False, save_runs=False)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    by_method = {r["method"]: r for r in saved["runs"]}
+    assert sorted(by_method) == ["alibi", "nope"]
+    assert by_method == {r["method"]: r for r in first["runs"]}
+    assert second["runs"] == saved["runs"]

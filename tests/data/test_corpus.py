@@ -340,3 +340,42 @@ def test_hf_without_datasets_is_a_clear_error(monkeypatch) -> None:
         load_corpus("hf:wikitext:wikitext-103-raw-v1")
     with pytest.raises(UserError, match="names no dataset"):
         load_corpus("hf:")
+
+
+def test_a_folder_with_a_named_pipe_is_read_without_blocking(tmp_path) -> None:
+    """Run in a child with a deadline: the old code blocked forever opening the FIFO."""
+    for i in range(4):
+        (tmp_path / f"doc{i}.txt").write_text(f"document {i}\n" * 50)
+    os.mkfifo(tmp_path / "pipe")
+    (tmp_path / "sub").mkdir()
+    os.mkfifo(tmp_path / "sub" / "pipe2")
+    code = (
+        "from extrapos.data import load_corpus\n"
+        f"c = load_corpus({str(tmp_path)!r})\nprint(sum(len(c.text(s)) > 0 for s in "
+        "('train', 'valid', 'test')))"
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": "src"},
+    )  # fmt: skip
+    assert child.returncode == 0, child.stderr
+    with pytest.raises(UserError, match="neither a regular file nor a folder"):
+        load_corpus(tmp_path / "pipe")
+
+
+def test_a_single_line_text_is_cut_at_whitespace_or_character_boundaries(tmp_path) -> None:
+    words = tmp_path / "text8"
+    words.write_text(" ".join(f"word{i}" for i in range(3000)))  # no newline at all
+    corpus = load_corpus(words)
+    parts = [corpus.text(s) for s in ("train", "valid", "test")]
+    assert "".join(parts) == words.read_text()
+    assert all(p and (p.endswith(" ") or p is parts[-1]) for p in parts)
+    dense = tmp_path / "dense"
+    dense.write_text("é" * 5000)  # no whitespace: cut between characters, never inside one
+    parts = [load_corpus(dense).text(s) for s in ("train", "valid", "test")]
+    assert "".join(parts) == "é" * 5000 and all(parts)
+
+
+def test_an_empty_data_path_is_refused() -> None:
+    with pytest.raises(UserError, match="data path is empty"):
+        load_corpus("")

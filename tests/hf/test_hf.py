@@ -623,3 +623,27 @@ def test_t5_decoder_bias_and_lm_use_past_max_distance(tmp_path):
     changed = idx.clone()
     changed[:, -1] = (changed[:, -1] + 1) % 256
     torch.testing.assert_close(lm(changed)[:, :-1], logits[:, :-1])
+
+
+@pytest.mark.parametrize(
+    ("model_fields", "params", "match"),
+    [
+        ({}, {"logn_scale_len": 16}, "logn_scale_len=16"),
+        ({"causal": False}, {}, "causal=False"),
+        ({"random_positions": 64}, {}, "random_positions=64"),
+        ({"embed_scale": True}, {}, "embed_scale=True"),
+    ],
+)
+def test_export_refuses_runs_llama_would_not_reproduce_and_writes_nothing(
+    tmp_path, model_fields, params, match
+):
+    """The export used to drop logn_scale_len silently (its 64-token check could not see it)."""
+    torch.manual_seed(0)
+    config = GPTConfig(
+        vocab_size=256, n_layer=1, n_head=2, d_model=32, encoding="rope", encoding_params=params,
+        **model_fields,
+    )  # fmt: skip
+    save_model(tmp_path / "run", GPT(config), {"model": config.to_dict()}, ByteTokenizer())
+    with pytest.raises(UserError, match=match):
+        export_hf(tmp_path / "run", tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()

@@ -48,7 +48,7 @@ from extrapos.bench.config import (  # noqa: F401  (re-exported)
     BenchConfig,
 )
 from extrapos.core.errors import UserError
-from extrapos.core.files import read_json, write_json
+from extrapos.core.files import check_dir_target, read_json, run_lock, write_json
 from extrapos.core.results import record_key
 from extrapos.data import build_tokenizer, load_corpus
 from extrapos.probes.extensions import describe_extension, rope_extended
@@ -78,7 +78,14 @@ def run_bench(
     is the layer above: `extrapos.report.write_report(results, out_dir)` (what `extrapos
     bench` does next).
     """
-    out_dir = Path(out_dir)
+    out_dir = check_dir_target(out_dir, "bench folder (--out)")
+    with run_lock(out_dir, "bench folder (--out)"):  # a second bench on out_dir is refused
+        return _run_bench(config, out_dir, progress, save_runs)
+
+
+def _run_bench(
+    config: BenchConfig, out_dir: Path, progress: bool, save_runs: bool
+) -> dict[str, Any]:
     corpus = load_corpus(config.data)
     tokenizer = build_tokenizer(config.tokenizer)
     # one trimmed stream for every run, so every length and every row scores the same targets
@@ -106,13 +113,24 @@ def run_bench(
         "costs": [],
     }
     previous = _previous_runs(out_dir / "results.json", results)
+    used: dict[str, set[tuple[Any, ...]]] = {stage: set() for stage in previous}
     models: dict[tuple[str, int], Any] = {}  # trained in this process (else loaded)
+
+    def with_earlier() -> dict[str, Any]:
+        """`results` plus the finished records of an earlier bench in out_dir (same settings)
+        that this one did not select (e.g. a rerun with fewer --methods): never dropped."""
+        out = dict(results)
+        for stage, by_key in previous.items():
+            rest = [r for k, done in by_key.items() if k not in used[stage] for r in _listed(done)]
+            out[stage] = results[stage] + rest
+        return out
 
     def keep_or_run(
         stage: str, key: tuple[Any, ...], run: Any, rows: set[str] | None = None
     ) -> None:
         """Keep the finished record(s) under `key`, else run(). `rows`: the methods a list of
         records must hold (extra ones are dropped, a missing one means run again)."""
+        used[stage].add(key)
         done = previous[stage].get(key)
         if done is not None and rows is not None:
             done = [r for r in done if r["method"] in rows]
@@ -123,8 +141,8 @@ def run_bench(
         elif progress:
             shown = " ".join(map(str, key))
             print(f"{stage} {shown}: kept from {out_dir / 'results.json'}", file=sys.stderr)
-        results[stage] += done if isinstance(done, list) else [done]
-        write_json(out_dir / "results.json", results)
+        results[stage] += _listed(done)
+        write_json(out_dir / "results.json", with_earlier())
 
     def model_of(method: str, seed: int) -> Any:
         if (method, seed) not in models:
@@ -169,7 +187,13 @@ def run_bench(
                     ),
                 )
     _run_probes(config, results, keep_or_run, model_of, tokenizer, progress)
+    results = with_earlier()
+    write_json(out_dir / "results.json", results)
     return results
+
+
+def _listed(done: Any) -> list[Any]:
+    return done if isinstance(done, list) else [done]
 
 
 def _run_probes(

@@ -39,6 +39,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: options where an empty string is a meaningful value
+_EMPTY_ALLOWED = {"prompt"}
+
+
+def _empty_argument(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str | None:
+    """The first option or argument given as an empty (or blank) string, as its flag."""
+    for dest, value in vars(args).items():
+        values = value if isinstance(value, list) else [value]
+        if dest not in _EMPTY_ALLOWED and any(isinstance(v, str) and not v.strip() for v in values):
+            return _flag_of(parser, args, dest)
+    return None
+
+
+def _flag_of(parser: argparse.ArgumentParser, args: argparse.Namespace, dest: str) -> str:
+    stack = [parser]
+    while stack:
+        p = stack.pop()
+        for action in p._actions:
+            if action.dest == dest:
+                return action.option_strings[0] if action.option_strings else action.dest
+            if isinstance(action, argparse._SubParsersAction):
+                stack.extend(action.choices.values())
+    return dest
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -50,6 +75,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_plugins()
     if plugin_errors():
         print(f"extrapos: error: {plugin_errors()[0]}", file=sys.stderr)
+        return 2
+    empty = _empty_argument(parser, args)
+    if empty:  # '' as a path would mean the current folder
+        print(
+            f"extrapos: error: argument {empty}: empty value; give a non-empty value",
+            file=sys.stderr,
+        )
         return 2
     try:
         args.fn(args)

@@ -8,14 +8,17 @@
 * a glob (`"dir/*.txt"`, `"books/**/*.md"`) — the matching files, treated like the files of a
   folder (below); one match is treated as a single text file.
 * a text file — cut into train/valid/test by contiguous byte ranges (90/5/5), each cut moved
-  forward to just after the next newline, so each split is one document of whole lines.
+  forward to just after the next newline, so each split is one document of whole lines (in a
+  text with no newline after the cut, such as text8's single line, just after the next
+  whitespace, else at the next UTF-8 character boundary).
 * a DailyDialog-format folder (`dialogues_{train,validation,test}.txt`) — a `DialogueCorpus`
   (see `extrapos.data.dialogue`).
 * a folder — if its top-level files include, by name, a train, a valid and a test file (a name
   contains the word `train`; `valid`, `val`, `validation` or `dev`; `test` — words being the
   parts between non-alphanumeric characters, as in WikiText's `wiki.valid.tokens`), those files
   are the splits (one document per file, several files per split allowed). Otherwise every
-  non-hidden file under it (recursively, sorted by relative path) is one document, assigned
+  non-hidden regular file under it (pipes, sockets and devices are skipped: reading one could
+  block forever) (recursively, sorted by relative path) is one document, assigned
   to a split by the hash of its relative path (`split_by_name_hash`).
 
 Documents are kept whole and in a deterministic order. `Corpus.content_hash` is the sha256 of
@@ -57,6 +60,7 @@ import glob
 import hashlib
 import os
 import re
+import stat
 import sysconfig
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -234,6 +238,8 @@ def load_corpus(spec: str | os.PathLike[str] | None = None) -> Corpus:
     if spec is None or (isinstance(spec, str) and spec == "builtin"):
         return _builtin_corpus()
     raw = os.fspath(spec)
+    if not str(raw).strip():  # Path("") would be the current folder
+        raise UserError("the data path is empty; give a text file, a folder or a corpus name")
     if isinstance(spec, str) and raw.startswith(HF_PREFIX):
         return _corpus_from_hf(raw)
     path = Path(raw).expanduser()
@@ -341,6 +347,8 @@ def _check_text(data: bytes, where: str) -> str:
 
 def _read_text(path: Path) -> str:
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device would block or never end
+            raise UserError(f"{path} is not a regular file (a pipe or device?); pass a text file")
         data = path.read_bytes()
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror}; check its permissions") from e
@@ -364,8 +372,18 @@ def _cut_text(
     n = len(data)
 
     def cut(frac: float) -> int:
-        nl = data.find(b"\n", int(n * frac))
-        return n if nl < 0 else nl + 1
+        # after the next newline; in a text without one after that point (text8 is one 100 MB
+        # line), after the next whitespace; else at the next UTF-8 character boundary
+        start = int(n * frac)
+        nl = data.find(b"\n", start)
+        if nl >= 0:
+            return nl + 1
+        space = re.search(rb"\s", data[start:])
+        if space is not None:
+            return start + space.end()
+        while start < n and data[start] & 0xC0 == 0x80:  # a UTF-8 continuation byte
+            start += 1
+        return start
 
     c1, c2 = cut(fractions[0]), cut(fractions[1])
     pieces = {"train": data[:c1], "valid": data[c1:c2], "test": data[c2:]}
@@ -387,7 +405,11 @@ def _visible_files(root: Path, recursive: bool) -> list[Path]:
     files = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        files += [Path(dirpath) / f for f in filenames if not f.startswith(".")]
+        files += [
+            Path(dirpath) / f
+            for f in filenames
+            if not f.startswith(".") and (Path(dirpath) / f).is_file()  # no FIFOs, devices
+        ]
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 

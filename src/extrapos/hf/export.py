@@ -34,7 +34,6 @@ offline and its logits are compared with ours (`max_abs_diff` in the result).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ import torch
 from torch import Tensor
 
 from extrapos.core.errors import UserError
+from extrapos.core.files import write_json
 from extrapos.hf.rope import _partial_rotary_factor, rope_config_to_hf
 from extrapos.models.gpt import GPT
 
@@ -189,6 +189,25 @@ def byte_tokenizer_hf() -> Any:
 
 
 @torch.no_grad()
+def _check_representable(model: GPT) -> None:
+    """Refuse, before writing anything, a run that a LlamaForCausalLM would not reproduce."""
+    cfg, enc = model.config, model.encoding
+    problems = {
+        "causal=False (an encoder)": not cfg.causal,
+        f"random_positions={cfg.random_positions}": cfg.random_positions is not None,
+        "embed_scale=True (embeddings x sqrt(d_model))": cfg.embed_scale,
+        f"logn_scale_len={getattr(enc, 'logn_scale_len', None)} (log-n query scaling)": (
+            getattr(enc, "logn_scale_len", None) is not None
+        ),
+    }
+    found = [what for what, present in problems.items() if present]
+    if found:
+        raise UserError(
+            f"the run uses {found[0]}, which LlamaForCausalLM has no form for; the export would "
+            "not be this model, so nothing was written"
+        )
+
+
 def export_hf(
     run_dir: str | Path,
     out_dir: str | Path,
@@ -214,6 +233,7 @@ def export_hf(
         raise UserError("OUT_DIR is the run directory; write the export to a new folder")
     run = load_run(run_dir)
     run_config, model, tokenizer = run.config, run.model.eval(), run.tokenizer
+    _check_representable(model)  # up front, before anything is written
     if max_position_embeddings is None:
         max_position_embeddings = getattr(model.encoding, "max_position_embeddings", None)
     if max_position_embeddings is None:  # the RoPE reads no trained length: record train_len
@@ -237,7 +257,7 @@ def export_hf(
         "tokenizer": tokenizer_note,
         "mapping": "extrapos.hf.export: qkv -> q/k/v_proj, w1/w3/w2 -> gate/up/down_proj",
     }
-    (out_dir / "extrapos_export.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    write_json(out_dir / "extrapos_export.json", provenance)
 
     reloaded = AutoModelForCausalLM.from_pretrained(
         str(out_dir), local_files_only=True, dtype=torch.float32

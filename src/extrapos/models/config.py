@@ -36,6 +36,11 @@ class GPTConfig:
     # bidirectional form (`signed_distance_bias`: symmetric ALiBi, T5's both-sign buckets). Not
     # trainable with next-token loss and not for generation.
     causal: bool = True
+    # Token embeddings times sqrt(d_model) before the positional input is added: the recipe of
+    # Vaswani et al. 2017 (§3.4) and fairseq's baseline (used by the ALiBi paper), where
+    # unit-amplitude sinusoids are added to embeddings of that scale. False (default, what every
+    # extrapos run did before this field existed): embeddings as initialized (std 0.02).
+    embed_scale: bool = False
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "n_layer", "n_head", "d_model"):

@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,7 @@ from extrapos.encodings.base import EMBEDDING_INIT_STD, Positions
 from extrapos.encodings.dispatch import bias_table, encoded_attention
 from extrapos.kernels.attention import DEFAULT_CHUNK_SIZE
 from extrapos.models.config import GPTConfig
+from extrapos.models.rotation_state import rotation_key, same_rotation
 
 #: set by the run layer (`extrapos.training.run_dir`) so that `GPT.from_checkpoint` works
 #: without the model knowing what a run directory is
@@ -275,6 +277,8 @@ class GPT(nn.Module):
             raise UserError(f"idx must have shape (batch, seq), got {tuple(idx.shape)}")
         ctx = self.position_context(idx.shape[1], positions, cache, idx.device, probe)
         x = self.embed(idx)  # (b, s, D)
+        if self.config.embed_scale:  # the Transformer paper's sqrt(D) (see GPTConfig)
+            x = x * math.sqrt(self.config.d_model)
         if "input" in ctx.encoding.sites:
             x = x + ctx.encoding.input_embedding(ctx.q_positions).to(x.dtype)
         for block in self.blocks:
@@ -293,14 +297,18 @@ class GPT(nn.Module):
         top_p: float | None = None,
         generator: torch.Generator | None = None,
         use_cache: bool = True,
+        on_token: Callable[[Tensor], None] | None = None,
     ) -> Tensor:
         """Sample `max_new_tokens` after the prompt idx (b, s); returns (b, s + max_new_tokens).
+        `on_token(token (b,))` is called with each new token as it is sampled (streaming).
 
         With a KV cache each step feeds only the new token. Encodings whose cached keys go
-        stale as the sequence grows (`cache = "none"`) recompute the full sequence each step
-        instead, with a warning. Encodings whose rotation depends on the length (dynamic NTK)
-        keep their cache: keys are cached before rotation (`cache = "raw"`). temperature 0 means
-        greedy decoding.
+        stale as the sequence grows (`cache = "none"`) recompute the full sequence
+        each step instead, with a warning. Encodings whose rotation depends on the length
+        (dynamic NTK, LongRoPE, xPos without a centre) keep their cache while their rotation
+        is unchanged and recompute the prefix when it changes (`extrapos.models.rotation_state`), so
+        cached decoding gives the same logits as the full forward at every step. temperature 0
+        means greedy decoding. Non-finite logits (NaN/inf weights) raise `UserError`.
         """
         if not self.config.causal:
             raise UserError("an encoder model (causal=False) cannot generate text; use causal=True")
@@ -316,15 +324,34 @@ class GPT(nn.Module):
         positions = torch.arange(s + max_new_tokens, device=idx.device)
         if self.config.random_positions:
             positions = self.sample_positions(s + max_new_tokens, idx.device)
+        if max_new_tokens < 0:
+            raise UserError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if idx.ndim != 2 or idx.shape[1] == 0:
+            raise UserError(f"the prompt must have shape (batch, seq >= 1), got {tuple(idx.shape)}")
+        length_dependent = (  # keys cached raw and rotated per length
+            cache is not None and self.encoding.cache == "raw" and "qk" in self.encoding.sites
+        )
+
+        def key(t: int) -> Any:  # the rotation a full forward over t tokens uses
+            return rotation_key(self.encoding, int(positions[:t].max()) + 1)
+
+        cache_key = key(s) if length_dependent else None
         out = idx
         logits = self(idx, positions=positions[:s], cache=cache)[:, -1]
         for step in range(max_new_tokens):
+            _check_finite(logits, step)
             next_token = sample_next(logits, temperature, top_k, top_p, generator)
             out = torch.cat((out, next_token[:, None]), dim=1)
+            if on_token is not None:
+                on_token(next_token)
             if step == max_new_tokens - 1:
                 break
             t = out.shape[1]
-            if cache is not None:
+            if length_dependent and not same_rotation(key(t), cache_key):
+                # cached entries were made with other frequencies: recompute them (exact)
+                cache, cache_key = KVCache(self.config.n_layer), key(t)
+                logits = self(out, positions=positions[:t], cache=cache)
+            elif cache is not None:
                 logits = self(next_token[:, None], positions=positions[t - 1 : t], cache=cache)
             else:
                 logits = self(out, positions=positions[:t])
@@ -382,6 +409,14 @@ def check_bidirectional(enc: PositionalEncoding, cache: KVCache | None = None) -
         )
 
 
+def _check_finite(logits: Tensor, step: int) -> None:
+    if not bool(torch.isfinite(logits).all()):
+        raise UserError(
+            f"the model produced non-finite logits at generation step {step}: its weights are "
+            "NaN/inf or it diverged in training; retrain it (e.g. a lower --lr)"
+        )
+
+
 def sample_next(
     logits: Tensor,
     temperature: float = 1.0,
@@ -399,7 +434,10 @@ def sample_next(
         raise UserError(f"top_p must be in (0, 1], got {top_p}")
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits / temperature
+    scaled = logits / temperature
+    if not bool(torch.isfinite(scaled).all()) and bool(torch.isfinite(logits).all()):
+        return logits.argmax(dim=-1)  # a temperature so small it overflows: its limit, greedy
+    logits = scaled
     if top_k is not None:
         kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))

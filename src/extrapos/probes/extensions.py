@@ -17,7 +17,6 @@ is not meant to read past it, so it is not among the bench's extensions.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -74,8 +73,7 @@ def extension_encoding(
     if kind == "rerope":
         return build_encoding("rerope", **same, window=window)
     if kind == "self_extend":
-        # grouped distances reach (eval_len - window) / G + window: keep them below train_len
-        group = max(1, math.ceil((eval_len - window) / max(1, train_len - window)))
+        group = self_extend_group(train_len, eval_len, window)
         return build_encoding("self_extend", **same, window=window, group=group)
     if kind == "logn":
         return build_encoding("rope", **same, logn_scale_len=train_len)
@@ -105,3 +103,19 @@ def rope_extended(model: Any, kind: str, train_len: int, eval_len: int) -> Itera
     """`extended` with `extension_encoding(kind, model.encoding, train_len, eval_len)`."""
     with extended(model, extension_encoding(kind, model.encoding, train_len, eval_len)):
         yield model
+
+
+def self_extend_group(train_len: int, eval_len: int, window: int) -> int:
+    """The smallest group size G whose farthest grouped distance stays a trained distance.
+
+    Self-Extend maps a pair (i, j) beyond the window to ⌊i/G⌋ + w - ⌊w/G⌋ - ⌊j/G⌋ (see
+    `extrapos.encodings.rope_remap.SelfExtend`), which is largest for i = eval_len - 1, j = 0:
+    (eval_len - 1)//G + w - w//G must be <= train_len - 1, the largest distance trained on.
+    """
+    for group in range(1, max(2, eval_len + 1)):
+        if (eval_len - 1) // group + window - window // group <= train_len - 1:
+            return group
+    raise UserError(
+        f"no Self-Extend group size keeps length {eval_len} inside the trained {train_len} "
+        f"with window {window}; use a smaller window"
+    )

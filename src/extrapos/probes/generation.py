@@ -28,7 +28,6 @@ import torch
 from torch import Tensor
 
 from extrapos.core.errors import UserError
-from extrapos.models.gpt import KVCache, sample_next
 
 __all__ = [
     "generation_stats",
@@ -54,30 +53,11 @@ def sample_continuations(
     draws as `GPT.generate` with the same generator; `on_token(next (b,))` after every step."""
     if max_new_tokens < 1:
         raise UserError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    device = idx.device
-    s = idx.shape[1]
-    model.encoding.check_positions(s + max_new_tokens - 1)
-    use_cache = model.encoding.cache != "none" and not model.config.random_positions
-    if model.config.random_positions:
-        positions = model.sample_positions(s + max_new_tokens, device)
-    else:
-        positions = torch.arange(s + max_new_tokens, device=device)
-    cache = KVCache(model.config.n_layer) if use_cache else None
-    out = idx
-    logits = model(idx, positions=positions[:s], cache=cache)[:, -1]
-    for step in range(max_new_tokens):
-        token = sample_next(logits, temperature, top_k, top_p, generator)
-        out = torch.cat((out, token[:, None]), dim=1)
-        if on_token is not None:
-            on_token(token)
-        if step == max_new_tokens - 1:
-            break
-        t = out.shape[1]
-        if cache is not None:
-            logits = model(token[:, None], positions=positions[t - 1 : t], cache=cache)[:, -1]
-        else:
-            logits = model(out, positions=positions[:t])[:, -1]
-    return out
+    model.encoding.check_positions(idx.shape[1] + max_new_tokens - 1)
+    # the model's own loop: exact cached decoding, non-finite logits refused
+    return model.generate(
+        idx, max_new_tokens, temperature, top_k, top_p, generator, on_token=on_token
+    )
 
 
 def _ngram_ids(row: np.ndarray, n: int) -> list[tuple[int, ...]]:

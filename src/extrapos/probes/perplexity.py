@@ -110,6 +110,12 @@ def perplexity(
             num_bytes += int(token_bytes[rows[:, 1:].cpu()][keep].sum())
     model.train(was_training)
     mean = nll_sum / scored
+    if not math.isfinite(mean) or mean > _MAX_LOG_PPL:
+        raise UserError(
+            f"the mean loss at length {length} is {mean:.4g}, so the perplexity is not a finite "
+            "number: the model's weights are NaN/inf or it diverged in training; retrain it "
+            "(e.g. a lower --lr)"
+        )
     return {
         "length": length,
         "protocol": protocol,
@@ -123,6 +129,10 @@ def perplexity(
             float(s / c) if c else None for s, c in zip(position_sum, position_count, strict=True)
         ],
     }
+
+
+#: ln of the largest float64 (exp overflows past it)
+_MAX_LOG_PPL = 709.0
 
 
 def common_prefix(num_tokens: int, lengths: list[int], max_tokens: int | None = None) -> int:

@@ -24,6 +24,7 @@ recorded provenance — corpus statistics, tokenizer hash — is checked or igno
 from __future__ import annotations
 
 import json
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, fields
@@ -147,6 +148,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_types(self, "train")
+        for name in ("lr", "min_lr_ratio", "weight_decay", "grad_clip"):
+            if not math.isfinite(getattr(self, name)):  # NaN passes every comparison below
+                raise UserError(f"train.{name} must be a finite number, got {getattr(self, name)}")
         if self.warmup_steps is None:
             self.warmup_steps = max(1, self.steps // 10)
         for name in ("train_len", "batch_size", "steps", "grad_accum"):

@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from extrapos.core.errors import UserError
+from extrapos.core.files import check_dir_target, run_lock
 from extrapos.data import Corpus, Tokenizer
 from extrapos.data.cache import tokenizer_hash
 from extrapos.data.dialogue import DialogueCorpus
@@ -69,7 +70,10 @@ from extrapos.training.log import LOG_COLUMNS, RunLog
 from extrapos.training.loop import autocast, lr_factor, make_optimizer, optimizer_step
 from extrapos.training.mlm import check_encoder, mask_tokens, mlm_loss, validate_mlm
 from extrapos.training.run_dir import (
+    CHECKPOINTS,
+    TRAIN_STATE,
     clear_checkpoints,
+    foreign_entries,
     latest_checkpoint,
     list_checkpoints,
     load_model,
@@ -77,7 +81,7 @@ from extrapos.training.run_dir import (
     remove_partial_checkpoints,
     save_checkpoint,
 )
-from extrapos.training.state import TrainState, mismatch
+from extrapos.training.state import TrainState, data_identity, mismatch
 
 __all__ = [
     "LOG_COLUMNS",
@@ -225,7 +229,7 @@ def train(
     """
     info = distributed_info()
     device = resolve_device(train_config.device, info)
-    run_dir = Path(run_dir) if run_dir is not None else None
+    run_dir = check_dir_target(run_dir, "run directory (--out)") if run_dir is not None else None
     _check_shapes(model_config, train_config, tokenizer, info)
     tokens = _split_tokens(corpus, "train", tokenizer, train_config.train_len + 1)
     # dialogue corpora: windows start at turn boundaries, loss optionally on responses only
@@ -253,144 +257,162 @@ def train(
     optimizer = make_optimizer(model, train_config)
     generator = torch.Generator().manual_seed(train_config.seed)
     tok_hash = tokenizer_hash(tokenizer)
-    _prepare_run_dir(run_dir, resume, overwrite, info)
-    state = TrainState()
-    if resume and latest_checkpoint(run_dir) is not None:
-        saved = load_train_state(run_dir)
-        differs = mismatch(saved, model_config, train_config, tok_hash)
-        if differs:
-            raise UserError(
-                f"{run_dir} holds a run with another {differs}; resume it with the same "
-                f"settings or pick another --out"
-            )
-        folder = latest_checkpoint(run_dir)
-        model.load_state_dict(load_model(folder, map_location=device).state_dict())
-        state = TrainState.restore(saved, optimizer, generator, device)
+    data_id = data_identity(corpus.content_hash, tokenizer.name, tokenizer.vocab_size)
+    lock = contextlib.ExitStack()
+    if run_dir is not None and info.is_main:  # a second writer of run_dir is refused
+        lock.enter_context(run_lock(run_dir, "run directory (--out)"))
+    with lock:
+        _prepare_run_dir(run_dir, resume, overwrite, info)
+        state = TrainState()
+        if resume and latest_checkpoint(run_dir) is not None:
+            saved = load_train_state(run_dir)
+            differs = mismatch(saved, model_config, train_config, tok_hash, data_id)
+            if differs:
+                raise UserError(
+                    f"{run_dir} holds a run with another {differs}; resume it with the same "
+                    f"settings or pick another --out"
+                )
+            folder = latest_checkpoint(run_dir)
+            model.load_state_dict(load_model(folder, map_location=device).state_dict())
+            state = TrainState.restore(saved, optimizer, generator, device)
 
-    record = _record(model_config, train_config, eval_config, data_config, corpus, tokenizer)
+        record = _record(model_config, train_config, eval_config, data_config, corpus, tokenizer)
 
-    def save(step: int) -> None:
-        if run_dir is not None and info.is_main:
-            saved = state.capture(
-                optimizer, generator, device, model_config, train_config, tok_hash, info.world_size
-            )
-            saved["step"] = step
-            save_checkpoint(
-                run_dir, step, model, record, tokenizer, saved, keep_last=train_config.keep_last
-            )
-        barrier(info)
+        def save(step: int) -> None:
+            if run_dir is not None and info.is_main:
+                saved = state.capture(
+                    optimizer,
+                    generator,
+                    device,
+                    model_config,
+                    train_config,
+                    tok_hash,
+                    info.world_size,
+                    data_id,
+                )
+                saved["step"] = step
+                save_checkpoint(
+                    run_dir, step, model, record, tokenizer, saved, keep_last=train_config.keep_last
+                )
+            barrier(info)
 
-    forward, ddp, compile_settings = _wrap_for_training(model, train_config, device, info)
-    log = RunLog(
-        run_dir if info.is_main else None, state.step, info.is_main and train_config.tensorboard
-    )
-    model.train()
-    share = train_config.batch_size // info.world_size
-    rows = slice(info.rank * share, (info.rank + 1) * share)
-    tokens_per_step = train_config.batch_size * train_config.train_len
-    start_step, step_seconds = state.step, []
-    bar = tqdm(
-        range(start_step, train_config.steps),
-        initial=start_step,
-        total=train_config.steps,
-        desc=description,
-        disable=not (progress and info.is_main),
-        dynamic_ncols=True,
-        leave=False,
-    )
+        forward, ddp, compile_settings = _wrap_for_training(model, train_config, device, info)
+        log = RunLog(
+            run_dir if info.is_main else None, state.step, info.is_main and train_config.tensorboard
+        )
+        model.train()
+        share = train_config.batch_size // info.world_size
+        rows = slice(info.rank * share, (info.rank + 1) * share)
+        tokens_per_step = train_config.batch_size * train_config.train_len
+        # a uniform guess scores ln V; ten times that is no longer training but divergence
+        diverged_above = 10 * math.log(model_config.vocab_size)
+        start_step, step_seconds = state.step, []
+        bar = tqdm(
+            range(start_step, train_config.steps),
+            initial=start_step,
+            total=train_config.steps,
+            desc=description,
+            disable=not (progress and info.is_main),
+            dynamic_ncols=True,
+            leave=False,
+        )
 
-    def backward() -> torch.Tensor:
-        if turns is not None:
-            x, y = turns.sample_batch(
-                train_config.batch_size,
-                train_config.train_len,
-                generator,
-                None if mlm else rows,
-                train_config.loss_on,
-            )
-        else:
-            x, y = sample_batch(
-                tokens,
-                train_config.batch_size,
-                train_config.train_len,
-                generator,
-                None if mlm else rows,
-            )
-        if mlm:  # mask the global batch (every rank draws alike), then take this rank's rows
-            x, y = mask_tokens(x, generator, model_config.vocab_size, mask_id)
-            x, y = x[rows], y[rows]
-        return _forward_backward(forward, ddp, x.to(device), y.to(device), train_config, info)
+        def backward() -> torch.Tensor:
+            if turns is not None:
+                x, y = turns.sample_batch(
+                    train_config.batch_size,
+                    train_config.train_len,
+                    generator,
+                    None if mlm else rows,
+                    train_config.loss_on,
+                )
+            else:
+                x, y = sample_batch(
+                    tokens,
+                    train_config.batch_size,
+                    train_config.train_len,
+                    generator,
+                    None if mlm else rows,
+                )
+            if mlm:  # mask the global batch (every rank draws alike), then take this rank's rows
+                x, y = mask_tokens(x, generator, model_config.vocab_size, mask_id)
+                x, y = x[rows], y[rows]
+            return _forward_backward(forward, ddp, x.to(device), y.to(device), train_config, info)
 
-    try:
-        with compile_settings:
-            for step in bar:
-                t0 = time.perf_counter()
-                stats = optimizer_step(model, optimizer, train_config, step, backward)
-                done = step + 1
-                if not stats.finite:
-                    log.write(
-                        {
-                            "step": done,
-                            "lr": stats.lr,
-                            "loss": stats.loss,
-                            "grad_norm": stats.grad_norm,
-                        }
-                    )
-                    raise _diverged(stats, done, run_dir, train_config)
-                seconds = time.perf_counter() - t0
-                state.step, state.elapsed = done, state.elapsed + seconds
-                state.losses.append(stats.loss)
-                step_seconds.append(seconds)
-                row: dict[str, Any] = {
-                    "step": done,
-                    "tokens": done * tokens_per_step,
-                    "lr": stats.lr,
-                    "loss": stats.loss,
-                    "grad_norm": stats.grad_norm,
-                    "tokens_per_s": tokens_per_step / max(seconds, 1e-9),
-                    "elapsed_s": state.elapsed,
-                }
-                every = eval_config.every if eval_config is not None else 0
-                if valid_tokens is not None and (done % every == 0 or done == train_config.steps):
-                    value = (partial(validate_mlm, mask_id=mask_id) if mlm else validate)(
-                        model,
-                        valid_tokens,
-                        eval_config.length or train_config.train_len,
-                        eval_config.max_tokens,
-                        share // train_config.grad_accum,
-                        train_config.precision,
-                        info,
-                    )
-                    state.valid.append((done, value))
-                    row["valid_loss"], row["valid_ppl"] = value, math.exp(min(value, 700.0))
-                log.write(row)
-                this_call = sum(step_seconds) + 1e-9
-                postfix = {
-                    "loss": f"{stats.loss:.3f}",
-                    "tok_s": f"{(done - start_step) * tokens_per_step / this_call:,.0f}",
-                }
-                if state.valid:
-                    postfix["valid"] = f"{state.valid[-1][1]:.3f}"
-                bar.set_postfix(postfix)
-                save_every = train_config.save_every
-                if save_every and done % save_every == 0 and done < train_config.steps:
-                    save(done)
-    finally:
-        bar.close()
-        log.close()
-    save(train_config.steps)
-    model.eval()
-    trained_tokens = train_config.steps * tokens_per_step
-    return TrainResult(
-        model=model,
-        losses=state.losses,
-        train_seconds=state.elapsed,
-        tokens_per_second=trained_tokens / max(state.elapsed, 1e-9),
-        steps=train_config.steps,
-        valid=state.valid,
-        step_seconds=step_seconds,
-        tokenizer=tokenizer,
-    )
+        try:
+            with compile_settings:
+                for step in bar:
+                    t0 = time.perf_counter()
+                    stats = optimizer_step(model, optimizer, train_config, step, backward)
+                    done = step + 1
+                    if not stats.finite:
+                        log.write(
+                            {
+                                "step": done,
+                                "lr": stats.lr,
+                                "loss": stats.loss,
+                                "grad_norm": stats.grad_norm,
+                            }
+                        )
+                        raise _diverged(stats, done, run_dir, train_config)
+                    if stats.loss > diverged_above:
+                        raise _diverged(stats, done, run_dir, train_config, diverged_above)
+                    seconds = time.perf_counter() - t0
+                    state.step, state.elapsed = done, state.elapsed + seconds
+                    state.losses.append(stats.loss)
+                    step_seconds.append(seconds)
+                    row: dict[str, Any] = {
+                        "step": done,
+                        "tokens": done * tokens_per_step,
+                        "lr": stats.lr,
+                        "loss": stats.loss,
+                        "grad_norm": stats.grad_norm,
+                        "tokens_per_s": tokens_per_step / max(seconds, 1e-9),
+                        "elapsed_s": state.elapsed,
+                    }
+                    every = eval_config.every if eval_config is not None else 0
+                    if valid_tokens is not None and (
+                        done % every == 0 or done == train_config.steps
+                    ):
+                        value = (partial(validate_mlm, mask_id=mask_id) if mlm else validate)(
+                            model,
+                            valid_tokens,
+                            eval_config.length or train_config.train_len,
+                            eval_config.max_tokens,
+                            share // train_config.grad_accum,
+                            train_config.precision,
+                            info,
+                        )
+                        state.valid.append((done, value))
+                        row["valid_loss"], row["valid_ppl"] = value, math.exp(min(value, 700.0))
+                    log.write(row)
+                    this_call = sum(step_seconds) + 1e-9
+                    postfix = {
+                        "loss": f"{stats.loss:.3f}",
+                        "tok_s": f"{(done - start_step) * tokens_per_step / this_call:,.0f}",
+                    }
+                    if state.valid:
+                        postfix["valid"] = f"{state.valid[-1][1]:.3f}"
+                    bar.set_postfix(postfix)
+                    save_every = train_config.save_every
+                    if save_every and done % save_every == 0 and done < train_config.steps:
+                        save(done)
+        finally:
+            bar.close()
+            log.close()
+        save(train_config.steps)
+        model.eval()
+        trained_tokens = train_config.steps * tokens_per_step
+        return TrainResult(
+            model=model,
+            losses=state.losses,
+            train_seconds=state.elapsed,
+            tokens_per_second=trained_tokens / max(state.elapsed, 1e-9),
+            steps=train_config.steps,
+            valid=state.valid,
+            step_seconds=step_seconds,
+            tokenizer=tokenizer,
+        )
 
 
 def _check_shapes(
@@ -453,7 +475,21 @@ def _prepare_run_dir(run_dir: Path | None, resume: bool, overwrite: bool, info: 
     if resume and run_dir is None:
         raise UserError("resume needs a run directory (--out)")
     if run_dir is not None and info.is_main:
+        foreign = foreign_entries(run_dir)
+        if foreign:
+            names = ", ".join(p.name for p in foreign[:3]) + (" …" if len(foreign) > 3 else "")
+            raise UserError(
+                f"{run_dir / CHECKPOINTS} holds entries extrapos did not write ({names}); "
+                "they are never deleted: move them away or choose another --out"
+            )
         earlier = list_checkpoints(run_dir)
+        legacy = (run_dir / TRAIN_STATE).is_file()
+        if legacy and not earlier and not (resume or overwrite):
+            raise UserError(
+                f"{run_dir} holds the training state of an earlier run ({TRAIN_STATE}); pass "
+                "--resume to continue it, --overwrite to delete it and start over, or choose "
+                "another --out"
+            )
         if earlier and not (resume or overwrite):
             raise UserError(
                 f"{run_dir} holds checkpoints of an earlier run (up to step {earlier[-1][0]}); "
@@ -496,14 +532,26 @@ def _wrap_for_training(
     return forward, ddp, settings
 
 
-def _diverged(stats: Any, done: int, run_dir: Path | None, config: TrainConfig) -> UserError:
-    what = "loss" if not math.isfinite(stats.loss) else "gradient norm"
+def _diverged(
+    stats: Any, done: int, run_dir: Path | None, config: TrainConfig, limit: float | None = None
+) -> UserError:
     kept = latest_checkpoint(run_dir) if run_dir is not None else None
     where = f"the last checkpoint ({kept}) is kept" if kept else "nothing was saved"
+    # a resume keeps the run's settings (lr, warmup), so the advice is a fresh start
+    advice = (
+        f"Rerun with a lower --lr (now {config.lr}) or more --warmup-steps, adding --overwrite "
+        "to replace this run"
+    )
+    if limit is not None:
+        return UserError(
+            f"the loss reached {stats.loss:.4g} at step {done}, above 10 x ln(vocab) = "
+            f"{limit:.1f} (a uniform guess scores ln(vocab)): the run diverged and stopped; "
+            f"{where}. {advice}"
+        )
+    what = "loss" if not math.isfinite(stats.loss) else "gradient norm"
     return UserError(
         f"the {what} became {stats.loss if what == 'loss' else stats.grad_norm} at step "
-        f"{done}; the run stopped before updating the weights and {where}. Lower "
-        f"--lr (now {config.lr}) or raise --warmup-steps, then resume or restart"
+        f"{done}; the run stopped before updating the weights and {where}. {advice}"
     )
 
 
@@ -574,6 +622,13 @@ def run_training(
             raise UserError(
                 f"{run_dir} was trained with the {tokenizer.name} tokenizer, not "
                 f"{run.data.tokenizer}; resume with the same flags or pick another --out"
+            )
+        wanted = run.data.tokenizer_options().get("vocab_size")
+        if wanted is not None and wanted != tokenizer.vocab_size:
+            raise UserError(
+                f"{run_dir} holds a run with another data.vocab_size (saved "
+                f"{tokenizer.vocab_size}, now {wanted}); resume it with the same settings or "
+                "pick another --out"
             )
     if tokenizer is None:
         options = run.data.tokenizer_options()

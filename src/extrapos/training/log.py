@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 from pathlib import Path
 from typing import Any
 
 from extrapos.core.errors import UserError
+from extrapos.core.files import check_target
 
 LOG = "log.csv"
 LOG_COLUMNS = (
@@ -38,17 +40,23 @@ class RunLog:
         self._file = self._writer = self._tb = None
         if run_dir is None:
             return
-        path = run_dir / LOG
+        path = self._path = check_target(run_dir / LOG, "run log")
         kept: list[dict[str, str]] = []
-        if start_step > 0 and path.is_file():
-            with open(path, newline="", encoding="utf-8") as f:
-                kept = [r for r in csv.DictReader(f) if int(r["step"]) <= start_step]
-        run_dir.mkdir(parents=True, exist_ok=True)
-        self._file = open(path, "w", newline="", encoding="utf-8")  # noqa: SIM115 (closed in close())
-        self._writer = csv.DictWriter(self._file, fieldnames=LOG_COLUMNS)
-        self._writer.writeheader()
-        self._writer.writerows(kept)
-        self._file.flush()
+        try:
+            if start_step > 0 and path.is_file():
+                with open(path, newline="", encoding="utf-8") as f:
+                    kept = [r for r in csv.DictReader(f) if _step_of(r) <= start_step]
+            run_dir.mkdir(parents=True, exist_ok=True)
+            self._file = open(path, "w", newline="", encoding="utf-8")  # noqa: SIM115 (closed in close())
+            self._writer = csv.DictWriter(self._file, fieldnames=LOG_COLUMNS, extrasaction="ignore")
+            self._writer.writeheader()
+            self._writer.writerows(kept)
+            self._file.flush()
+        except (OSError, UnicodeError, csv.Error) as exc:
+            raise UserError(
+                f"could not write the run log {path}: {getattr(exc, 'strerror', None) or exc}; "
+                "free space, fix the permissions or pick another --out"
+            ) from exc
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -62,8 +70,14 @@ class RunLog:
     def write(self, row: dict[str, Any]) -> None:
         if self._writer is None:
             return
-        self._writer.writerow({k: _fmt(row.get(k)) for k in LOG_COLUMNS})
-        self._file.flush()
+        try:
+            self._writer.writerow({k: _fmt(row.get(k)) for k in LOG_COLUMNS})
+            self._file.flush()
+        except OSError as exc:
+            raise UserError(
+                f"could not write the run log {self._path}: {exc.strerror or exc}; free space or "
+                "pick another --out (the checkpoints already written are intact)"
+            ) from exc
         if self._tb is not None:
             for key, tag in TENSORBOARD_TAGS:
                 if row.get(key) is not None:
@@ -71,9 +85,17 @@ class RunLog:
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
+            with contextlib.suppress(OSError):  # a full disk: the write already reported it
+                self._file.close()
         if self._tb is not None:
             self._tb.close()
+
+
+def _step_of(row: dict[str, str]) -> int:
+    try:
+        return int(row.get("step") or 0)
+    except ValueError:
+        return 1 << 62  # a hand-edited row: dropped
 
 
 def _fmt(value: Any) -> str:

@@ -33,10 +33,19 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_model as st_load_model
-from safetensors.torch import save_model as st_save_model
 
 from extrapos.core.errors import UserError
-from extrapos.core.files import atomic_path, read_json, write_json
+from extrapos.core.files import (
+    TMP_MARK,
+    atomic_path,
+    check_dir_target,
+    current_umask,
+    is_our_temporary,
+    read_json,
+    write_json,
+    write_safetensors,
+    write_torch,
+)
 from extrapos.data import Tokenizer, load_tokenizer, save_tokenizer
 from extrapos.models.gpt import GPT, GPTConfig, set_checkpoint_loader
 
@@ -45,14 +54,26 @@ CONFIG = "config.json"
 TOKENIZER = "tokenizer.json"
 TRAIN_STATE = "train_state.pt"
 CHECKPOINTS = "checkpoints"
+#: model fields every run's config.json records; the others (random_positions, causal,
+#: embed_scale) were added later and their defaults are what runs did before they existed
+REQUIRED_MODEL_FIELDS = (
+    "vocab_size",
+    "n_layer",
+    "n_head",
+    "d_model",
+    "encoding",
+    "encoding_params",
+    "d_ff",
+    "norm_eps",
+    "tie_embeddings",
+)
 _STEP_DIR = re.compile(r"step_(\d+)")
 
 
 def save_model(run_dir: str | Path, model: GPT, config: dict[str, Any], tokenizer: Any) -> None:
     """Write weights, the resolved config (must hold "model") and the tokenizer into run_dir."""
-    run_dir = Path(run_dir)
-    with atomic_path(run_dir / WEIGHTS) as tmp:
-        st_save_model(model, str(tmp))
+    run_dir = check_dir_target(run_dir, "run directory")
+    write_safetensors(run_dir / WEIGHTS, model)
     save_tokenizer(tokenizer, run_dir / TOKENIZER)
     write_json(run_dir / CONFIG, config)
 
@@ -96,28 +117,38 @@ def save_checkpoint(
 ) -> Path:
     """Write a complete checkpoint for `step` (see the module docstring), publish its files in
     RUN_DIR, and delete all but the newest `keep_last` step checkpoints (0 keeps all)."""
-    run_dir = Path(run_dir)
+    run_dir = check_dir_target(run_dir, "run directory")
     root = run_dir / CHECKPOINTS
     try:
         root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".step_{step:08d}.", suffix=".tmp", dir=root))
+        tmp = Path(tempfile.mkdtemp(prefix=f".step_{step:08d}.{TMP_MARK}", suffix=".tmp", dir=root))
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700
     except OSError as exc:
         raise UserError(
             f"could not write a checkpoint in {root}: {exc.strerror or exc}; free space or pick "
             "another --out"
         ) from exc
     try:
-        st_save_model(model, str(tmp / WEIGHTS), metadata={"step": str(step)})
+        # each file through the safe writer: a failed write is a UserError naming the file
+        write_safetensors(tmp / WEIGHTS, model, metadata={"step": str(step)})
         save_tokenizer(tokenizer, tmp / TOKENIZER)
         write_json(tmp / CONFIG, config)
-        torch.save(state, tmp / TRAIN_STATE)
-        for name in (WEIGHTS, TRAIN_STATE):
-            _fsync(tmp / name)
+        write_torch(tmp / TRAIN_STATE, state)
         final = step_dir(run_dir, step)
         if final.exists():  # the same step saved before (e.g. a resumed run): replace it
+            if not _is_our_checkpoint(final):
+                raise UserError(
+                    f"{final} exists and is not an extrapos checkpoint; move it away or pick "
+                    "another --out"
+                )
             shutil.rmtree(final)
         os.rename(tmp, final)
         _fsync_dir(root)
+    except UserError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(
+            f"checkpoint step {step} not saved (earlier ones are intact): {exc}"
+        ) from exc
     except OSError as exc:  # a full disk, a quota, a vanished folder
         shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(
@@ -135,27 +166,63 @@ def save_checkpoint(
     return final
 
 
+def _is_our_checkpoint(folder: Path) -> bool:
+    """A step folder extrapos wrote: named step_N, holding a train_state.pt and nothing but the
+    files of a checkpoint."""
+    if not (_STEP_DIR.fullmatch(folder.name) and folder.is_dir() and not folder.is_symlink()):
+        return False
+    names = {p.name for p in folder.iterdir()}
+    return TRAIN_STATE in names and names <= {WEIGHTS, CONFIG, TOKENIZER, TRAIN_STATE}
+
+
+def foreign_entries(run_dir: str | Path) -> list[Path]:
+    """What a fresh run would have to delete but extrapos did not write: entries of
+    RUN_DIR/checkpoints that are not our step checkpoints or leftovers of our saves."""
+    root = Path(run_dir) / CHECKPOINTS
+    if root.is_symlink() or (root.exists() and not root.is_dir()):
+        return [root]
+    if not root.is_dir():
+        return []
+    return [
+        p
+        for p in sorted(root.iterdir())
+        if not (_is_our_checkpoint(p) or (p.is_dir() and is_our_temporary(p)))
+    ]
+
+
 def clear_checkpoints(run_dir: str | Path) -> None:
     """Remove a run's step checkpoints, leftovers of killed saves and a legacy train_state.pt
-    (a fresh run in an old folder must not resume from, or keep, another run's state)."""
+    (a fresh run in an old folder must not resume from, or keep, another run's state). Only what
+    extrapos wrote is deleted: other entries of checkpoints/ are left (`foreign_entries`; the
+    caller refuses to start over them)."""
     run_dir = Path(run_dir)
     remove_partial_checkpoints(run_dir)
-    shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
-    (run_dir / TRAIN_STATE).unlink(missing_ok=True)
+    root = run_dir / CHECKPOINTS
+    if root.is_dir() and not root.is_symlink():
+        for p in root.iterdir():
+            if _is_our_checkpoint(p):
+                shutil.rmtree(p)
+        with contextlib.suppress(OSError):
+            root.rmdir()  # only when empty
+    legacy = run_dir / TRAIN_STATE
+    if legacy.is_file() and not legacy.is_symlink():
+        legacy.unlink()
 
 
 def remove_partial_checkpoints(run_dir: str | Path) -> None:
     """Delete what saves that were killed left behind: temporary step folders, and the
-    temporary files of atomic writes (`extrapos.core.files.atomic_path`: `.NAME.XXXX.tmp`) in the run
-    folder."""
+    temporary files of atomic writes (`extrapos.core.files`: `.NAME.extrapos-XXXX.tmp`) in the
+    run folder. Hidden `.tmp` files without that marker are not ours and stay."""
     run_dir = Path(run_dir)
     root = run_dir / CHECKPOINTS
-    if root.is_dir():
+    if root.is_dir() and not root.is_symlink():
         for p in root.glob(".step_*.tmp"):
-            shutil.rmtree(p, ignore_errors=True)
-    for p in run_dir.glob(".*.tmp"):
-        if p.is_file():
-            p.unlink(missing_ok=True)
+            if p.is_dir() and not p.is_symlink() and is_our_temporary(p):
+                shutil.rmtree(p, ignore_errors=True)
+    if run_dir.is_dir():
+        for p in run_dir.glob(".*.tmp"):
+            if p.is_file() and not p.is_symlink() and is_our_temporary(p):
+                p.unlink(missing_ok=True)
 
 
 def _publish(src: Path, dst: Path) -> None:
@@ -166,11 +233,6 @@ def _publish(src: Path, dst: Path) -> None:
             os.link(src, tmp)
         except OSError:
             shutil.copyfile(src, tmp)
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
 
 
 def _fsync_dir(path: Path) -> None:
@@ -187,11 +249,22 @@ def load_config(run_dir: str | Path) -> dict[str, Any]:
     if not run_dir.is_dir():
         raise UserError(f"run directory {run_dir} does not exist; train one with `extrapos train`")
     config = read_json(run_dir / CONFIG, "run config")
-    if not isinstance(config, dict) or "model" not in config:
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         raise UserError(
             f"run config {run_dir / CONFIG} has no 'model' section; is it an extrapos run?"
         )
     return config
+
+
+def _check_model_fields(run_dir: Path, model: dict[str, Any]) -> None:
+    """A GPT run's config records every model field: a default could silently build another
+    model."""
+    missing = [name for name in REQUIRED_MODEL_FIELDS if name not in model]
+    if missing:
+        raise UserError(
+            f"run config {run_dir / CONFIG} lacks model.{missing[0]}; a run's config records "
+            "every model field (a default could silently build another model): restore the file"
+        )
 
 
 @dataclass
@@ -214,6 +287,7 @@ def load_model(run_dir: str | Path, map_location: str | torch.device = "cpu") ->
     """The GPT (weights and config) of a run directory or one of its step checkpoints."""
     run_dir = Path(run_dir)
     config = load_config(run_dir)
+    _check_model_fields(run_dir, config["model"])
     model = GPT(GPTConfig.from_dict(config["model"]))
     weights = run_dir / WEIGHTS
     if not weights.is_file():
@@ -237,8 +311,7 @@ def load_model(run_dir: str | Path, map_location: str | torch.device = "cpu") ->
 
 
 def save_train_state(run_dir: str | Path, state: dict[str, Any]) -> None:
-    with atomic_path(Path(run_dir) / TRAIN_STATE) as tmp:
-        torch.save(state, tmp)
+    write_torch(Path(run_dir) / TRAIN_STATE, state)
 
 
 def load_train_state(run_dir: str | Path) -> dict[str, Any] | None:

@@ -1,0 +1,125 @@
+"""Cached generation past the trained length equals the full forward for length-dependent RoPE
+scalings (dynamic NTK, LongRoPE) with 2+ layers and weights large enough that an error shows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from extrapos.core.errors import UserError
+from extrapos.models import rotation_state as decoding
+from extrapos.models.gpt import GPT, GPTConfig
+
+TRAIN_LEN = 16
+SCALINGS = {
+    "dynamic": {"rope_type": "dynamic", "factor": 4.0},
+    "longrope": {
+        "rope_type": "longrope",
+        "short_factor": [1.0] * 4,
+        "long_factor": [1.0, 2.0, 4.0, 8.0],
+        "original_max_position_embeddings": 16,
+        "factor": 4.0,
+    },
+}
+
+
+def _model(scaling: dict[str, Any], n_layer: int = 3) -> GPT:
+    torch.manual_seed(0)
+    config = GPTConfig(
+        vocab_size=64, n_layer=n_layer, n_head=2, d_model=16,
+        encoding="rope", encoding_params={"scaling": scaling, "max_position_embeddings": 16},
+    )  # fmt: skip
+    model = GPT(config).eval()
+    with torch.no_grad():  # far from the init scale: stale keys of deeper layers would show
+        for name, p in model.named_parameters():
+            if p.ndim == 2 and not name.startswith("embed"):
+                p.mul_(15.0)
+    return model
+
+
+def _step_logits(model: GPT, prompt: torch.Tensor, n: int) -> tuple[torch.Tensor, list[Any]]:
+    """Greedy cached generation, recording the logits each step was sampled from."""
+    seen: list[torch.Tensor] = []
+    from extrapos.models import gpt
+
+    real = gpt.sample_next
+
+    def spy(logits, *args, **kwargs):
+        seen.append(logits.clone())
+        return real(logits, *args, **kwargs)
+
+    gpt.sample_next = spy
+    try:
+        out = model.generate(prompt, n, temperature=0)
+    finally:
+        gpt.sample_next = real
+    return out, seen
+
+
+@pytest.mark.parametrize("kind", list(SCALINGS))
+def test_cached_generation_equals_the_full_forward_past_the_trained_length(kind):
+    model = _model(SCALINGS[kind])
+    prompt = torch.randint(0, 64, (2, 6), generator=torch.Generator().manual_seed(1))
+    out, seen = _step_logits(model, prompt, 40)  # to 46 positions, ~3x the trained length
+    with torch.no_grad():
+        for step, logits in enumerate(seen):
+            t = prompt.shape[1] + step
+            full = model(out[:, :t])[:, -1]
+            torch.testing.assert_close(logits, full, atol=1e-4, rtol=1e-4)
+    assert torch.equal(out, model.generate(prompt, 40, temperature=0, use_cache=False))
+
+
+@pytest.mark.parametrize("kind", list(SCALINGS))
+def test_re_rotating_raw_keys_alone_is_not_exact_here(kind):
+    """The test above could fail: decoding token by token through the cache without
+    recomputing (what generate did before) differs from the full forward on this model."""
+    from extrapos.models.gpt import KVCache
+
+    model = _model(SCALINGS[kind])
+    idx = torch.randint(0, 64, (1, 40), generator=torch.Generator().manual_seed(2))
+    cache = KVCache(model.config.n_layer)
+    with torch.no_grad():
+        pieces = [model(idx[:, :6], cache=cache)]
+        pieces += [model(idx[:, t : t + 1], cache=cache) for t in range(6, 40)]
+        stale = torch.cat(pieces, dim=1)
+        full = model(idx)
+    assert (stale - full).abs().max() > 1e-2
+
+
+def test_rotation_keys():
+    dynamic = _model(SCALINGS["dynamic"]).encoding
+    inside = [decoding.rotation_key(dynamic, n) for n in (4, 16)]
+    assert decoding.same_rotation(*inside)
+    assert not decoding.same_rotation(inside[1], decoding.rotation_key(dynamic, 17))
+    long = _model(SCALINGS["longrope"]).encoding
+    past = [decoding.rotation_key(long, n) for n in (17, 40)]
+    assert decoding.same_rotation(*past)  # LongRoPE switches once
+    assert not decoding.same_rotation(decoding.rotation_key(long, 16), past[0])
+
+
+def test_non_finite_weights_and_tiny_temperatures():
+    model = _model(SCALINGS["dynamic"], n_layer=2)
+    prompt = torch.zeros(1, 3, dtype=torch.long)
+    out = model.generate(prompt, 4, temperature=1e-300)  # the limit: greedy, no crash
+    assert torch.equal(out, model.generate(prompt, 4, temperature=0))
+    with torch.no_grad():
+        model.blocks[0].mlp.w2.weight.fill_(float("nan"))
+    with pytest.raises(UserError, match="non-finite logits at generation step 0"):
+        model.generate(prompt, 4)
+
+
+def test_embed_scale_multiplies_token_embeddings_by_sqrt_d():
+    """The Transformer paper's recipe: embeddings x sqrt(D) + unit sinusoids; the default adds
+    sinusoids to embeddings as initialized."""
+    torch.manual_seed(0)
+    base = dict(vocab_size=32, n_layer=1, n_head=2, d_model=16, encoding="nope")
+    plain, scaled = GPT(GPTConfig(**base)), GPT(GPTConfig(**base, embed_scale=True))
+    scaled.load_state_dict(plain.state_dict())
+    seen = {}
+    for name, model in (("plain", plain), ("scaled", scaled)):
+        model.blocks[0].register_forward_pre_hook(lambda m, a, n=name: seen.__setitem__(n, a[0]))
+        model(torch.arange(8)[None])
+    torch.testing.assert_close(seen["scaled"], seen["plain"] * 4.0)
+    assert GPTConfig.from_dict({**base}).embed_scale is False
