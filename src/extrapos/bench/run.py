@@ -47,7 +47,9 @@ from extrapos.bench.config import (  # noqa: F401  (re-exported)
     RESULTS_VERSION,
     BenchConfig,
 )
+from extrapos.bench.loggers import Loggers, Plan, summary_table
 from extrapos.core.errors import UserError
+from extrapos.core.provenance import provenance
 from extrapos.core.files import read_json, write_json
 from extrapos.data import build_tokenizer, load_corpus
 from extrapos.probes.extensions import describe_extension, rope_extended
@@ -64,22 +66,37 @@ def environment() -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "argv": sys.argv,
+        **provenance(),
     }
 
 
+def bench_tokenizer(config: BenchConfig, corpus: Any) -> Any:
+    """byte, or a BPE of `config.vocab_size` trained on the corpus's train split (cached per
+    corpus hash; each run directory saves the tokenizer it was trained with)."""
+    if config.tokenizer == "bpe":
+        return build_tokenizer("bpe", vocab_size=config.vocab_size, corpus=corpus)
+    return build_tokenizer(config.tokenizer)
+
+
 def run_bench(
-    config: BenchConfig, out_dir: str | Path, progress: bool = True, save_runs: bool = True
+    config: BenchConfig,
+    out_dir: str | Path,
+    progress: bool = True,
+    save_runs: bool = True,
+    loggers: Loggers | None = None,
 ) -> dict[str, Any]:
     """Run the comparison into out_dir: results.json, report.md, report.html, CSV and plots.
 
     Stages, each kept from an earlier results.json in out_dir where its settings match:
-    language-model runs (and RoPE extension rows), synthetic tasks, passkey, cost.
+    language-model runs (and RoPE extension rows), synthetic tasks, passkey, cost. With
+    `progress`, a line per unit of work ("run i/N · … · elapsed · ETA") and a summary table at
+    the end; `loggers`: TensorBoard / W&B (`extrapos.bench.loggers`).
     """
     from extrapos.report.lm import write_report
 
     out_dir = Path(out_dir)
     corpus = load_corpus(config.data)
-    tokenizer = build_tokenizer(config.tokenizer)
+    tokenizer = bench_tokenizer(config, corpus)
     # one trimmed stream for every run, so every length and every row scores the same targets
     all_tokens = corpus.tokens("test", tokenizer)
     test_tokens = all_tokens[
@@ -105,6 +122,7 @@ def run_bench(
         "costs": [],
     }
     previous = _previous_runs(out_dir / "results.json", results)
+    plan = Plan(_units(config), enabled=progress)
     models: dict[tuple[str, int], Any] = {}  # trained in this process (else loaded)
 
     def keep_or_run(
@@ -117,9 +135,13 @@ def run_bench(
             done = [r for r in done if r["method"] in rows]
             if {r["method"] for r in done} != rows:
                 done = None
+        unit = "extensions" if stage == "runs" and "+" in str(key[0]) else stage
+        plan.start(unit, _unit_label(stage, key))
+        kept = done is not None
         if done is None:
             done = run()
-        elif progress:
+        plan.finish(kept=kept)
+        if progress and kept:
             shown = " ".join(map(str, key))
             print(f"{stage} {shown}: kept from {out_dir / 'results.json'}", file=sys.stderr)
         results[stage] += done if isinstance(done, list) else [done]
@@ -153,6 +175,7 @@ def run_bench(
                     out_dir,
                     progress,
                     save_runs,
+                    loggers,
                 )
                 return summary
 
@@ -169,7 +192,36 @@ def run_bench(
                 )
     _run_probes(config, results, keep_or_run, model_of, progress)
     write_report(results, out_dir)
+    if progress:
+        print(summary_table(results), file=sys.stderr)
     return results
+
+
+def _units(config: BenchConfig) -> dict[str, int]:
+    """Units of work per stage (see `extrapos.bench.loggers.Plan`)."""
+    methods, seeds = config.methods or [], len(config.seeds)
+    extension_rows = len(config.extensions) if "rope" in methods else 0
+    return {
+        "runs": seeds * len(methods),
+        "extensions": seeds * extension_rows,
+        "task_runs": seeds * len(config.tasks) * len(methods),
+        "passkey_runs": seeds * len(methods) if config.passkey_steps else 0,
+        "costs": len(methods) if config.memory else 0,
+    }
+
+
+_STAGE_WORDS = {"runs": "train", "task_runs": "task", "passkey_runs": "passkey", "costs": "cost"}
+
+
+def _unit_label(stage: str, key: tuple[Any, ...]) -> str:
+    method = key[0]
+    if stage == "runs" and "+" in str(method):
+        return f"eval {method} (seed {key[-1]})"
+    if stage == "task_runs":
+        return f"task {key[1]}: {method} (seed {key[2]})"
+    if stage == "costs":
+        return f"cost {method}"
+    return f"{_STAGE_WORDS[stage]} {method} (seed {key[-1]})"
 
 
 def _run_probes(
@@ -294,6 +346,7 @@ def _evaluate(
     protocols: list[str],
     test_tokens: torch.Tensor,
     progress: bool,
+    what: str = "",
 ) -> dict[str, Any]:
     """ppl (first protocol), ppl per protocol, bits per byte, tokens scored, errors, the
     per-position loss at the longest length, and the time it took. `test_tokens` is already
@@ -305,8 +358,9 @@ def _evaluate(
             model,
             test_tokens,
             lengths,
-            protocol=protocol,
-            progress=progress,  # type: ignore[arg-type]
+            protocol=protocol,  # type: ignore[arg-type]
+            progress=progress,
+            desc=f"eval {what} ppl" if what else None,
         )
         by_protocol[protocol] = {str(r["length"]): r for r in records}
     first = by_protocol[protocols[0]]
@@ -334,8 +388,9 @@ def _run_method(
     out_dir: Path,
     progress: bool,
     save_runs: bool,
+    loggers: Loggers | None = None,
 ) -> tuple[dict[str, Any], Any]:
-    model_config = config.model_config(method)
+    model_config = config.model_config(method, vocab_size=tokenizer.vocab_size)
     result = train(
         model_config,
         config.train_config(seed),
@@ -350,14 +405,37 @@ def _run_method(
         "method": method,
         "params": model_config.encoding_params,
         "seed": seed,
-        **_evaluate(result.model, config.eval_lens or [], config.protocols, test_tokens, progress),
+        **_evaluate(
+            result.model,
+            config.eval_lens or [],
+            config.protocols,
+            test_tokens,
+            progress,
+            what=f"{method} (seed {seed})",
+        ),
         "final_train_loss": sum(result.losses[-20:]) / len(result.losses[-20:]),
+        "loss_curve": loss_curve(result.losses),
         "train_seconds": round(result.train_seconds, 2),
         "tokens_per_second": round(result.tokens_per_second),
         "num_params": result.model.num_params(),
     }
     _say(summary, progress)
+    if loggers is not None and loggers.active:
+        loggers.log_run(summary, result.losses)
     return summary, result.model
+
+
+def loss_curve(losses: list[float], points: int = 100) -> list[list[float]]:
+    """[step, mean loss] over at most `points` equal bins of the training steps (the step is
+    each bin's last), for the report's training-loss plot."""
+    if not losses:
+        return []
+    size = max(1, -(-len(losses) // points))
+    return [
+        [min(i + size, len(losses)), round(sum(chunk) / len(chunk), 5)]
+        for i in range(0, len(losses), size)
+        if (chunk := losses[i : i + size])
+    ]
 
 
 def _run_extension(

@@ -11,10 +11,12 @@ from extrapos.core.settings import field_default
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
+    from extrapos.bench.loggers import Loggers
     from extrapos.bench.run import BenchConfig, run_bench
 
-    config = BenchConfig.from_preset(args.preset, **dataclass_flags(args, "bench"))
-    run_bench(config, args.out)
+    config = BenchConfig.from_sources(args.preset, args.config, **dataclass_flags(args, "bench"))
+    loggers = Loggers(args.tensorboard, args.wandb, args.out, config.settings())
+    run_bench(config, args.out, loggers=loggers)
     print(f"wrote {Path(args.out) / 'results.json'}, report.md, report.html, results.csv, plots")
 
 
@@ -49,17 +51,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(
         sub, "bench", cmd_bench, "train every method short, evaluate long, write a report"
     )
+    from extrapos.bench.config import PRESETS, BenchConfig
+
     p.add_argument(
         "--preset",
-        choices=("quick", "standard", "paper"),
-        default="quick",
-        help="quick (default, minutes on 2 cores), standard (every encoding, 3 seeds), paper (GPU)",
+        choices=tuple(PRESETS),
+        default=None,
+        help="quick (default, minutes on 2 cores), standard (every encoding, 3 seeds), "
+        "literature (the six classics, BPE, bigger models), paper (GPU)",
     )
-    from extrapos.bench.config import BenchConfig
-
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="a JSON or YAML file of bench settings (any field below, plus preset); "
+        "precedence: preset < file < flags",
+    )
     names = [f.name for f in fields(BenchConfig) if f.name != "preset"]
     add_dataclass_flags(p, BenchConfig, "bench", names, defaults=_preset_defaults)
     p.add_argument("--out", default="bench_out", help="output directory (default bench_out)")
+    p.add_argument(
+        "--tensorboard", metavar="DIR", default=None, help="also log each run to TensorBoard in DIR"
+    )
+    p.add_argument(
+        "--wandb",
+        metavar="PROJECT",
+        default=None,
+        help="also log each run to Weights & Biases PROJECT (offline unless WANDB_MODE says else)",
+    )
 
     p = add_command(
         sub, "report", cmd_report, "re-render (or merge) reports from bench results.json"
