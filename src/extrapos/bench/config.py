@@ -268,7 +268,9 @@ class BenchConfig:
             steps=self.total_steps,
             lr=self.lr,
             warmup_steps=(
-                self.warmup_steps if self.warmup_steps is not None else max(1, self.total_steps // 10)
+                self.warmup_steps
+                if self.warmup_steps is not None
+                else max(1, self.total_steps // 10)
             ),
             seed=seed,
         )

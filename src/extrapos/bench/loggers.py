@@ -54,7 +54,8 @@ class Plan:
             return None
         overall = sum(finished) / len(finished)
         return sum(
-            left * (sum(self._done[stage]) / len(self._done[stage]) if self._done[stage] else overall)
+            left
+            * (sum(self._done[stage]) / len(self._done[stage]) if self._done[stage] else overall)
             for stage, left in self._left.items()
         )
 
@@ -98,7 +99,9 @@ def summary_table(results: dict[str, Any]) -> str:
     ranked = sorted((r for r in rows if r[2] is not None), key=lambda r: r[2])
     rank = {r[0]: i + 1 for i, r in enumerate(ranked)}
     width = max(12, *(len(r[0]) for r in rows)) if rows else 12
-    head = f"{'method':<{width}} {'ppl@' + train:>10} {'ppl@' + longest:>11} {'ratio':>7} {'rank':>5}"
+    head = (
+        f"{'method':<{width}} {'ppl@' + train:>10} {'ppl@' + longest:>11} {'ratio':>7} {'rank':>5}"
+    )
     lines = [f"summary ({protocol}, mean over seeds; rank by ppl at {longest}):", head]
     for method, a, b in sorted(rows, key=lambda r: rank.get(r[0], len(rows) + 1)):
         ratio = f"{b / a:.2f}" if a and b else "n/a"

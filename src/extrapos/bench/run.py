@@ -49,8 +49,8 @@ from extrapos.bench.config import (  # noqa: F401  (re-exported)
 )
 from extrapos.bench.loggers import Loggers, Plan, summary_table
 from extrapos.core.errors import UserError
-from extrapos.core.provenance import provenance
 from extrapos.core.files import read_json, write_json
+from extrapos.core.provenance import provenance
 from extrapos.data import build_tokenizer, load_corpus
 from extrapos.probes.extensions import describe_extension, rope_extended
 from extrapos.probes.perplexity import common_prefix, evaluate_lengths
