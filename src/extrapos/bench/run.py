@@ -401,8 +401,11 @@ def _run_method(
         description=f"train {method} (seed {seed})",
         overwrite=True,  # a run here is retrained only when the bench's settings changed
     )
+    from extrapos.encodings import encoding_class
+
     summary = {
         "method": method,
+        "family": encoding_class(method).__module__.rsplit(".", 1)[-1],
         "params": model_config.encoding_params,
         "seed": seed,
         **_evaluate(

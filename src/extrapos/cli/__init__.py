@@ -13,6 +13,7 @@ import traceback
 from collections.abc import Sequence
 from typing import NoReturn
 
+from extrapos import __version__
 from extrapos.cli import bench, evaluate, hf, info, probes, train
 from extrapos.core.errors import UserError
 
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Positional encodings that extrapolate: train short, test long.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--version", action="version", version=f"extrapos {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMAND_MODULES:
         module.register(sub)

@@ -45,6 +45,7 @@ from torch import Tensor
 
 from extrapos.core.errors import UserError
 from extrapos.core.files import write_bytes, write_json
+from extrapos.core.stats import geometric_bins  # noqa: F401  (re-exported)
 from extrapos.kernels.attention import bias_block, use_backend
 
 DEFAULT_QUERY_CHUNK = 512
@@ -327,23 +328,6 @@ def plot_attention_stats(
     if path is not None:
         write_bytes(path, data)
     return data
-
-
-def geometric_bins(
-    values: Sequence[float | None], per_octave: int
-) -> tuple[list[float], list[float]]:
-    """Average values[o] (o = 0-based offset, x = o + 1) in bins [2^(k/p), 2^((k+1)/p))."""
-    sums: dict[int, float] = {}
-    counts: dict[int, int] = {}
-    for o, v in enumerate(values):
-        if v is None:
-            continue
-        k = math.floor(math.log2(o + 1) * per_octave + 1e-9)
-        sums[k] = sums.get(k, 0.0) + v
-        counts[k] = counts.get(k, 0) + 1
-    ks = sorted(sums)
-    xs = [2 ** ((k + 0.5) / per_octave) for k in ks]
-    return xs, [sums[k] / counts[k] for k in ks]
 
 
 def position_nll_payload(
