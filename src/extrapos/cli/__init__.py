@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from extrapos import __version__
-from extrapos.cli import bench, evaluate, hf, info, probes, train
+from extrapos.cli import bench, evaluate, hf, info, lm_eval, probes, train
 from extrapos.core.errors import UserError
 
 #: command groups, in the order `extrapos --help` lists them
-COMMAND_MODULES = (info, train, evaluate, bench, hf, probes)
+COMMAND_MODULES = (info, train, evaluate, bench, hf, probes, lm_eval)
 
 
 class _Parser(argparse.ArgumentParser):
