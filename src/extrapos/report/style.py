@@ -55,7 +55,7 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 
 def panel_of(run: dict[str, Any]) -> str:
     """The panel a run (or summary entry) belongs to."""
-    if run.get("extends"):
+    if run.get("extends") or run["method"].startswith("rope+"):
         return "rotary and extensions"
     module = run.get("family") or _BUILTIN_MODULE.get(run["method"])
     return _MODULE_PANEL.get(module or "", "other")
