@@ -30,13 +30,15 @@ def test_presets_resolve_and_flags_override():
     assert (
         standard.methods == list_encodings() and standard.seeds == [0, 1, 2] and standard.steps == 7
     )
-    assert set(PRESETS) == {"quick", "standard", "paper"}
+    assert set(PRESETS) == {"quick", "standard", "literature", "paper"}
+    literature = BenchConfig.from_preset("literature")
+    assert literature.methods == quick.methods and literature.steps == 5000
 
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"preset": "huge"}, "unknown preset 'huge'; known: quick, standard, paper"),
+        ({"preset": "huge"}, "unknown preset 'huge'; known: quick, standard, literature, paper"),
         ({"methods": ["rope", "rope"]}, "lists an entry twice"),
         ({"protocols": ["strided"]}, "unknown protocol 'strided'"),
         ({"extensions": ["magic"]}, "unknown RoPE extension 'magic'; known: linear"),

@@ -6,6 +6,7 @@ Presets (flags override their fields):
 |---|---|---|---|---|---|
 | quick | the six classics | 1 | 200 steps × 2,048 tokens | selective_copy; 60 steps, 3 depths × 4 keys | a first look, ≤ 5 min on 2 CPU cores |
 | standard | every registered encoding | 3 | 300 steps × 2,048 tokens | 3 tasks; 100 steps, 5 depths × 4 keys | the leaderboard |
+| literature | the six classics | 1 | 5,000 steps × 2,048 tokens, eval to 32 × L | none | the literature's shapes, ~1.5 h on 2 CPU cores |
 | paper | every registered encoding | 3 | 12 layers, d 768, train 512, 20k steps × 16k tokens | 3 tasks × 2k steps; 500 steps, 20 keys | a GPU |
 """
 
@@ -46,6 +47,22 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval_tokens": 16384,
         "tasks": list(STANDARD_TASKS),
         "passkey_trials": 4,
+    },
+    # sized from a measured sweep (docs/notes/issue-18-note.md): at the quick model shape,
+    # RoPE's rise past L is clear from 200 steps on, ALiBi is flat at every budget, and
+    # sinusoidal's rise grows with training (×1.24 at 16 L after 300 steps, ×1.72 after 600);
+    # 5,000 steps (10M tokens per method) is what 2 CPU cores train six methods in ~70 min at
+    # the unloaded 14.6k tokens/s measured for this shape
+    "literature": {
+        "methods": list(CLASSIC_METHODS),
+        "seeds": [0],
+        "steps": 5000,
+        "eval_lens": [128, 256, 512, 1024, 2048, 4096],
+        "eval_tokens": 16384,
+        "protocols": ["nonoverlap"],
+        "extensions": ["yarn"],
+        "tasks": [],
+        "passkey_steps": 0,
     },
     "paper": {
         "methods": None,
