@@ -53,6 +53,9 @@ _STYLE = (
     "pre{background:#f6f6f6;padding:.6em;overflow-x:auto;white-space:pre-wrap;"
     "word-break:break-all}"
     "ul.meta{padding-left:1.2em}"
+    # on a phone a 2x2 panel figure scaled to the screen is unreadable: keep it legible, scroll
+    "@media (max-width:760px){figure{overflow-x:auto}figure img{max-width:none;width:880px}"
+    "body{padding:0 .5em}}"
 )
 
 
