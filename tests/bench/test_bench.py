@@ -158,7 +158,7 @@ def test_bench_runs_tasks_and_passkey_and_reports_them(tmp_path):
     assert (tmp_path / "task_accuracy.png").stat().st_size > 0
     assert (tmp_path / "passkey_accuracy.png").stat().st_size > 0
     html = (tmp_path / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 4  # ppl, positions, tasks, passkey
+    assert html.count("data:image/png;base64,") == 5  # ppl, train loss, positions, tasks, passkey
     rows = (tmp_path / "tasks.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 2 * 4  # header + method × size
     rows = (tmp_path / "passkey.csv").read_text().strip().splitlines()
