@@ -148,3 +148,21 @@ def test_wandb_gets_every_training_loss_and_the_perplexities_offline(tmp_path, m
     assert [step for step, _ in run.rows] == [1, 2] and run.finished
     assert set(run.summary) == {"ppl/8", "ppl/16"}
     monkeypatch.delenv("WANDB_MODE")
+
+
+def test_tensorboard_gets_every_training_loss_and_the_perplexities(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = BenchConfig.from_preset("quick", methods=["alibi"], **TINY)
+    loggers = Loggers(tensorboard=tmp_path / "tb", out_dir=tmp_path)
+    results = run_bench(config, tmp_path / "out", progress=False, save_runs=False, loggers=loggers)
+    events = EventAccumulator(str(tmp_path / "tb" / "alibi-seed0"))
+    events.Reload()
+    losses = events.Scalars("train/loss")
+    assert [e.step for e in losses] == [1, 2]
+    assert losses[-1].value == pytest.approx(results["runs"][0]["loss_curve"][-1][1], rel=1e-4)
+    ppl = {e.step: e.value for e in events.Scalars("eval/ppl_by_length")}
+    assert ppl == pytest.approx(
+        {8: results["runs"][0]["ppl"]["8"], 16: results["runs"][0]["ppl"]["16"]}
+    )
