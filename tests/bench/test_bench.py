@@ -33,13 +33,15 @@ def test_presets_resolve_and_flags_override():
     assert (
         standard.methods == list_encodings() and standard.seeds == [0, 1, 2] and standard.steps == 7
     )
-    assert set(PRESETS) == {"quick", "standard", "paper"}
+    assert set(PRESETS) == {"quick", "standard", "literature", "paper"}
+    literature = BenchConfig.from_preset("literature")
+    assert literature.methods == quick.methods and literature.steps == 5000
 
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"preset": "huge"}, "unknown preset 'huge'; known: quick, standard, paper"),
+        ({"preset": "huge"}, "unknown preset 'huge'; known: quick, standard, literature, paper"),
         ({"methods": ["rope", "rope"]}, "lists an entry twice"),
         ({"protocols": ["strided"]}, "unknown protocol 'strided'"),
         ({"extensions": ["magic"]}, "unknown RoPE extension 'magic'; known: linear"),
@@ -174,7 +176,7 @@ def test_bench_runs_tasks_and_passkey_and_reports_them(tmp_path):
     assert (tmp_path / "task_accuracy.png").stat().st_size > 0
     assert (tmp_path / "passkey_accuracy.png").stat().st_size > 0
     html = (tmp_path / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 4  # ppl, positions, tasks, passkey
+    assert html.count("data:image/png;base64,") == 5  # ppl, train loss, positions, tasks, passkey
     rows = (tmp_path / "tasks.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 2 * 4  # header + method × size
     rows = (tmp_path / "passkey.csv").read_text().strip().splitlines()

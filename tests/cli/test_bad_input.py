@@ -55,7 +55,7 @@ CASES = [
     ("unknown task", ["tasks", "--task", "nosuch", "--encoding", "rope"],
      "unknown task 'nosuch'; known tasks: addition"),
     ("unknown preset", ["bench", "--preset", "huge", "--out", "{dir}/o"],
-     "invalid choice: 'huge' (choose from 'quick', 'standard', 'paper')"),
+     "invalid choice: 'huge' (choose from 'quick', 'standard', 'literature', 'paper')"),
     ("unknown bench task", ["bench", "--tasks", "nosuch", "--out", "{dir}/o"],
      "unknown task 'nosuch'; known tasks"),
     ("zero factor", ["train", "--encoding", "rope", "--encoding-params",

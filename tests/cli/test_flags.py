@@ -44,7 +44,9 @@ def test_bench_help_shows_the_quick_presets_values():
     p = _subparser("bench")
     quick_extensions = ",".join(PRESETS["quick"]["extensions"])
     assert f"default {quick_extensions};" in _help_of(p, "bench.extensions")
-    assert "default 200; presets: standard 300, paper 20000" in _help_of(p, "bench.steps")
+    assert "default 200; presets: standard 300, literature 5000, paper 20000" in _help_of(
+        p, "bench.steps"
+    )
     every = {f.name for f in fields(BenchConfig)} - {"preset"}
     assert every <= {a.dest.removeprefix("bench.") for a in p._actions}
 

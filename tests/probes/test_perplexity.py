@@ -122,3 +122,22 @@ def test_learned_table_too_short_is_reported_not_raised(tokens):
 def test_bad_evaluation_requests(model, tokens, kwargs, message):
     with pytest.raises(UserError, match=re.escape(message)):
         perplexity(model, tokens, **kwargs)
+
+
+def test_a_long_evaluation_says_so_up_front(monkeypatch, capsys):
+    """Past the threshold, the second batch's time × batches is announced before the rest."""
+    import extrapos.probes.perplexity as pp
+    from extrapos.models.gpt import GPT, GPTConfig
+
+    monkeypatch.setattr(pp, "LONG_EVAL_SECONDS", 0.0)
+    monkeypatch.setattr(pp, "BATCH_TOKENS", 16)  # one window per batch
+    model = GPT(GPTConfig(n_layer=1, n_head=2, d_model=16, encoding="rope")).eval()
+    tokens = torch.randint(0, 256, (200,))
+    pp.perplexity(model, tokens, 16, "sliding", stride=4, progress=True)
+    err = capsys.readouterr().err
+    windows = len(pp.eval_windows(200, 16, "sliding", 4))
+    assert f"ppl L=16 sliding stride 4: {windows:,} windows in {windows:,} batches" in err
+    assert "min; a larger --stride" in err
+    monkeypatch.setattr(pp, "LONG_EVAL_SECONDS", 1e9)
+    pp.perplexity(model, tokens, 16, "sliding", stride=4, progress=True)
+    assert "windows in" not in capsys.readouterr().err

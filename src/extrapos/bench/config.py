@@ -6,6 +6,7 @@ Presets (flags override their fields):
 |---|---|---|---|---|---|
 | quick | the six classics | 1 | 200 steps × 2,048 tokens | selective_copy; 60 steps, 3 depths × 4 keys | a first look, ≤ 5 min on 2 CPU cores |
 | standard | every registered encoding | 3 | 300 steps × 2,048 tokens | 3 tasks; 100 steps, 5 depths × 4 keys | the leaderboard |
+| literature | the six classics | 1 | 5,000 steps × 2,048 tokens, eval to 32 × L | none | the literature's shapes, ~1.5 h on 2 CPU cores |
 | paper | every registered encoding | 3 | 12 layers, d 768, train 512, 20k steps × 16k tokens | 3 tasks × 2k steps; 500 steps, 20 keys | a GPU |
 """
 
@@ -18,7 +19,6 @@ from extrapos.core.errors import UserError
 from extrapos.core.registry import Registry
 from extrapos.core.results import RESULTS_VERSION  # noqa: F401  (re-exported)
 from extrapos.core.settings import setting
-from extrapos.data import build_tokenizer
 from extrapos.encodings import encoding_class, list_encodings
 from extrapos.models.config import GPTConfig
 from extrapos.probes.extensions import EXTENSIONS
@@ -48,6 +48,22 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval_tokens": 16384,
         "tasks": list(STANDARD_TASKS),
         "passkey_trials": 4,
+    },
+    # sized from a measured sweep (docs/notes/issue-18-note.md): at the quick model shape,
+    # RoPE's rise past L is clear from 200 steps on, ALiBi is flat at every budget, and
+    # sinusoidal's rise grows with training (×1.24 at 16 L after 300 steps, ×1.72 after 600);
+    # 5,000 steps (10M tokens per method) is what 2 CPU cores train six methods in ~70 min at
+    # the unloaded 14.6k tokens/s measured for this shape
+    "literature": {
+        "methods": list(CLASSIC_METHODS),
+        "seeds": [0],
+        "steps": 5000,
+        "eval_lens": [128, 256, 512, 1024, 2048, 4096],
+        "eval_tokens": 16384,
+        "protocols": ["nonoverlap"],
+        "extensions": ["yarn"],
+        "tasks": [],
+        "passkey_steps": 0,
     },
     "paper": {
         "methods": None,
@@ -95,11 +111,20 @@ class BenchConfig:
     extensions: list[str] = setting(
         list(EXTENSIONS), "inference-time RoPE extensions applied to the trained rope model"
     )
-    steps: int = setting(250, "training steps per language model")
+    steps: int | None = setting(
+        250, "training steps per language model (or give train_tokens instead)"
+    )
+    train_tokens: int | None = setting(
+        None, "training tokens per language model: steps = train_tokens / (batch_size × train_len)"
+    )
     batch_size: int = setting(16, "sequences per training step")
     lr: float = setting(2e-3, "peak learning rate")
+    warmup_steps: int | None = setting(None, "linear warm-up steps; None: steps/10")
     data: str | None = setting(None, "corpus: a text file, a folder or hf:NAME; None: built-in")
-    tokenizer: str = setting("byte", "byte or bpe")
+    tokenizer: str = setting(
+        "byte", "byte or bpe (a byte-level BPE trained on the corpus's train split)"
+    )
+    vocab_size: int = setting(1024, "BPE vocabulary size (with --tokenizer bpe)")
     n_layer: int = setting(4, "Transformer blocks")
     n_head: int = setting(4, "attention heads")
     d_model: int = setting(128, "model width")
@@ -123,11 +148,66 @@ class BenchConfig:
         unknown = sorted(set(overrides) - known)
         if unknown:
             raise UserError(f"unknown bench setting(s) {', '.join(unknown)}")
-        chosen = _PRESETS.get(preset)  # unknown -> UserError listing the presets
-        settings = {**chosen, **{k: v for k, v in overrides.items() if v is not None}}
-        return cls(preset=preset, **settings)
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if "train_tokens" in given and "steps" not in given:
+            given["steps"] = None  # the preset's step count gives way to the token budget
+        return cls._layered(preset, given)
+
+    @classmethod
+    def from_sources(
+        cls, preset: str | None = None, config_file: str | None = None, **flags: Any
+    ) -> BenchConfig:
+        """Preset < config file < flags: the preset (flag, else the file's `preset`, else
+        quick), the file's fields on top, the given flags (None values ignored) on top of both.
+        The file is JSON or YAML holding any `BenchConfig` field."""
+        from extrapos.training.config import check_values, load_config_file
+
+        in_file: dict[str, Any] = {}
+        if config_file is not None:
+            in_file = load_config_file(config_file)
+            known = [f.name for f in fields(cls)]
+            unknown = sorted(set(in_file) - set(known))
+            if unknown:
+                raise UserError(
+                    f"{config_file}: unknown bench setting(s) {', '.join(unknown)}; "
+                    f"known: {', '.join(known)}"
+                )
+            check_values(cls, in_file, config_file)
+        preset = preset or in_file.pop("preset", None) or "quick"
+        in_file.pop("preset", None)
+        given = {k: v for k, v in flags.items() if v is not None}
+        # a budget given one way (file or flags) replaces the other way from a lower layer
+        for layer in (in_file, given):
+            if "train_tokens" in layer and "steps" not in layer:
+                layer["steps"] = None
+            elif "steps" in layer and "train_tokens" not in layer:
+                layer["train_tokens"] = None
+        return cls._layered(preset, {**in_file, **given})
+
+    @classmethod
+    def _layered(cls, preset: str, overrides: dict[str, Any]) -> BenchConfig:
+        if preset not in PRESETS:
+            raise UserError(f"unknown preset '{preset}'; known: {', '.join(PRESETS)}")
+        return cls(preset=preset, **{**PRESETS[preset], **overrides})
 
     def __post_init__(self) -> None:
+        if (self.steps is None) == (self.train_tokens is None):
+            raise UserError(
+                "give the training budget one way: --steps N or --train-tokens N (steps = "
+                f"tokens / (batch_size × train_len)), not {'both' if self.steps else 'neither'}"
+            )
+        if self.train_tokens is not None:
+            per_step = self.batch_size * self.train_len
+            if self.train_tokens < per_step:
+                raise UserError(
+                    f"train_tokens={self.train_tokens} is below one step of {per_step} tokens "
+                    "(batch_size × train_len); raise --train-tokens"
+                )
+            self.steps = round(self.train_tokens / per_step)
+        if self.tokenizer not in ("byte", "bpe"):
+            raise UserError(f"unknown tokenizer {self.tokenizer!r}; choose byte or bpe")
+        if self.vocab_size < 257 and self.tokenizer == "bpe":
+            raise UserError(f"vocab_size must be > 256 for bpe, got {self.vocab_size}")
         if self.methods is None:
             self.methods = list_encodings()
         if not self.methods:
@@ -176,15 +256,24 @@ class BenchConfig:
         if not self.passkey_depths or not all(0 <= d <= 1 for d in self.passkey_depths):
             raise UserError(f"passkey_depths must lie in [0, 1], got {self.passkey_depths}")
         # the model and train configs validate the rest
-        self.model_config("nope")
+        self.model_config("nope", vocab_size=self.vocab_size)
         self.train_config(self.seeds[0])
 
-    def model_config(self, method: str) -> GPTConfig:
+    @property
+    def total_steps(self) -> int:
+        assert self.steps is not None  # resolved in __post_init__
+        return self.steps
+
+    def model_config(self, method: str, vocab_size: int | None = None) -> GPTConfig:
+        """The model of `method`; `vocab_size`: the tokenizer's (default: byte's 256, or
+        this config's `vocab_size` for bpe)."""
         params: dict[str, Any] = {}
         if method == "learned":
             params["max_len"] = max(max(self.eval_lens or [0]), self.train_len)
+        if vocab_size is None:
+            vocab_size = self.vocab_size if self.tokenizer == "bpe" else 256
         return GPTConfig(
-            vocab_size=build_tokenizer(self.tokenizer).vocab_size,
+            vocab_size=vocab_size,
             n_layer=self.n_layer,
             n_head=self.n_head,
             d_model=self.d_model,
@@ -196,9 +285,13 @@ class BenchConfig:
         return TrainConfig(
             train_len=self.train_len,
             batch_size=self.batch_size,
-            steps=self.steps,
+            steps=self.total_steps,
             lr=self.lr,
-            warmup_steps=max(1, self.steps // 10),
+            warmup_steps=(
+                self.warmup_steps
+                if self.warmup_steps is not None
+                else max(1, self.total_steps // 10)
+            ),
             seed=seed,
         )
 
@@ -206,7 +299,15 @@ class BenchConfig:
         """What must match for a finished language-model run to be reused: every field that is
         not a selection of runs nor a task or passkey setting."""
         skip = {*SELECTION_FIELDS, *TASK_FIELDS, *PASSKEY_FIELDS}
-        return {k: v for k, v in asdict(self).items() if k not in skip}
+        out = {k: v for k, v in asdict(self).items() if k not in skip}
+        # fields added later are left out at their neutral value, so that results written
+        # before them still match (and merge) when nothing changed
+        for name in ("train_tokens", "warmup_steps"):
+            if out[name] is None:
+                del out[name]
+        if self.tokenizer != "bpe":
+            del out["vocab_size"]
+        return out
 
     def task_settings(self) -> dict[str, Any]:
         from extrapos.bench.stages import TASK_MODEL

@@ -27,6 +27,7 @@ Presets (flags override their fields):
 |---|---|---|---|---|---|
 | quick | the six classics | 1 | 200 steps × 2,048 tokens | selective_copy; 60 steps, 3 depths × 4 keys | a first look, ≤ 5 min on 2 CPU cores |
 | standard | every registered encoding | 3 | 300 steps × 2,048 tokens | 3 tasks; 100 steps, 5 depths × 4 keys | the leaderboard |
+| literature | the six classics | 1 | 5,000 steps × 2,048 tokens, eval to 32 × L | none | the literature's shapes, ~1.5 h on 2 CPU cores |
 | paper | every registered encoding | 3 | 12 layers, d 768, train 512, 20k steps × 16k tokens | 3 tasks × 2k steps; 500 steps, 20 keys | a GPU |
 """
 
@@ -47,8 +48,10 @@ from extrapos.bench.config import (  # noqa: F401  (re-exported)
     RESULTS_VERSION,
     BenchConfig,
 )
+from extrapos.bench.loggers import Loggers, Plan
 from extrapos.core.errors import UserError
 from extrapos.core.files import check_dir_target, read_json, run_lock, write_json
+from extrapos.core.provenance import provenance
 from extrapos.core.results import record_key
 from extrapos.data import build_tokenizer, load_corpus
 from extrapos.probes.extensions import describe_extension, rope_extended
@@ -65,29 +68,43 @@ def environment() -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "argv": sys.argv,
+        **provenance(),
     }
 
 
+def bench_tokenizer(config: BenchConfig, corpus: Any) -> Any:
+    """byte, or a BPE of `config.vocab_size` trained on the corpus's train split (cached per
+    corpus hash; each run directory saves the tokenizer it was trained with)."""
+    if config.tokenizer == "bpe":
+        return build_tokenizer("bpe", vocab_size=config.vocab_size, corpus=corpus)
+    return build_tokenizer(config.tokenizer)
+
+
 def run_bench(
-    config: BenchConfig, out_dir: str | Path, progress: bool = True, save_runs: bool = True
+    config: BenchConfig,
+    out_dir: str | Path,
+    progress: bool = True,
+    save_runs: bool = True,
+    loggers: Loggers | None = None,
 ) -> dict[str, Any]:
     """Run the comparison into out_dir/results.json (and out_dir/runs/), and return it.
 
     Stages, each kept from an earlier results.json in out_dir where its settings match:
     language-model runs (and RoPE extension rows), synthetic tasks, passkey, cost. The report
     is the layer above: `extrapos.report.write_report(results, out_dir)` (what `extrapos
-    bench` does next).
+    bench` does next). With `progress`, a line per unit of work ("run i/N · … · elapsed · ETA") and a summary table at
+    the end; `loggers`: TensorBoard / W&B (`extrapos.bench.loggers`).
     """
     out_dir = check_dir_target(out_dir, "bench folder (--out)")
     with run_lock(out_dir, "bench folder (--out)"):  # a second bench on out_dir is refused
-        return _run_bench(config, out_dir, progress, save_runs)
+        return _run_bench(config, out_dir, progress, save_runs, loggers)
 
 
 def _run_bench(
-    config: BenchConfig, out_dir: Path, progress: bool, save_runs: bool
+    config: BenchConfig, out_dir: Path, progress: bool, save_runs: bool, loggers: Loggers | None
 ) -> dict[str, Any]:
     corpus = load_corpus(config.data)
-    tokenizer = build_tokenizer(config.tokenizer)
+    tokenizer = bench_tokenizer(config, corpus)
     # one trimmed stream for every run, so every length and every row scores the same targets
     all_tokens = corpus.tokens("test", tokenizer)
     test_tokens = all_tokens[
@@ -114,6 +131,7 @@ def _run_bench(
     }
     previous = _previous_runs(out_dir / "results.json", results)
     used: dict[str, set[tuple[Any, ...]]] = {stage: set() for stage in previous}
+    plan = Plan(_units(config), enabled=progress)
     models: dict[tuple[str, int], Any] = {}  # trained in this process (else loaded)
 
     def with_earlier() -> dict[str, Any]:
@@ -136,9 +154,13 @@ def _run_bench(
             done = [r for r in done if r["method"] in rows]
             if {r["method"] for r in done} != rows:
                 done = None
+        unit = "extensions" if stage == "runs" and "+" in str(key[0]) else stage
+        plan.start(unit, _unit_label(stage, key))
+        kept = done is not None
         if done is None:
             done = run()
-        elif progress:
+        plan.finish(kept=kept)
+        if progress and kept:
             shown = " ".join(map(str, key))
             print(f"{stage} {shown}: kept from {out_dir / 'results.json'}", file=sys.stderr)
         results[stage] += _listed(done)
@@ -172,6 +194,7 @@ def _run_bench(
                     out_dir,
                     progress,
                     save_runs,
+                    loggers,
                 )
                 return summary
 
@@ -194,6 +217,33 @@ def _run_bench(
 
 def _listed(done: Any) -> list[Any]:
     return done if isinstance(done, list) else [done]
+
+
+def _units(config: BenchConfig) -> dict[str, int]:
+    """Units of work per stage (see `extrapos.bench.loggers.Plan`)."""
+    methods, seeds = config.methods or [], len(config.seeds)
+    extension_rows = len(config.extensions) if "rope" in methods else 0
+    return {
+        "runs": seeds * len(methods),
+        "extensions": seeds * extension_rows,
+        "task_runs": seeds * len(config.tasks) * len(methods),
+        "passkey_runs": seeds * len(methods) if config.passkey_steps else 0,
+        "costs": len(methods) if config.memory else 0,
+    }
+
+
+_STAGE_WORDS = {"runs": "train", "task_runs": "task", "passkey_runs": "passkey", "costs": "cost"}
+
+
+def _unit_label(stage: str, key: tuple[Any, ...]) -> str:
+    method = key[0]
+    if stage == "runs" and "+" in str(method):
+        return f"eval {method} (seed {key[-1]})"
+    if stage == "task_runs":
+        return f"task {key[1]}: {method} (seed {key[2]})"
+    if stage == "costs":
+        return f"cost {method}"
+    return f"{_STAGE_WORDS[stage]} {method} (seed {key[-1]})"
 
 
 def _run_probes(
@@ -320,6 +370,7 @@ def _evaluate(
     test_tokens: torch.Tensor,
     progress: bool,
     token_bytes: torch.Tensor | None = None,
+    what: str = "",
 ) -> dict[str, Any]:
     """ppl (first protocol), ppl per protocol, bits per byte, tokens scored, errors, the
     per-position loss at the longest length, and the time it took. `test_tokens` is already
@@ -331,9 +382,10 @@ def _evaluate(
             model,
             test_tokens,
             lengths,
-            protocol=protocol,
-            progress=progress,  # type: ignore[arg-type]
+            protocol=protocol,  # type: ignore[arg-type]
+            progress=progress,
             token_bytes=token_bytes,
+            desc=f"eval {what} ppl" if what else None,
         )
         by_protocol[protocol] = {str(r["length"]): r for r in records}
     first = by_protocol[protocols[0]]
@@ -361,8 +413,9 @@ def _run_method(
     out_dir: Path,
     progress: bool,
     save_runs: bool,
+    loggers: Loggers | None = None,
 ) -> tuple[dict[str, Any], Any]:
-    model_config = config.model_config(method)
+    model_config = config.model_config(method, vocab_size=tokenizer.vocab_size)
     result = train(
         model_config,
         config.train_config(seed),
@@ -373,8 +426,11 @@ def _run_method(
         description=f"train {method} (seed {seed})",
         overwrite=True,  # a run here is retrained only when the bench's settings changed
     )
+    from extrapos.encodings import encoding_class
+
     summary = {
         "method": method,
+        "family": encoding_class(method).__module__.rsplit(".", 1)[-1],
         "params": model_config.encoding_params,
         "seed": seed,
         **_evaluate(
@@ -384,14 +440,31 @@ def _run_method(
             test_tokens,
             progress,
             tokenizer.token_bytes(),
+            what=f"{method} (seed {seed})",
         ),
         "final_train_loss": sum(result.losses[-20:]) / len(result.losses[-20:]),
+        "loss_curve": loss_curve(result.losses),
         "train_seconds": round(result.train_seconds, 2),
         "tokens_per_second": round(result.tokens_per_second),
         "num_params": result.model.num_params(),
     }
     _say(summary, progress)
+    if loggers is not None and loggers.active:
+        loggers.log_run(summary, result.losses)
     return summary, result.model
+
+
+def loss_curve(losses: list[float], points: int = 100) -> list[list[float]]:
+    """[step, mean loss] over at most `points` equal bins of the training steps (the step is
+    each bin's last), for the report's training-loss plot."""
+    if not losses:
+        return []
+    size = max(1, -(-len(losses) // points))
+    return [
+        [min(i + size, len(losses)), round(sum(chunk) / len(chunk), 5)]
+        for i in range(0, len(losses), size)
+        if (chunk := losses[i : i + size])
+    ]
 
 
 def _run_extension(

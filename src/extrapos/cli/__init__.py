@@ -13,11 +13,12 @@ import traceback
 from collections.abc import Sequence
 from typing import NoReturn
 
-from extrapos.cli import bench, dialogue, evaluate, hf, info, probes, train, translate
+from extrapos import __version__
+from extrapos.cli import bench, dialogue, evaluate, hf, info, lm_eval, probes, train, translate
 from extrapos.core.errors import UserError
 
 #: command groups, in the order `extrapos --help` lists them
-COMMAND_MODULES = (info, train, evaluate, bench, hf, probes, translate, dialogue)
+COMMAND_MODULES = (info, train, evaluate, bench, hf, probes, translate, dialogue, lm_eval)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Positional encodings that extrapolate: train short, test long.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--version", action="version", version=f"extrapos {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMAND_MODULES:
         module.register(sub)

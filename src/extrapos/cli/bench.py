@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import fields
 from pathlib import Path
 
@@ -16,15 +17,20 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
         return cmd_bench_translation(args)
     from extrapos.bench.run import BenchConfig, run_bench
-    from extrapos.report.lm import write_report
+    from extrapos.report.lm import summary_table, write_report
 
     if args.suite == "dialogue":
         from extrapos.cli.dialogue import bench_dialogue
 
         bench_dialogue(args)
         return
-    config = BenchConfig.from_preset(args.preset, **dataclass_flags(args, "bench"))
-    write_report(run_bench(config, args.out), args.out)
+    from extrapos.bench.loggers import Loggers
+
+    config = BenchConfig.from_sources(args.preset, args.config, **dataclass_flags(args, "bench"))
+    loggers = Loggers(args.tensorboard, args.wandb, args.out, config.settings())
+    results = run_bench(config, args.out, loggers=loggers)
+    write_report(results, args.out)
+    print(summary_table(results), file=sys.stderr)
     print(f"wrote {Path(args.out) / 'results.json'}, report.md, report.html, results.csv, plots")
 
 
@@ -59,11 +65,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(
         sub, "bench", cmd_bench, "train every method short, evaluate long, write a report"
     )
+    from extrapos.bench.config import PRESETS, BenchConfig
+
     p.add_argument(
         "--preset",
-        choices=("quick", "standard", "paper"),
-        default="quick",
-        help="quick (default, minutes on 2 cores), standard (every encoding, 3 seeds), paper (GPU)",
+        choices=tuple(PRESETS),
+        default=None,
+        help="quick (default, minutes on 2 cores), standard (every encoding, 3 seeds), "
+        "literature (the six classics, BPE, bigger models), paper (GPU)",
+    )
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="a JSON or YAML file of bench settings (any field below, plus preset); "
+        "precedence: preset < file < flags",
     )
     p.add_argument(
         "--suite",
@@ -74,7 +90,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         "and long generation on a DailyDialog folder (--data), with its own defaults (sinusoidal,"
         "learned,nope,rope,alibi,t5,kerple_log,fire; seeds 0,1,2; train-len 64; 300 steps)",
     )
-    from extrapos.bench.config import BenchConfig
 
     names = [f.name for f in fields(BenchConfig) if f.name != "preset"]
     add_dataclass_flags(p, BenchConfig, "bench", names, defaults=_preset_defaults)
@@ -82,6 +97,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     from extrapos.cli.translate import add_bench_arguments
 
     add_bench_arguments(p)
+    p.add_argument(
+        "--tensorboard", metavar="DIR", default=None, help="also log each run to TensorBoard in DIR"
+    )
+    p.add_argument(
+        "--wandb",
+        metavar="PROJECT",
+        default=None,
+        help="also log each run to Weights & Biases PROJECT (offline unless WANDB_MODE says else)",
+    )
 
     p = add_command(
         sub, "report", cmd_report, "re-render (or merge) reports from bench results.json"

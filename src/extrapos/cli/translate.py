@@ -225,7 +225,8 @@ def register(sub: Any) -> None:
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     """The flags `extrapos bench --suite translation` adds to the bench command (it shares
-    --methods, --seeds, --steps, --data, --lr, --n-layer, --n-head, --d-model with the LM suite)."""
+    --methods, --seeds, --steps, --data, --lr, --n-layer, --n-head, --d-model, --vocab-size
+    (joint BPE; default 8000 here) and --warmup-steps (default 400 here) with the LM suite)."""
     g = p.add_argument_group("translation suite (--suite translation)")
     g.add_argument("--src", default="en", help="source language (default en)")
     g.add_argument("--tgt", default="de", help="target language (default de)")
@@ -234,12 +235,13 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-sentences", type=int, default=None, help="first N test pairs")
     g.add_argument("--beam", type=int, default=None, help="beam size (default 4)")
     g.add_argument("--max-tokens", type=int, default=None, help="batch tokens (default 4096)")
-    g.add_argument("--vocab-size", type=int, default=None, help="joint BPE (default 8000)")
-    g.add_argument("--warmup-steps", type=int, default=None, help="default 400")
 
 
 #: LM-suite bench flags (args."bench.<field>") the translation suite also reads
-_SHARED = ("methods", "seeds", "steps", "data", "lr", "n_layer", "n_head", "d_model")
+_SHARED = (
+    "methods", "seeds", "steps", "data", "lr", "n_layer", "n_head", "d_model", "vocab_size",
+    "warmup_steps",
+)  # fmt: skip
 
 
 def cmd_bench_translation(args: argparse.Namespace) -> None:
@@ -258,8 +260,6 @@ def cmd_bench_translation(args: argparse.Namespace) -> None:
         "eval_sentences": args.eval_sentences,
         "beam": args.beam,
         "max_tokens": args.max_tokens,
-        "vocab_size": args.vocab_size,
-        "warmup_steps": args.warmup_steps,
     }
     config = TranslationBenchConfig(**{k: v for k, v in overrides.items() if v is not None})
     results = run_translation_bench(config, args.out)

@@ -137,7 +137,10 @@ class HFTokenizer:
         byte_level = _uses_byte_level(self.hf)
         sizes = torch.zeros(self.vocab_size, dtype=torch.int64)  # ids past the tokenizer: 0
         for i, token in enumerate(tokens):
-            if i in special or token is None:
+            # a special token that is itself one byte (extrapos exports name the newline BOS
+            # and NUL EOS, `extrapos.hf.export`) stands for that byte when text produces it
+            is_byte = byte_level and token is not None and len(token) == 1 and token in byte_of
+            if token is None or (i in special and not is_byte):
                 continue
             if byte_level:
                 size = sum(1 if c in byte_of else len(c.encode("utf-8")) for c in token)

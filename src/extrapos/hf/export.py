@@ -106,7 +106,9 @@ def llama_rope_parameters(
     return params, perm
 
 
-def gpt_to_llama(model: GPT, max_position_embeddings: int) -> Any:
+def gpt_to_llama(
+    model: GPT, max_position_embeddings: int, special: tuple[int | None, int | None] = (None, None)
+) -> Any:
     """A `LlamaForCausalLM` with our model's weights (float32); see the module docstring."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -133,8 +135,8 @@ def gpt_to_llama(model: GPT, max_position_embeddings: int) -> Any:
         rope_parameters=rope_parameters,
         attention_bias=False,
         mlp_bias=False,
-        bos_token_id=None,
-        eos_token_id=None,
+        bos_token_id=special[0],
+        eos_token_id=special[1],
         pad_token_id=None,
     )
     rows = None
@@ -174,8 +176,16 @@ def gpt_to_llama(model: GPT, max_position_embeddings: int) -> Any:
     return llama.eval()
 
 
+#: the bytes the exported byte tokenizer names BOS and EOS. The byte vocabulary has no spare id,
+#: so BOS is the newline (what separates documents in training, so the model knows what follows
+#: it) and EOS the NUL byte (never in text, so generation does not stop early); harnesses such as
+#: `lm_eval --model hf` need both (rolling log-likelihood conditions the first token on BOS).
+BOS_BYTE, EOS_BYTE = 10, 0
+
+
 def byte_tokenizer_hf() -> Any:
-    """Our byte tokenizer as a transformers tokenizer: byte-level BPE, no merges, id = byte."""
+    """Our byte tokenizer as a transformers tokenizer: byte-level BPE, no merges, id = byte,
+    with BOS = newline and EOS = NUL (`BOS_BYTE`, `EOS_BYTE`), added to no text by default."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -185,7 +195,10 @@ def byte_tokenizer_hf() -> Any:
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     backend.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=backend)
+    chars = bytes_to_unicode()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token=chars[BOS_BYTE], eos_token=chars[EOS_BYTE]
+    )
 
 
 @torch.no_grad()
@@ -242,12 +255,16 @@ def export_hf(
         raise UserError(
             f"{run_dir} records no train_len; pass max_position_embeddings (--max-position-embeddings)"
         )
-    llama = gpt_to_llama(model, max_position_embeddings)
+    is_byte = getattr(tokenizer, "name", None) == "byte"
+    llama = gpt_to_llama(
+        model, max_position_embeddings, (BOS_BYTE, EOS_BYTE) if is_byte else (None, None)
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     llama.save_pretrained(str(out_dir))
     tokenizer_note = "bytes: token id = UTF-8 byte value"
-    if getattr(tokenizer, "name", None) == "byte":
+    if is_byte:
         byte_tokenizer_hf().save_pretrained(str(out_dir))
+        tokenizer_note += f"; BOS = byte {BOS_BYTE} (newline), EOS = byte {EOS_BYTE} (NUL)"
     else:
         tokenizer_note = f"not exported ({getattr(tokenizer, 'name', '?')}); tokenize as in the run"
     provenance = {

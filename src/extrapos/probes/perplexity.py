@@ -17,6 +17,8 @@ every length scores exactly the same targets; it reports how many targets each s
 from __future__ import annotations
 
 import math
+import sys
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,6 +35,8 @@ PROTOCOLS: tuple[str, ...] = ("nonoverlap", "sliding")
 
 #: tokens per forward batch (windows are batched up to this many tokens).
 BATCH_TOKENS = 16384
+#: an evaluation expected to take longer than this says so when it starts
+LONG_EVAL_SECONDS = 60.0
 
 
 def eval_windows(
@@ -72,6 +76,7 @@ def perplexity(
     stride: int | None = None,
     token_bytes: Tensor | None = None,
     progress: bool = False,
+    desc: str | None = None,
 ) -> dict[str, Any]:
     """Perplexity of `model` on the 1-D int64 `tokens` with windows of `length` tokens.
 
@@ -80,6 +85,9 @@ def perplexity(
     position_nll[o] is the mean loss of targets at window offset o (None where none scored).
     `token_bytes` (V,) gives the bytes each token stands for (`Tokenizer.token_bytes()`);
     without it bits per byte is None.
+    With `progress`, a bar named `desc` (default "ppl L=<length> <protocol>"), and when the
+    first batch says the whole will take over a minute, a line on stderr saying so up front
+    (windows × measured seconds per batch).
     """
     if tokens.ndim != 1:
         raise UserError(f"tokens must be a 1-D tensor, got shape {tuple(tokens.shape)}")
@@ -92,9 +100,16 @@ def perplexity(
     offsets = torch.arange(length)
     was_training = model.training
     model.eval()
-    for i in tqdm(
-        range(0, len(windows), batch), disable=not progress, leave=False, desc=f"L={length}"
-    ):
+    batches = range(0, len(windows), batch)
+    label = desc or f"ppl L={length} {protocol}" + (f" stride {stride}" if stride else "")
+    t_second = 0.0
+    for i in tqdm(batches, disable=not progress, leave=False, desc=label):
+        # the second batch's time (the first may include compilation) sizes the whole: say it
+        # up front when it is minutes
+        if progress and i == batch:
+            t_second = time.perf_counter()
+        elif progress and i == 2 * batch:
+            _announce(label, len(windows), len(batches), time.perf_counter() - t_second)
         chunk = windows[i : i + batch]
         rows = torch.stack([tokens[s : s + length + 1] for s, _ in chunk]).to(device)
         logits = model(rows[:, :-1])  # (b, L, V)
@@ -135,6 +150,16 @@ def perplexity(
 _MAX_LOG_PPL = 709.0
 
 
+def _announce(label: str, windows: int, batches: int, first_seconds: float) -> None:
+    estimate = first_seconds * batches
+    if estimate > LONG_EVAL_SECONDS:
+        print(
+            f"{label}: {windows:,} windows in {batches:,} batches at {first_seconds:.1f} s each: "
+            f"about {estimate / 60:.0f} min; a larger --stride (or fewer --lengths) is faster",
+            file=sys.stderr,
+        )
+
+
 def common_prefix(num_tokens: int, lengths: list[int], max_tokens: int | None = None) -> int:
     """How many tokens of the stream to keep so that every length dividing the longest scores
     the same targets: 1 + the largest multiple of max(lengths) that fits (and ≤ max_tokens)."""
@@ -158,6 +183,7 @@ def evaluate_lengths(
     max_tokens: int | None = None,
     progress: bool = False,
     token_bytes: Tensor | None = None,
+    desc: str | None = None,
 ) -> list[dict[str, Any]]:
     """`perplexity` at each length over the same trimmed stream (see `common_prefix`).
 
@@ -176,8 +202,11 @@ def evaluate_lengths(
                     {"length": length, "protocol": protocol, "ppl": None, "error": str(exc)}
                 )
                 continue
+        label = f"{desc} L={length} {protocol}" if desc else None
         records.append(
-            perplexity(model, tokens, length, protocol, stride, token_bytes, progress=progress)
+            perplexity(
+                model, tokens, length, protocol, stride, token_bytes, progress=progress, desc=label
+            )
         )
     return records
 

@@ -7,21 +7,20 @@ mean over seeds ± the half-width of a 95% Student-t interval.
 
 from __future__ import annotations
 
-import base64
 import csv
-import html
 import io
 from pathlib import Path
 from typing import Any
 
 from extrapos.core.errors import UserError
 from extrapos.core.files import read_json, write_bytes, write_json, write_text
-from extrapos.core.plotting import figure_png
 from extrapos.core.results import RECORD_KEYS, record_key
 from extrapos.core.stats import geometric_bins, mean_ci95
+from extrapos.report.tables import mark_best  # noqa: F401  (re-exported)
 
 PPL_PLOT = "ppl_vs_length.png"
 POSITION_PLOT = "loss_vs_position.png"
+LOSS_PLOT = "train_loss.png"
 
 
 def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -87,7 +86,7 @@ def ppl_table(results: dict[str, Any], protocol: str) -> tuple[list[str], list[l
             base, last = ppl[train_len], ppl[lens[-1]]
             row.append(f"{last[0] / base[0]:.2f}" if base and last else "n/a")
         rows.append(row)
-    return header, rows
+    return header, mark_best(rows, range(1, len(header)), lower=True)
 
 
 def cost_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -125,76 +124,176 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def plot_ppl(results: dict[str, Any]) -> bytes:
-    """PNG: perplexity vs evaluation length (log-log), one line per method with its 95%
-    interval shaded; one panel per protocol. RoPE extensions are dashed."""
-    import matplotlib
+def _plot_families(
+    entries: list[dict[str, Any]],
+    curve: Any,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    train_len: int | None,
+    logy: bool = True,
+    logx: bool = True,
+) -> bytes | None:
+    """PNG: one panel per family (`extrapos.report.style`), one line per entry with its own
+    colour, line style and marker; `curve(entry)` gives (xs, ys, halves or None) or None."""
+    from extrapos.report.style import legend, panel_figure, panels, plain_ticks, styles
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    drawn = {p: [e for e in members if curve(e)] for p, members in panels(entries).items()}
+    drawn = {p: members for p, members in drawn.items() if members}
+    if not drawn:
+        return None
+    look = styles(entries)
+    fig, axes = panel_figure(len(drawn))
+    for ax, (panel, members) in zip(axes, drawn.items(), strict=True):
+        bands = len(members) <= 6  # more bands than that turn a panel into mud
+        xs_all: set[float] = set()
+        for entry in members:
+            xs, ys, halves = curve(entry)
+            style = look[entry["method"]]
+            ax.plot(xs, ys, label=entry["method"], ms=3.5, lw=1.4, markevery=_every(xs), **style)
+            xs_all.update(xs)
+            if bands and halves is not None and all(h is not None for h in halves):
+                lo = [m - h for m, h in zip(ys, halves, strict=True)]
+                hi = [m + h for m, h in zip(ys, halves, strict=True)]
+                ax.fill_between(xs, lo, hi, color=style["color"], alpha=0.12)
+        if train_len is not None:
+            ax.axvline(train_len, color="gray", linestyle=":", lw=1)
+        if logx:
+            ax.set_xscale("log", base=2)
+        if logy:
+            ax.set_yscale("log")
+        ax.set_title(f"{panel} ({len(members)})", fontsize=10)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(True, which="both", alpha=0.25)
+        plain_ticks(ax, sorted(int(x) for x in xs_all) if logx and len(xs_all) <= 8 else None)
+        legend(ax)
+    fig.suptitle(title, fontsize=11)
+    return _png(fig, tight=False)
 
+
+def _every(xs: list[float]) -> int:
+    return max(1, len(xs) // 8)
+
+
+def plot_ppl(results: dict[str, Any], protocol: str | None = None) -> bytes:
+    """PNG: perplexity vs evaluation length (log-log) for one protocol (default the first),
+    one panel per family, the 95% interval shaded with several seeds; dotted: train length."""
     protocols = results.get("protocols") or [results.get("protocol", "nonoverlap")]
-    fig, axes = plt.subplots(
-        1, len(protocols), figsize=(7 * len(protocols), 4.8), dpi=110, squeeze=False
+    protocol = protocol or protocols[0]
+
+    def curve(entry: dict[str, Any]) -> Any:
+        points = sorted((int(n), v) for n, v in entry["ppl"][protocol].items() if v is not None)
+        if not points:
+            return None
+        return [x for x, _ in points], [m for _, (m, _) in points], [h for _, (_, h) in points]
+
+    png = _plot_families(
+        summarize(results),
+        curve,
+        f"Perplexity vs evaluation length ({protocol}; trained at {results['train_len']}, "
+        "dotted line; shaded: 95% interval over seeds, in panels of ≤ 6 methods)",
+        "evaluation length (tokens)",
+        f"perplexity ({results['tokenizer']} tokens)",
+        results["train_len"],
     )
-    summary = summarize(results)
-    for ax, protocol in zip(axes[0], protocols, strict=True):
-        for entry in summary:
-            points = [(int(n), v) for n, v in entry["ppl"][protocol].items() if v is not None]
-            if not points:
-                continue
-            points.sort()
-            xs = [x for x, _ in points]
-            means = [m for _, (m, _) in points]
-            style = "--" if entry["extends"] else "-"
-            (line,) = ax.plot(xs, means, style, marker="o", ms=3, label=entry["method"])
-            halves = [h for _, (_, h) in points]
-            if all(h is not None for h in halves):
-                lo = [m - h for m, h in zip(means, halves, strict=True)]
-                hi = [m + h for m, h in zip(means, halves, strict=True)]
-                ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15)
-        ax.axvline(results["train_len"], color="gray", linestyle=":", label="train length")
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("evaluation length (tokens)")
-        ax.set_ylabel(f"perplexity ({results['tokenizer']} tokens)")
-        ax.set_title(f"{protocol}: train {results['train_len']}, test long")
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return figure_png(fig)
+    assert png is not None
+    return png
 
 
 def plot_positions(results: dict[str, Any]) -> bytes | None:
     """PNG: mean loss at each position of the longest windows (first seed), one line per
-    method, averaged within quarter-octave bins of position."""
-    import matplotlib
+    method, averaged within quarter-octave bins of position, one panel per family."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    curves, seen = [], set()
+    first: dict[str, dict[str, Any]] = {}
     for run in results["runs"]:
-        if run["method"] in seen:
-            continue
-        for length, nll in (run.get("position_nll") or {}).items():
+        first.setdefault(run["method"], run)
+    length = None
+
+    def curve(run: dict[str, Any]) -> Any:
+        nonlocal length
+        for n, nll in (run.get("position_nll") or {}).items():
             if nll:
-                curves.append((run["method"], int(length), nll, run.get("extends")))
-                seen.add(run["method"])
-    if not curves:
+                length = int(n)
+                xs, ys = geometric_bins(nll, per_octave=4)
+                return xs, ys, None
         return None
 
-    fig, ax = plt.subplots(figsize=(8, 4.8), dpi=110)
-    for method, _length, nll, extends in curves:
-        xs, ys = geometric_bins(nll, per_octave=4)  # log-x: average within quarter octaves
-        ax.plot(xs, ys, "--" if extends else "-", label=method)
-    ax.axvline(results["train_len"], color="gray", linestyle=":", label="train length")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("position in window")
-    ax.set_ylabel("mean loss (nats)")
-    ax.set_title(f"Loss by position, windows of {curves[0][1]} tokens")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return figure_png(fig)
+    entries = list(first.values())
+    if not any(curve(e) for e in entries):
+        return None
+    return _plot_families(
+        entries,
+        curve,
+        f"Loss by position in windows of {length} tokens (first seed; dotted: train length)",
+        "position in window",
+        "mean loss (nats)",
+        results["train_len"],
+        logy=False,
+    )
+
+
+def loss_curves(results: dict[str, Any], out_dir: Path | None = None) -> dict[str, list]:
+    """Method -> [[step, loss], ...] of its first seed: the run's `loss_curve` in results.json,
+    else its run directory's log.csv under out_dir/runs (benches from before `loss_curve`)."""
+    curves: dict[str, list] = {}
+    for run in results["runs"]:
+        if run.get("extends") or run["method"] in curves:
+            continue
+        if run.get("loss_curve"):
+            curves[run["method"]] = run["loss_curve"]
+        elif out_dir is not None:
+            log = out_dir / "runs" / f"{run['method']}-seed{run.get('seed', 0)}" / "log.csv"
+            if log.is_file():
+                with open(log, newline="", encoding="utf-8") as f:
+                    losses = [float(r["loss"]) for r in csv.DictReader(f) if r.get("loss")]
+                size = max(1, -(-len(losses) // 100))
+                curves[run["method"]] = [
+                    [
+                        min(i + size, len(losses)),
+                        sum(losses[i : i + size]) / len(losses[i : i + size]),
+                    ]
+                    for i in range(0, len(losses), size)
+                ]
+    return curves
+
+
+def plot_losses(results: dict[str, Any], out_dir: Path | None = None) -> bytes | None:
+    """PNG: training loss by step (first seed, mean over ≤ 100 equal bins of steps), one
+    panel per family; None when no run recorded its losses."""
+    curves = loss_curves(results, out_dir)
+    if not curves:
+        return None
+    entries = [r for r in results["runs"] if r["method"] in curves and not r.get("extends")]
+    seen: set[str] = set()
+    unique = [e for e in entries if not (e["method"] in seen or seen.add(e["method"]))]
+
+    def curve(run: dict[str, Any]) -> Any:
+        points = curves.get(run["method"])
+        return ([p[0] for p in points], [p[1] for p in points], None) if points else None
+
+    return _plot_families(
+        unique,
+        curve,
+        "Training loss (first seed)",
+        "step",
+        "train loss (nats per token)",
+        None,
+        logy=False,
+        logx=False,
+    )
+
+
+def _png(fig: Any, tight: bool = True) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    if tight:
+        fig.tight_layout()
+    fig.savefig(buf, format="png", bbox_inches=None if tight else "tight")
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def _notes(results: dict[str, Any]) -> list[str]:
@@ -220,6 +319,12 @@ def _notes(results: dict[str, Any]) -> list[str]:
     for entry in summarize(results):
         for length, error in entry["errors"].items():
             notes.append(f"`{entry['method']}` at L={length}: {error}")
+    if not any(r.get("loss_curve") for r in results["runs"]):
+        notes.append(
+            "Training-loss curves: this results.json records only each run's final loss (it "
+            "predates `loss_curve`); the plot is drawn from `runs/*/log.csv` when they lie "
+            "beside it, else left out."
+        )
     if results.get("costs"):
         notes.append(
             "Cost: `forward s` and `peak MiB` are one inference forward of a fresh model at the "
@@ -331,6 +436,11 @@ def render_markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
         f"evaluated at {', '.join(map(str, results['eval_lens']))}"
         + (f"; preset `{results['preset']}`." if results.get("preset") else "."),
         "",
+        *[f"- {line}" for line in provenance_lines(results)],
+        "",
+        "Best value per length in **bold** (lowest perplexity; highest accuracy). Plots: one "
+        "panel per family of encodings, each method its own colour, line style and marker.",
+        "",
     ]
     for protocol in protocols:
         parts += [f"## Perplexity vs evaluation length ({protocol})", ""]
@@ -351,6 +461,30 @@ def render_markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
     return "\n".join(parts)
 
 
+def provenance_lines(results: dict[str, Any]) -> list[str]:
+    """Where these numbers came from (Markdown): version, commit, torch, machine, command.
+    Benches from before these were recorded show what they have (argv, platform)."""
+    env = results.get("environment") or {}
+    commit = env.get("git_commit")
+    if commit:
+        commit = f"`{commit[:12]}`" + (
+            " (with uncommitted changes)" if env.get("git_dirty") else ""
+        )
+    command = env.get("command") or (
+        " ".join(["extrapos", *env["argv"][1:]]) if env.get("argv") else None
+    )
+    items = [
+        ("extrapos", f"`{env['extrapos']}`" if env.get("extrapos") else "not recorded"),
+        ("git commit", commit or "not recorded (not run from a checkout, or an older bench)"),
+        ("torch", f"`{env.get('torch_version') or env.get('torch') or '?'}`"),
+        ("machine", env.get("machine") or env.get("platform") or "not recorded"),
+        ("threads", str(env.get("threads", "?"))),
+        ("date", env.get("date") or "?"),
+        ("command", f"`{command}`" if command else "not recorded"),
+    ]
+    return [f"{k}: {v}" for k, v in items]
+
+
 def _settings_lines(results: dict[str, Any]) -> list[str]:
     groups = [results.get("settings", {})]
     if results.get("task_runs"):
@@ -360,61 +494,23 @@ def _settings_lines(results: dict[str, Any]) -> list[str]:
     return [f"{k}: {v}" for group in groups for k, v in group.items()]
 
 
-def _html_table(header: list[str], rows: list[list[str]]) -> str:
-    esc = html.escape
-    out = "<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>"
-    for row in rows:
-        out += "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>"
-    return out + "</table>"
-
-
-def render_html(results: dict[str, Any], images: dict[str, bytes]) -> str:
-    esc = html.escape
-    protocols = results.get("protocols") or [results.get("protocol", "nonoverlap")]
-    tables = "".join(
-        f"<h2>Perplexity vs evaluation length ({esc(p)})</h2>" + _html_table(*ppl_table(results, p))
-        for p in protocols
-    )
-    figs = "".join(
-        f'<figure><img alt="{esc(title)}" src="data:image/png;base64,'
-        f'{base64.b64encode(png).decode()}"/><figcaption>{esc(title)}</figcaption></figure>'
-        for title, png in images.items()
-    )
-    notes = "".join(f"<li>{esc(n)}</li>" for n in _notes(results))
-    probes = "".join(
-        f"<h2>{esc(title)}</h2><p>{esc(intro)}</p>"
-        + "".join(_html_table(*t) for t in tables)
-        + ("<ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>" if notes else "")
-        for title, intro, tables, notes in _probe_sections(results)
-    )
-    settings = esc("\n".join(_settings_lines(results)))
-    env = esc("\n".join(f"{k}: {v}" for k, v in results.get("environment", {}).items()))
-    style = (
-        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
-        "padding:3px 7px;text-align:right}td:first-child,th:first-child{text-align:left}"
-        "img{max-width:100%}"
-    )
-    return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>extrapos bench report</title>"
-        f"<style>{style}</style></head><body><h1>extrapos bench report</h1>"
-        f"<p>Corpus <code>{esc(results['corpus'])}</code>, tokenizer "
-        f"<code>{esc(results['tokenizer'])}</code>, train length {results['train_len']}.</p>"
-        f"{tables}<ul>{notes}</ul>{figs}{probes}<h2>Cost</h2>{_html_table(*cost_table(results))}"
-        f"<h2>Configuration</h2><pre>{settings}</pre><h2>Environment</h2><pre>{env}</pre>"
-        f"</body></html>\n"
-    )
-
-
 def write_report(results: dict[str, Any], out_dir: str | Path) -> None:
     """Write report.md, report.html, results.csv and the PNG plots into out_dir."""
+
     out_dir = Path(out_dir)
-    images = {"Perplexity vs evaluation length": plot_ppl(results)}
-    files = {"Perplexity vs evaluation length": PPL_PLOT}
-    positions = plot_positions(results)
-    if positions is not None:
-        images["Loss by position in the longest windows"] = positions
-        files["Loss by position in the longest windows"] = POSITION_PLOT
+    protocols = results.get("protocols") or [results.get("protocol", "nonoverlap")]
+    images: dict[str, bytes] = {}
+    files: dict[str, str] = {}
+    for i, protocol in enumerate(protocols):
+        title = f"Perplexity vs evaluation length ({protocol})"
+        images[title] = plot_ppl(results, protocol)
+        files[title] = PPL_PLOT if i == 0 else PPL_PLOT.replace(".png", f"_{protocol}.png")
+    for title, name, png in (
+        ("Training loss", LOSS_PLOT, plot_losses(results, out_dir)),
+        ("Loss by position in the longest windows", POSITION_PLOT, plot_positions(results)),
+    ):
+        if png is not None:
+            images[title], files[title] = png, name
     from extrapos.report import probes as rp
 
     for title, name, png in (
@@ -434,7 +530,7 @@ def write_report(results: dict[str, Any], out_dir: str | Path) -> None:
         if text is not None:
             write_text(out_dir / name, text)
     write_text(out_dir / "report.md", render_markdown(results, files))
-    write_text(out_dir / "report.html", render_html(results, images))
+    write_text(out_dir / "report.html", render_page(results, images))
 
 
 def merge(dirs: list[str | Path]) -> dict[str, Any]:
@@ -479,3 +575,46 @@ def rerender(dirs: list[str | Path], out: str | Path | None = None) -> Path:
         write_json(target / "results.json", results)
     write_report(results, target)
     return target
+
+
+def summary_table(results: dict[str, Any]) -> str:
+    """Method, ppl at the train length and at the longest length (mean over seeds, first
+    protocol), their ratio and the rank by the longest length (1 = best)."""
+    protocol = (results.get("protocols") or [results.get("protocol", "nonoverlap")])[0]
+    train, longest = str(results["train_len"]), str(max(results["eval_lens"]))
+    rows = []
+    for entry in summarize(results):
+        per_len = entry["ppl"][protocol]
+        at_l = per_len.get(train) or per_len.get(str(min(results["eval_lens"])))
+        at_max = per_len.get(longest)
+        rows.append((entry["method"], at_l[0] if at_l else None, at_max[0] if at_max else None))
+    ranked = sorted((r for r in rows if r[2] is not None), key=lambda r: r[2])
+    rank = {r[0]: i + 1 for i, r in enumerate(ranked)}
+    width = max(12, *(len(r[0]) for r in rows)) if rows else 12
+    head = (
+        f"{'method':<{width}} {'ppl@' + train:>10} {'ppl@' + longest:>11} {'ratio':>7} {'rank':>5}"
+    )
+    lines = [f"summary ({protocol}, mean over seeds; rank by ppl at {longest}):", head]
+    for method, a, b in sorted(rows, key=lambda r: rank.get(r[0], len(rows) + 1)):
+        ratio = f"{b / a:.2f}" if a and b else "n/a"
+        lines.append(
+            f"{method:<{width}} {a if a is None else f'{a:.3f}':>10} "
+            f"{b if b is None else f'{b:.3f}':>11} {ratio:>7} {rank.get(method, '-'):>5}"
+        )
+    return "\n".join(lines)
+
+
+def render_page(results: dict[str, Any], images: dict[str, bytes]) -> str:
+    """report.html: the text parts made here, laid out by `extrapos.report.page`."""
+    from extrapos.report.page import render_html
+
+    protocols = results.get("protocols") or [results.get("protocol", "nonoverlap")]
+    content = {
+        "provenance": provenance_lines(results),
+        "ppl_tables": {p: ppl_table(results, p) for p in protocols},
+        "notes": _notes(results),
+        "probe_sections": _probe_sections(results),
+        "settings": _settings_lines(results),
+        "cost": cost_table(results),
+    }
+    return render_html(results, images, content)

@@ -81,7 +81,9 @@ def grid_table(grid: Grid, corner: str, prefix: str) -> tuple[list[str], list[li
     cols = sorted({c for cells in grid.values() for c in cells})
     header = [corner, *[f"{prefix}{c}" for c in cols]]
     rows = [[row, *[_cell(cells.get(c, [])) for c in cols]] for row, cells in grid.items()]
-    return header, rows
+    from extrapos.report.tables import mark_best
+
+    return header, mark_best(rows, range(1, len(header)), lower=False)
 
 
 def probe_errors(results: dict[str, Any]) -> list[str]:

@@ -1,0 +1,147 @@
+"""What a bench shows while it runs and where else it logs: the top-level plan line, the
+summary table at the end, and optional TensorBoard / Weights & Biases logging.
+
+The plan counts every unit of work (language-model runs, RoPE extension rows, task models,
+passkey fine-tunes, cost probes) and prints, as each starts, one line over the per-step bars:
+
+    run 3/12 · train rope (seed 0) · elapsed 1m02s · ETA 3m05s
+
+The ETA is, for each stage, the mean time of that stage's units finished in this process
+(units kept from an earlier results.json take no time and do not count) times the units left;
+a stage with none finished yet borrows the mean of all finished units.
+
+TensorBoard and W&B get, per language-model run, its training loss at every step and its
+perplexity by evaluation length (x axis: the length), logged when the run finishes (the
+training loop itself writes `log.csv` and, with `train --tensorboard`, its own scalars).
+W&B runs offline (`WANDB_MODE=offline`, files under the bench's output folder) unless the
+environment sets another mode, so it needs no network.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from extrapos.core.errors import UserError
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+class Plan:
+    """Units of work by stage; `start(stage, label)` prints the top-level line."""
+
+    def __init__(self, units: dict[str, int], enabled: bool = True) -> None:
+        self.units = dict(units)
+        self.total = sum(units.values())
+        self.enabled = enabled
+        self.index = 0
+        self.t0 = time.perf_counter()
+        self._done: dict[str, list[float]] = {stage: [] for stage in units}
+        self._left = dict(units)
+        self._current: tuple[str, float] | None = None
+
+    def eta(self) -> float | None:
+        finished = [s for durations in self._done.values() for s in durations]
+        if not finished:
+            return None
+        overall = sum(finished) / len(finished)
+        return sum(
+            left
+            * (sum(self._done[stage]) / len(self._done[stage]) if self._done[stage] else overall)
+            for stage, left in self._left.items()
+        )
+
+    def line(self, stage: str, label: str) -> str:
+        eta = self.eta()
+        shown = "?" if eta is None else _clock(eta)
+        elapsed = _clock(time.perf_counter() - self.t0)
+        return f"run {self.index}/{self.total} · {label} · elapsed {elapsed} · ETA {shown}"
+
+    def start(self, stage: str, label: str) -> None:
+        self.index += 1
+        self._left[stage] = max(0, self._left.get(stage, 1) - 1)
+        self._current = (stage, time.perf_counter())
+        if self.enabled:
+            from tqdm.auto import tqdm
+
+            tqdm.write(self.line(stage, label), file=sys.stderr)
+
+    def finish(self, kept: bool) -> None:
+        if self._current is None:
+            return
+        stage, t = self._current
+        if not kept:
+            self._done.setdefault(stage, []).append(time.perf_counter() - t)
+        self._current = None
+
+
+class Loggers:
+    """TensorBoard (one event folder per run under `tensorboard`) and/or W&B (`wandb` project,
+    one W&B run per bench run). Missing packages are a one-line `UserError` up front."""
+
+    def __init__(
+        self,
+        tensorboard: str | Path | None = None,
+        wandb_project: str | None = None,
+        out_dir: str | Path = ".",
+        settings: dict[str, Any] | None = None,
+    ) -> None:
+        self.tb_dir = Path(tensorboard) if tensorboard else None
+        self.wandb_project = wandb_project
+        self.out_dir = Path(out_dir)
+        self.settings = settings or {}
+        self._summary_writer: Any = None
+        self._wandb: Any = None
+        if self.tb_dir is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise UserError(
+                    "--tensorboard needs the tensorboard package: pip install 'extrapos[tb]'"
+                ) from None
+            self._summary_writer = SummaryWriter
+        if wandb_project is not None:
+            try:
+                import wandb
+            except ImportError:
+                raise UserError(
+                    "--wandb needs the wandb package: pip install 'extrapos[wandb]' (it logs "
+                    "offline, no account or network needed)"
+                ) from None
+            self._wandb = wandb
+
+    def log_run(self, summary: dict[str, Any], losses: list[float]) -> None:
+        name = f"{summary['method']}-seed{summary.get('seed', 0)}"
+        ppl = {int(k): v for k, v in summary["ppl"].items() if v is not None}
+        if self._summary_writer is not None:
+            writer = self._summary_writer(str(self.tb_dir / name))
+            for step, loss in enumerate(losses, start=1):
+                writer.add_scalar("train/loss", loss, step)
+            for length, value in sorted(ppl.items()):
+                writer.add_scalar("eval/ppl_by_length", value, length)
+            writer.close()
+        if self._wandb is not None:
+            os.environ.setdefault("WANDB_MODE", "offline")
+            run = self._wandb.init(
+                project=self.wandb_project,
+                name=name,
+                dir=str(self.out_dir),
+                config={**self.settings, "method": summary["method"], "seed": summary.get("seed")},
+                reinit=True,
+            )
+            for step, loss in enumerate(losses, start=1):
+                run.log({"train/loss": loss}, step=step)
+            run.summary.update({f"ppl/{length}": value for length, value in ppl.items()})
+            run.finish()
+
+    @property
+    def active(self) -> bool:
+        return self._summary_writer is not None or self._wandb is not None

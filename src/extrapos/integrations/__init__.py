@@ -1,0 +1,1 @@
+"""Bridges to tools researchers already use (lm-evaluation-harness)."""
