@@ -1,12 +1,10 @@
 """Every ```python snippet of README.md runs, in order, in a fresh folder (a snippet may use
-what an earlier one defined). The proposed fix in docs/notes/issue-18-readme.md runs too."""
+what an earlier one defined)."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).parents[1]
 _SNIPPET = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
@@ -26,14 +24,4 @@ def _run_all(codes: list[str], where: Path, monkeypatch) -> None:
 def test_readme_python_snippets_run(tmp_path, monkeypatch):
     codes = snippets(ROOT / "README.md")
     assert codes, "README.md has no python snippet"
-    _run_all(codes, tmp_path, monkeypatch)
-
-
-@pytest.mark.slow
-def test_the_proposed_readme_snippet_runs(tmp_path, monkeypatch):
-    note = ROOT / "docs" / "notes" / "issue-18-readme.md"
-    if not note.is_file():
-        pytest.skip("no proposed README text on this branch")
-    codes = snippets(note)
-    assert codes
     _run_all(codes, tmp_path, monkeypatch)

@@ -44,7 +44,7 @@ def _text(n: int, seed: int = 0) -> str:
 def test_rolling_equals_nonoverlap_perplexity(encoding):
     model, length = _model(encoding), 16
     text = _text(1 + 5 * length)
-    lm = ExtraposLM(model=model, max_length=length)
+    lm = ExtraposLM(model=model, tokenizer=ByteTokenizer(), max_length=length)
     (total,) = lm.loglikelihood_rolling([_Request(text)], disable_tqdm=True)
     ref = perplexity(model, model.tokenizer.encode(text), length)
     assert ref["tokens"] == 5 * length
@@ -55,7 +55,7 @@ def test_rolling_equals_nonoverlap_perplexity(encoding):
 def test_rolling_tail_and_loglikelihood_agree_with_the_full_forward():
     model, length = _model("alibi"), 16
     text = _text(40)  # 39 targets: two full windows and a tail of 7
-    lm = ExtraposLM(model=model, max_length=length)
+    lm = ExtraposLM(model=model, tokenizer=ByteTokenizer(), max_length=length)
     (total,) = lm.loglikelihood_rolling([_Request(text)], disable_tqdm=True)
     tokens = model.tokenizer.encode(text).tolist()
     expected = 0.0
@@ -74,7 +74,7 @@ def test_rolling_tail_and_loglikelihood_agree_with_the_full_forward():
 
 def test_generate_until_stops_at_the_stop_string():
     model = _model("rope")
-    lm = ExtraposLM(model=model, max_length=32)
+    lm = ExtraposLM(model=model, tokenizer=ByteTokenizer(), max_length=32)
     (free,) = lm.generate_until([_Request("abc", {"max_gen_toks": 12})], disable_tqdm=True)
     assert len(free) > 0
     stop = free[len(free) // 2]

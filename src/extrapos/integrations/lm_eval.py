@@ -44,6 +44,7 @@ class ExtraposLM(LM):
         self,
         run: str | Path | None = None,
         model: Any = None,
+        tokenizer: Any = None,
         max_length: int | str | None = None,
         batch_size: int | str = 1,
         device: str = "cpu",
@@ -55,14 +56,15 @@ class ExtraposLM(LM):
             raise UserError("ExtraposLM needs exactly one of run=RUN_DIR or model=GPT")
         train_len = None
         if run is not None:
-            from extrapos.training.run_dir import load_config, load_model
+            from extrapos.training.run_dir import load_run
 
-            model = load_model(run)
-            train_len = load_config(run).get("train", {}).get("train_len")
-        if getattr(model, "tokenizer", None) is None:
-            raise UserError("the model has no tokenizer; load it from a run directory")
+            loaded = load_run(run)
+            model, tokenizer = loaded.model, loaded.tokenizer
+            train_len = loaded.config.get("train", {}).get("train_len")
+        if tokenizer is None:
+            raise UserError("ExtraposLM(model=...) needs tokenizer=...; or load a run directory")
         self.model = model.to(device).eval()
-        self.tokenizer = model.tokenizer
+        self.tokenizer = tokenizer
         self.max_length = int(max_length or train_len or 512)
         if self.max_length < 1:
             raise UserError(f"max_length must be >= 1, got {self.max_length}")
