@@ -34,7 +34,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -55,6 +55,7 @@ __all__ = [
     "load_dialogues",
     "parse_dialogue_line",
     "render_dialogue",
+    "target_mask",
 ]
 
 LossOn = Literal["all", "responses"]
@@ -216,6 +217,21 @@ class DialogueCorpus(Corpus):
         out["format"] = "dialogue"
         out["duplicates_removed"] = dict(self.removed)
         return out
+
+
+def target_mask(corpus: Corpus, split: str, tokenizer: Tokenizer, loss_on: LossOn) -> Any:
+    """Which tokens of `split`'s stream count as loss targets: None for `loss_on == "all"`
+    (every token), else the (n,) bool mask of response bodies (`DialogueLayout.response`),
+    aligned with `corpus.token_array(split, tokenizer)`; token i is a target iff mask[i]. Used
+    so that periodic validation scores what training optimizes."""
+    if loss_on == "all":
+        return None
+    if not isinstance(corpus, DialogueCorpus):
+        raise UserError(
+            f"loss_on={loss_on!r} needs a dialogue corpus (a DailyDialog-format folder); "
+            f"{corpus.name} is plain text: use loss_on 'all'"
+        )
+    return corpus.layout(split, tokenizer).response
 
 
 def _tokenize_turns(dialogues: list[Dialogue], tokenizer: Tokenizer) -> DialogueLayout:

@@ -55,7 +55,7 @@ from extrapos.core.errors import UserError
 from extrapos.core.files import check_dir_target, run_lock
 from extrapos.data import Corpus, Tokenizer
 from extrapos.data.cache import tokenizer_hash
-from extrapos.data.dialogue import DialogueCorpus
+from extrapos.data.dialogue import DialogueCorpus, target_mask
 from extrapos.data.tokenizers import mask_token_id, with_mask_token
 from extrapos.models.gpt import GPT, GPTConfig
 from extrapos.training.config import DataConfig, EvalConfig, RunConfig, TrainConfig
@@ -155,10 +155,13 @@ def validate(
     batch_size: int,
     precision: str = "fp32",
     info: DistInfo | None = None,
+    target_mask: np.ndarray | None = None,
 ) -> float:
     """Mean next-token loss over non-overlapping windows of `length` at the start of `tokens`
     (as many as fit in `max_tokens` targets, at least one). Under DDP each rank scores every
-    W-th window and the sums are all-reduced, so every rank returns the same number."""
+    W-th window and the sums are all-reduced, so every rank returns the same number.
+    `target_mask` (n,) bool (`data.dialogue.target_mask`): only tokens i with mask[i] are
+    scored as targets (dialogue responses under `loss_on="responses"`); None: every token."""
     info = info or distributed_info()
     device = next(model.parameters()).device
     n_windows = min((len(tokens) - 1) // length, max(1, max_tokens // length))
@@ -172,9 +175,13 @@ def validate(
         rows = torch.as_tensor(np.asarray(tokens[index], dtype=np.int64), device=device)
         with autocast(device, precision):
             logits = model(rows[:, :-1])
-        nll = F.cross_entropy(logits.float().flatten(0, 1), rows[:, 1:].flatten(), reduction="sum")
+        targets = rows[:, 1:]
+        if target_mask is not None:  # -100: not a target (cross_entropy's ignore_index)
+            keep = torch.as_tensor(target_mask[index[:, 1:]], device=device)
+            targets = targets.masked_fill(~keep, -100)
+        nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="sum")
         sums[0] += nll.double()
-        sums[1] += rows[:, 1:].numel()
+        sums[1] += (targets != -100).sum()
     model.train(was_training)
     if info.world_size > 1:
         dist.all_reduce(sums)
@@ -241,9 +248,10 @@ def train(
         )
     if eval_config is not None:
         eval_config = eval_config.resolved(train_config)
-    valid_tokens = None
+    valid_tokens = valid_mask = None
     if eval_config is not None and eval_config.every:
         valid_tokens = _split_tokens(corpus, "valid", tokenizer, eval_config.length or 0)
+        valid_mask = target_mask(corpus, "valid", tokenizer, train_config.loss_on)  # None: all
     data_config = _data_config(data_config, corpus, tokenizer)
 
     torch.manual_seed(train_config.seed)
@@ -374,7 +382,8 @@ def train(
                     if valid_tokens is not None and (
                         done % every == 0 or done == train_config.steps
                     ):
-                        value = (partial(validate_mlm, mask_id=mask_id) if mlm else validate)(
+                        masked = partial(validate, target_mask=valid_mask)
+                        value = (partial(validate_mlm, mask_id=mask_id) if mlm else masked)(
                             model,
                             valid_tokens,
                             eval_config.length or train_config.train_len,
