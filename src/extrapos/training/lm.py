@@ -182,6 +182,8 @@ def train(
     generator = torch.Generator().manual_seed(train_config.seed)
     tok_hash = tokenizer_hash(tokenizer)
     data_id = data_identity(corpus.content_hash, tokenizer.name, tokenizer.vocab_size)
+    # what a checkpoint's train state is checked against on resume, and saved with
+    state_key = (model_config, train_config, tok_hash, data_id)
     lock = contextlib.ExitStack()
     if run_dir is not None and info.is_main:  # a second writer of run_dir is refused
         lock.enter_context(run_lock(run_dir, "run directory (--out)"))
@@ -189,16 +191,7 @@ def train(
         prepare_run_dir(run_dir, resume, overwrite, info)
         state = TrainState()
         if resume and latest_checkpoint(run_dir) is not None:
-            saved = load_train_state(run_dir)
-            differs = mismatch(saved, model_config, train_config, tok_hash, data_id)
-            if differs:
-                raise UserError(
-                    f"{run_dir} holds a run with another {differs}; resume it with the same "
-                    f"settings or pick another --out"
-                )
-            folder = latest_checkpoint(run_dir)
-            model.load_state_dict(load_model(folder, map_location=device).state_dict())
-            state = TrainState.restore(saved, optimizer, generator, device)
+            state = _resume(run_dir, model, optimizer, generator, device, state_key)
 
         record = run_record(model_config, train_config, eval_config, data_config, corpus, tokenizer)
 
@@ -231,6 +224,8 @@ def train(
         # a uniform guess scores ln V; ten times that is no longer training but divergence
         diverged_above = 10 * math.log(model_config.vocab_size)
         start_step, step_seconds = state.step, []
+        every = eval_config.every if eval_config is not None else 0
+        score_valid = partial(validate_mlm, mask_id=mask_id) if mlm else validate
         bar = tqdm(
             range(start_step, train_config.steps),
             initial=start_step,
@@ -269,36 +264,16 @@ def train(
                     t0 = time.perf_counter()
                     stats = optimizer_step(model, optimizer, train_config, step, backward)
                     done = step + 1
-                    if not stats.finite:
-                        log.write(
-                            {
-                                "step": done,
-                                "lr": stats.lr,
-                                "loss": stats.loss,
-                                "grad_norm": stats.grad_norm,
-                            }
-                        )
-                        raise diverged_error(stats, done, run_dir, train_config)
-                    if stats.loss > diverged_above:
-                        raise diverged_error(stats, done, run_dir, train_config, diverged_above)
+                    _stop_if_diverged(stats, done, log, run_dir, train_config, diverged_above)
                     seconds = time.perf_counter() - t0
                     state.step, state.elapsed = done, state.elapsed + seconds
                     state.losses.append(stats.loss)
                     step_seconds.append(seconds)
-                    row: dict[str, Any] = {
-                        "step": done,
-                        "tokens": done * tokens_per_step,
-                        "lr": stats.lr,
-                        "loss": stats.loss,
-                        "grad_norm": stats.grad_norm,
-                        "tokens_per_s": tokens_per_step / max(seconds, 1e-9),
-                        "elapsed_s": state.elapsed,
-                    }
-                    every = eval_config.every if eval_config is not None else 0
+                    row = _log_row(stats, done, seconds, state.elapsed, tokens_per_step)
                     if valid_tokens is not None and (
                         done % every == 0 or done == train_config.steps
                     ):
-                        value = (partial(validate_mlm, mask_id=mask_id) if mlm else validate)(
+                        value = score_valid(
                             model,
                             valid_tokens,
                             eval_config.length or train_config.train_len,
@@ -310,14 +285,10 @@ def train(
                         state.valid.append((done, value))
                         row["valid_loss"], row["valid_ppl"] = value, math.exp(min(value, 700.0))
                     log.write(row)
-                    this_call = sum(step_seconds) + 1e-9
-                    postfix = {
-                        "loss": f"{stats.loss:.3f}",
-                        "tok_s": f"{(done - start_step) * tokens_per_step / this_call:,.0f}",
-                    }
-                    if state.valid:
-                        postfix["valid"] = f"{state.valid[-1][1]:.3f}"
-                    bar.set_postfix(postfix)
+                    tokens_now = (done - start_step) * tokens_per_step  # in this call
+                    bar.set_postfix(
+                        _postfix(stats.loss, tokens_now, sum(step_seconds), state.valid)
+                    )
                     save_every = train_config.save_every
                     if save_every and done % save_every == 0 and done < train_config.steps:
                         save(done)
@@ -337,6 +308,66 @@ def train(
             step_seconds=step_seconds,
             tokenizer=tokenizer,
         )
+
+
+def _resume(
+    run_dir: Path,
+    model: GPT,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    device: torch.device,
+    state_key: tuple[GPTConfig, TrainConfig, str, Any],
+) -> TrainState:
+    """Continue from run_dir's newest checkpoint: its weights into `model`, its optimizer,
+    schedule, sampler and RNG state into the rest; refused when the saved run's model,
+    training, tokenizer or data differ from `state_key`'s."""
+    saved = load_train_state(run_dir)
+    differs = mismatch(saved, *state_key)
+    if differs:
+        raise UserError(
+            f"{run_dir} holds a run with another {differs}; resume it with the same "
+            f"settings or pick another --out"
+        )
+    folder = latest_checkpoint(run_dir)
+    model.load_state_dict(load_model(folder, map_location=device).state_dict())
+    return TrainState.restore(saved, optimizer, generator, device)
+
+
+def _stop_if_diverged(
+    stats: Any, done: int, log: RunLog, run_dir: Path | None, config: TrainConfig, above: float
+) -> None:
+    """A non-finite loss or gradient norm (logged first), or a loss over `above`, stops the
+    run with a `UserError` (`prepare.diverged_error`)."""
+    if not stats.finite:
+        log.write({"step": done, "lr": stats.lr, "loss": stats.loss, "grad_norm": stats.grad_norm})
+        raise diverged_error(stats, done, run_dir, config)
+    if stats.loss > above:
+        raise diverged_error(stats, done, run_dir, config, above)
+
+
+def _log_row(
+    stats: Any, done: int, seconds: float, elapsed: float, tokens_per_step: int
+) -> dict[str, Any]:
+    """One step's log.csv row (validation columns are added when it ran)."""
+    return {
+        "step": done,
+        "tokens": done * tokens_per_step,
+        "lr": stats.lr,
+        "loss": stats.loss,
+        "grad_norm": stats.grad_norm,
+        "tokens_per_s": tokens_per_step / max(seconds, 1e-9),
+        "elapsed_s": elapsed,
+    }
+
+
+def _postfix(
+    loss: float, tokens: int, seconds: float, valid: list[tuple[int, float]]
+) -> dict[str, str]:
+    """The progress bar's loss, tokens/s of this call, and last validation loss."""
+    postfix = {"loss": f"{loss:.3f}", "tok_s": f"{tokens / (seconds + 1e-9):,.0f}"}
+    if valid:
+        postfix["valid"] = f"{valid[-1][1]:.3f}"
+    return postfix
 
 
 def _forward_backward(
