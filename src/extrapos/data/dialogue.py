@@ -42,7 +42,8 @@ import torch
 from extrapos.core.errors import UserError
 
 from .cache import tokenizer_hash
-from .corpus import FOLDER_FORMATS, Corpus, _check_text
+from .corpus import FOLDER_FORMATS, Corpus
+from .formats import check_text
 from .tokenizers import Tokenizer
 
 __all__ = [
@@ -108,7 +109,7 @@ def _read_split(path: Path) -> list[tuple[int, Dialogue]]:
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror}; check its permissions") from e
     out = []
-    for n, line in enumerate(_check_text(data, f"file {path}").splitlines(), 1):
+    for n, line in enumerate(check_text(data, f"file {path}").splitlines(), 1):
         if not line.strip():
             continue
         dialogue = parse_dialogue_line(line)
