@@ -148,6 +148,7 @@ def test_wandb_gets_every_training_loss_and_the_perplexities_offline(tmp_path, m
     (run,) = logged
     assert run.kw["project"] == "extrapos-test" and run.kw["name"] == "alibi-seed0"
     assert [step for step, _ in run.rows] == [1, 2] and run.finished
+    assert {"train/loss", "train/lr", "train/grad_norm"} <= set(run.rows[0][1])
     assert set(run.summary) == {"ppl/8", "ppl/16"}
     monkeypatch.delenv("WANDB_MODE")
 
@@ -168,3 +169,50 @@ def test_tensorboard_gets_every_training_loss_and_the_perplexities(tmp_path):
     assert ppl == pytest.approx(
         {8: results["runs"][0]["ppl"]["8"], 16: results["runs"][0]["ppl"]["16"]}
     )
+
+
+def test_bench_logging_is_live_during_training_and_closes_a_failed_run(tmp_path, monkeypatch):
+    """Each step reaches the logger while the run trains (not after it), and a run that fails
+    mid-way still finishes its logger run."""
+    import extrapos.bench.language_model as language_model
+    import extrapos.training.lm as training_lm
+
+    seen_during_training: list[int] = []
+    logged: list = []
+
+    class FakeRun:
+        def __init__(self, **kw):
+            self.summary, self.rows, self.finished = {}, [], False
+            logged.append(self)
+
+        def log(self, row, step):
+            self.rows.append(step)
+
+        def finish(self):
+            self.finished = True
+
+    fake = types.ModuleType("wandb")
+    fake.init = lambda **kw: FakeRun(**kw)
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    real_train = training_lm.train
+
+    def spying_train(*args, on_step=None, **kwargs):
+        def step(row):
+            on_step(row)
+            seen_during_training.append(len(logged[-1].rows))  # already logged, while training
+
+        result = real_train(*args, on_step=step, **kwargs)
+        if kwargs.get("description", "").startswith("train nope"):
+            raise RuntimeError("killed after training")
+        return result
+
+    monkeypatch.setattr(language_model, "train", spying_train)
+    config = BenchConfig.from_preset("quick", methods=["alibi", "nope"], **TINY)
+    loggers = Loggers(wandb_project="p", out_dir=tmp_path)
+    with pytest.raises(RuntimeError, match="killed after training"):
+        run_bench(config, tmp_path, progress=False, save_runs=False, loggers=loggers)
+    assert seen_during_training == [1, 2, 1, 2]
+    alibi, nope = logged
+    assert alibi.finished and set(alibi.summary) == {"ppl/8", "ppl/16"}
+    assert nope.finished and nope.summary == {}  # failed before evaluation: closed, no ppl
+    monkeypatch.delenv("WANDB_MODE", raising=False)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from extrapos.bench.config import BenchConfig
-from extrapos.bench.loggers import Loggers
+from extrapos.bench.loggers import LiveRun, Loggers
 from extrapos.encodings import encoding_class
 from extrapos.probes.extensions import describe_extension, rope_extended
 from extrapos.probes.perplexity import evaluate_lengths
@@ -76,6 +76,43 @@ def run_method(
     loggers: Loggers | None = None,
 ) -> tuple[dict[str, Any], Any]:
     model_config = config.model_config(method, vocab_size=tokenizer.vocab_size)
+    live = loggers.start_run(method, seed) if loggers is not None and loggers.active else None
+    try:
+        summary, model = _train_and_evaluate(
+            config,
+            method,
+            seed,
+            model_config,
+            corpus,
+            tokenizer,
+            test_tokens,
+            out_dir,
+            progress,
+            save_runs,
+            live,
+        )
+    except BaseException:
+        if live is not None:
+            live.finish()
+        raise
+    if live is not None:
+        live.finish(summary)
+    return summary, model
+
+
+def _train_and_evaluate(
+    config: BenchConfig,
+    method: str,
+    seed: int,
+    model_config: Any,
+    corpus: Any,
+    tokenizer: Any,
+    test_tokens: torch.Tensor,
+    out_dir: Path,
+    progress: bool,
+    save_runs: bool,
+    live: LiveRun | None,
+) -> tuple[dict[str, Any], Any]:
     result = train(
         model_config,
         config.train_config(seed),
@@ -85,6 +122,7 @@ def run_method(
         progress=progress,
         description=f"train {method} (seed {seed})",
         overwrite=True,  # a run here is retrained only when the bench's settings changed
+        on_step=live.step if live is not None else None,
     )
     summary = {
         "method": method,
@@ -107,8 +145,6 @@ def run_method(
         "num_params": result.model.num_params(),
     }
     _say(summary, progress)
-    if loggers is not None and loggers.active:
-        loggers.log_run(summary, result.losses)
     return summary, result.model
 
 

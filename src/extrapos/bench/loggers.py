@@ -10,9 +10,10 @@ The ETA is, for each stage, the mean time of that stage's units finished in this
 (units kept from an earlier results.json take no time and do not count) times the units left;
 a stage with none finished yet borrows the mean of all finished units.
 
-TensorBoard and W&B get, per language-model run, its training loss at every step and its
-perplexity by evaluation length (x axis: the length), logged when the run finishes (the
-training loop itself writes `log.csv` and, with `train --tensorboard`, its own scalars).
+TensorBoard and W&B get, per language-model run, its training loss (and learning rate, gradient
+norm, throughput) **live at every step**, through the training loop's `on_step` callback, and
+its perplexity by evaluation length (x axis: the length) when the run has been evaluated. A run
+that fails mid-way still closes its TensorBoard folder / W&B run with what it logged.
 W&B runs offline (`WANDB_MODE=offline`, files under the bench's output folder) unless the
 environment sets another mode, so it needs no network.
 """
@@ -118,30 +119,61 @@ class Loggers:
                 ) from None
             self._wandb = wandb
 
-    def log_run(self, summary: dict[str, Any], losses: list[float]) -> None:
-        name = f"{summary['method']}-seed{summary.get('seed', 0)}"
-        ppl = {int(k): v for k, v in summary["ppl"].items() if v is not None}
+    def start_run(self, method: str, seed: int) -> LiveRun:
+        """Open the run's TensorBoard writer / W&B run; feed `LiveRun.step` each training step."""
+        name = f"{method}-seed{seed}"
+        writer = run = None
         if self._summary_writer is not None:
             writer = self._summary_writer(str(self.tb_dir / name))
-            for step, loss in enumerate(losses, start=1):
-                writer.add_scalar("train/loss", loss, step)
-            for length, value in sorted(ppl.items()):
-                writer.add_scalar("eval/ppl_by_length", value, length)
-            writer.close()
         if self._wandb is not None:
             os.environ.setdefault("WANDB_MODE", "offline")
             run = self._wandb.init(
                 project=self.wandb_project,
                 name=name,
                 dir=str(self.out_dir),
-                config={**self.settings, "method": summary["method"], "seed": summary.get("seed")},
+                config={**self.settings, "method": method, "seed": seed},
                 reinit=True,
             )
-            for step, loss in enumerate(losses, start=1):
-                run.log({"train/loss": loss}, step=step)
-            run.summary.update({f"ppl/{length}": value for length, value in ppl.items()})
-            run.finish()
+        return LiveRun(writer, run)
 
     @property
     def active(self) -> bool:
         return self._summary_writer is not None or self._wandb is not None
+
+
+# log.csv column -> logged name, for the columns worth a live curve
+LIVE_TAGS = (
+    ("loss", "train/loss"),
+    ("lr", "train/lr"),
+    ("grad_norm", "train/grad_norm"),
+    ("tokens_per_s", "train/tokens_per_s"),
+    ("valid_loss", "valid/loss"),
+)
+
+
+class LiveRun:
+    """One bench run's TensorBoard writer and/or W&B run while it trains and is evaluated."""
+
+    def __init__(self, writer: Any, run: Any) -> None:
+        self._writer, self._run = writer, run
+
+    def step(self, row: dict[str, Any]) -> None:
+        """A training step's log row (`training.log.LOG_COLUMNS`), logged as it happens."""
+        values = {tag: row[key] for key, tag in LIVE_TAGS if row.get(key) is not None}
+        if self._writer is not None:
+            for tag, value in values.items():
+                self._writer.add_scalar(tag, value, row["step"])
+            self._writer.flush()
+        if self._run is not None:
+            self._run.log(values, step=row["step"])
+
+    def finish(self, summary: dict[str, Any] | None = None) -> None:
+        """Log the perplexity by length (when the run was evaluated) and close."""
+        ppl = {int(k): v for k, v in (summary or {}).get("ppl", {}).items() if v is not None}
+        if self._writer is not None:
+            for length, value in sorted(ppl.items()):
+                self._writer.add_scalar("eval/ppl_by_length", value, length)
+            self._writer.close()
+        if self._run is not None:
+            self._run.summary.update({f"ppl/{length}": value for length, value in ppl.items()})
+            self._run.finish()

@@ -42,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -142,6 +143,7 @@ def train(
     eval_config: EvalConfig | None = None,
     data_config: DataConfig | None = None,
     overwrite: bool = False,
+    on_step: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
     """Train a GPT on `corpus`'s train split; see the module docstring.
 
@@ -149,7 +151,9 @@ def train(
     `overwrite` (delete them and start over).
 
     `eval_config` None: no periodic validation. `data_config` is only recorded (default: the
-    corpus's name and the tokenizer's). Inside a torchrun job call `init_distributed()` first.
+    corpus's name and the tokenizer's). `on_step(row)`: called on the main rank with each
+    step's log.csv row as it is written (the bench's live TensorBoard / W&B logging). Inside a
+    torchrun job call `init_distributed()` first.
     """
     info = distributed_info()
     device = resolve_device(train_config.device, info)
@@ -290,6 +294,8 @@ def train(
                         state.valid.append((done, value))
                         row["valid_loss"], row["valid_ppl"] = value, math.exp(min(value, 700.0))
                     log.write(row)
+                    if on_step is not None and info.is_main:
+                        on_step(row)
                     tokens_now = (done - start_step) * tokens_per_step  # in this call
                     bar.set_postfix(
                         _postfix(stats.loss, tokens_now, sum(step_seconds), state.valid)
