@@ -88,6 +88,29 @@ def test_plan_line_counts_and_estimates():
     assert "ETA ?" not in plan.line("runs", "x")
 
 
+def test_an_unstarted_stage_is_estimated_from_its_work_not_the_slowest_stage():
+    """Training units take 100 s for 1,000 units of work; a cost probe of 10 units of work is
+    then expected to take 1 s, not the 100 s a plain mean of finished units would say."""
+    plan = Plan({"runs": 3, "costs": 6}, enabled=False, work={"runs": 1000.0, "costs": 10.0})
+    plan.start("runs", "train rope (seed 0)")
+    stage, started = plan._current
+    plan._current = (stage, started - 100.0)  # as if it started 100 s ago
+    plan.finish(kept=False)
+    assert plan.eta() == pytest.approx(2 * 100.0 + 6 * 1.0, rel=1e-3)
+    unweighted = Plan({"runs": 3, "costs": 6}, enabled=False)
+    unweighted._done["runs"], unweighted._left["runs"] = [100.0], 2
+    assert unweighted.eta() == pytest.approx(8 * 100.0)  # what the weighting corrects
+
+
+def test_every_stage_has_a_work_estimate():
+    from extrapos.bench.run import _unit_work, _units
+
+    config = BenchConfig.from_preset("quick")
+    work = _unit_work(config)
+    assert set(work) == set(_units(config)) and all(w > 0 for w in work.values())
+    assert work["runs"] > 10 * work["costs"]
+
+
 def test_summary_table_ranks_by_the_longest_length():
     results = {
         "train_len": 8, "eval_lens": [8, 16], "protocols": ["nonoverlap"],

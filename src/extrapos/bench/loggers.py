@@ -7,8 +7,12 @@ passkey fine-tunes, cost probes) and prints, as each starts, one line over the p
     run 3/12 · train rope (seed 0) · elapsed 1m02s · ETA 3m05s
 
 The ETA is, for each stage, the mean time of that stage's units finished in this process
-(units kept from an earlier results.json take no time and do not count) times the units left;
-a stage with none finished yet borrows the mean of all finished units.
+(units kept from an earlier results.json take no time and do not count) times the units left.
+A stage with none finished yet is estimated from its expected work (token positions processed,
+a backward pass counted as two forwards; `bench.run._unit_work`) at the seconds per unit of work
+measured so far, so a bench whose first unit is its slowest (training six models, then cheap
+cost probes) no longer over-estimates until a unit of each later stage has finished. Without
+work estimates a stage borrows the mean of all finished units.
 
 TensorBoard and W&B get, per language-model run, its training loss (and learning rate, gradient
 norm, throughput) **live at every step**, through the training loop's `on_step` callback, and
@@ -39,8 +43,14 @@ def _clock(seconds: float) -> str:
 class Plan:
     """Units of work by stage; `start(stage, label)` prints the top-level line."""
 
-    def __init__(self, units: dict[str, int], enabled: bool = True) -> None:
+    def __init__(
+        self,
+        units: dict[str, int],
+        enabled: bool = True,
+        work: dict[str, float] | None = None,
+    ) -> None:
         self.units = dict(units)
+        self.work = {stage: w for stage, w in (work or {}).items() if w > 0}
         self.total = sum(units.values())
         self.enabled = enabled
         self.index = 0
@@ -54,11 +64,18 @@ class Plan:
         if not finished:
             return None
         overall = sum(finished) / len(finished)
-        return sum(
-            left
-            * (sum(self._done[stage]) / len(self._done[stage]) if self._done[stage] else overall)
-            for stage, left in self._left.items()
-        )
+        done_work = sum(self.work.get(stage, 0.0) * len(d) for stage, d in self._done.items())
+        weighted = all(self._done[stage] == [] or stage in self.work for stage in self._done)
+        per_work = sum(finished) / done_work if weighted and done_work > 0 else None
+
+        def per_unit(stage: str) -> float:
+            if self._done.get(stage):
+                return sum(self._done[stage]) / len(self._done[stage])
+            if per_work is not None and stage in self.work:
+                return per_work * self.work[stage]
+            return overall
+
+        return sum(left * per_unit(stage) for stage, left in self._left.items() if left)
 
     def line(self, stage: str, label: str) -> str:
         eta = self.eta()

@@ -133,7 +133,7 @@ def _run_bench(
     }
     previous = _previous_runs(out_dir / "results.json", results)
     used: dict[str, set[tuple[Any, ...]]] = {stage: set() for stage in previous}
-    plan = Plan(_units(config), enabled=progress)
+    plan = Plan(_units(config), enabled=progress, work=_unit_work(config))
     models: dict[tuple[str, int], Any] = {}  # trained in this process (else loaded)
 
     def with_earlier() -> dict[str, Any]:
@@ -231,6 +231,26 @@ def _units(config: BenchConfig) -> dict[str, int]:
         "task_runs": seeds * len(config.tasks) * len(methods),
         "passkey_runs": seeds * len(methods) if config.passkey_steps else 0,
         "costs": len(methods) if config.memory else 0,
+    }
+
+
+def _unit_work(config: BenchConfig) -> dict[str, float]:
+    """Expected work of one unit per stage, in token positions through the model (a training
+    step's backward counts as two forwards), for the ETA of stages not yet started. A rough
+    guide: attention's growth with length and the probes' Python overheads are ignored."""
+    from extrapos.bench.stages import PASSKEY_BATCH_SIZE, TASK_BATCH_SIZE
+
+    lengths = config.eval_lens or [config.train_len]
+    evaluate = config.eval_tokens * len(lengths) * max(1, len(config.protocols))
+    task_len = 4 * config.task_train_len  # a task problem is a few tokens per size unit
+    return {
+        "runs": 3.0 * config.total_steps * config.batch_size * config.train_len + evaluate,
+        "extensions": float(evaluate),
+        "task_runs": 3.0 * config.task_steps * TASK_BATCH_SIZE * task_len
+        + config.task_samples * len(config.task_eval_lens or [config.task_train_len]) * task_len,
+        "passkey_runs": 3.0 * config.passkey_steps * PASSKEY_BATCH_SIZE * config.train_len
+        + config.passkey_trials * len(config.passkey_depths) * sum(lengths),
+        "costs": 4.0 * max(lengths),  # a few forwards at the longest length
     }
 
 
