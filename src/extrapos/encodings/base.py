@@ -32,8 +32,8 @@ KV-cache behaviour is one field, `cache`:
 
 | `cache` | the model caches keys … | encodings |
 |---|---|---|
-| `"rotated"` | after the q/k rotation (the default; also for bias/input/FFN/no sites) | rope, alibi, … |
-| `"raw"` | before any rotation, and hands all raw keys to the encoding at each step | dynamic NTK, LongRoPE, xPos with a moving centre, every `attention`-site encoding |
+| `"rotated"` | after the q/k rotation (the default; also for bias/input/FFN/no sites) | rope, alibi, xpos (with its centre, `Positions.center`), … |
+| `"raw"` | before any rotation, and hands all raw keys to the encoding at each step | dynamic NTK, LongRoPE, every `attention`-site encoding |
 | `"none"` | not at all: cached keys go stale as the sequence grows, `generate` recomputes | — |
 
 `attend` receives an optional `probe(start, probs)` callback: an encoding that computes attention
@@ -81,11 +81,15 @@ class Positions:
     q: (s,) int64 query positions; k: (t,) int64 key positions (cached keys first, then the s
     new ones, so k[q_offset:] are the queries' own); q_offset: sequence index of the first query
     (the number of cached keys). Causality is by sequence index, the encodings read positions.
+    center: the scaling centre the cached keys were made with, for an encoding whose rotated
+    keys carry one (xPos: `decode_center`); kept by the KV cache so that cached keys stay
+    valid; None = the encoding centres each call on its own positions.
     """
 
     q: Tensor
     k: Tensor
     q_offset: int = 0
+    center: float | None = None
 
     @classmethod
     def arange(cls, s: int, q_offset: int = 0, device: torch.device | None = None) -> Positions:
