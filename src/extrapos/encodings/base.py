@@ -98,7 +98,11 @@ class Positions:
         return cls(k[q_offset:], k, q_offset)
 
     def for_keys(self, t: int) -> Tensor:
-        """Positions of the last t keys (the new ones when only they are passed)."""
+        """Positions of the last t keys (the new ones when only they are passed): the `q`
+        tensor itself when those are the queries' own keys, so per-positions memos (RoPE's
+        cos/sin) serve queries and keys at once."""
+        if t == self.q.shape[0] and self.k.shape[0] - t == self.q_offset:
+            return self.q
         return self.k[self.k.shape[0] - t :]
 
 

@@ -145,6 +145,9 @@ class XPos(RoPE):
         their middle, an integer so that a common shift of all positions moves it exactly."""
         return float(self.center) if self.center is not None else float((low + high) // 2)
 
+    def _min_position(self, positions: Tensor) -> int:
+        return self._memo.get(positions, "min", lambda: int(positions.min()))
+
     def decode_center(self, previous: float | None, low: int, high: int) -> float:
         """The centre for a cached call whose cached and new positions run from low to high:
         the fixed one; else `previous` (the centre the cached keys carry) while low and high
@@ -167,10 +170,15 @@ class XPos(RoPE):
     def _scaled_rotation(
         self, x: Tensor, positions: Tensor, center: float, sign: int, seq_len: int
     ) -> Tensor:
-        cos, sin = self.cos_sin(positions, seq_len)
-        scale = xpos_scale(positions, self.zeta, self.scale_base, center, sign).float()
-        rotated = rotate_half_split(x.float(), cos, sin)  # float32 in, float32 out
-        return (rotated * torch.cat((scale, scale), dim=-1)).to(x.dtype)
+        def tables() -> tuple[Tensor, Tensor]:  # cos·ζ^(±(pos - c)/s), sin·ζ^(±(pos - c)/s)
+            cos, sin = self.cos_sin(positions, seq_len)
+            scale = xpos_scale(positions, self.zeta, self.scale_base, center, sign).float()
+            return cos * scale, sin * scale
+
+        # the scale is the same for both dims of a pair, so it folds into cos/sin: one
+        # rotation, and the tables are built once per forward (`PositionsMemo`), not per layer
+        cos, sin = self._memo.get(positions, ("xpos", seq_len, center, sign), tables)
+        return rotate_half_split(x, cos, sin)  # float32 inside, cast back to x's dtype
 
     def rotate_qk(
         self,
@@ -182,8 +190,8 @@ class XPos(RoPE):
     ) -> tuple[Tensor, Tensor]:
         """q at q_positions times ζ^((n - c)/s), k at k_positions times ζ^(-(m - c)/s), both
         rotated; c = `center` (a KV cache's, see `decode_center`) or `call_center`."""
-        low = min(int(q_positions.min()), int(k_positions.min()))
-        high = max(int(q_positions.max()), int(k_positions.max()))
+        low = min(self._min_position(q_positions), self._min_position(k_positions))
+        high = max(self.max_position(q_positions), self.max_position(k_positions))
         if center is None:
             center = self.call_center(low, high)
         # the factors are float32 here and then cast: the narrower range of the two decides
