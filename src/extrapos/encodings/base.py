@@ -48,6 +48,7 @@ attention code never materializes an (h, n, n) tensor from it (see `extrapos.ker
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -128,13 +129,9 @@ class PositionalEncoding(nn.Module):
 
     @property
     def sites(self) -> frozenset[str]:
-        """The sites whose hooks this encoding implements."""
-        cls = type(self)
-        return frozenset(
-            site
-            for site, hook in _SITE_HOOKS.items()
-            if getattr(cls, hook) is not getattr(PositionalEncoding, hook)
-        )
+        """The sites whose hooks this encoding implements (a property of the class, computed
+        once per class: every layer of every decoding step asks)."""
+        return _class_sites(type(self))
 
     @property
     def shift_invariant(self) -> bool:
@@ -209,6 +206,15 @@ class PositionalEncoding(nn.Module):
             raise TypeError(
                 f"{cls.__name__} attends itself from raw keys: declare cache = 'raw' (or 'none')"
             )
+
+
+@functools.cache
+def _class_sites(cls: type) -> frozenset[str]:
+    return frozenset(
+        site
+        for site, hook in _SITE_HOOKS.items()
+        if getattr(cls, hook) is not getattr(PositionalEncoding, hook)
+    )
 
 
 def default_positions(length: int, offset: int = 0, device: torch.device | None = None) -> Tensor:
