@@ -120,6 +120,8 @@ def toeplitz_source(table: Tensor, t: int) -> Tensor:
     (n + t, 1, 1); no element is gathered, and only the chunk's queries (not the keys, which
     may be a long cache) are reordered.
     """
+    if t == 0:  # one query per call (decoding): its block never reaches past the table
+        return table.flip(-1)
     pad = table.new_full((table.shape[0], t), float("-inf"))
     return torch.cat((table.flip(-1), pad), dim=-1)
 
@@ -188,7 +190,8 @@ def chunked_bias_attention(
     t' = the keys it can see. Differentiable in q, k, v and the table."""
     s, n = q.shape[-2], table.shape[-1]
     toeplitz = is_toeplitz(q_positions, k_positions, q_offset, n)
-    t = k.shape[-2]
+    # a single query's block ends at its own key: no -inf padding needed (decoding)
+    t = k.shape[-2] if s > 1 else 0
     source = None
     if toeplitz and table.requires_grad and torch.is_grad_enabled():
         source = toeplitz_source(table.to(bias_dtype(q)), t)
@@ -210,9 +213,13 @@ def chunked_bias_attention(
                 source.storage_offset() + n - q_offset - stop,
             )
             # a 4-D mask keeps SDPA on its fast CPU kernel (a 3-D one is 2.5x slower, measured)
-            out = F.scaled_dot_product_attention(
-                q[..., start:stop, :].flip(-2), keys, values, attn_mask=block[None]
-            )
+            rows = q[..., start:stop, :]
+            if stop - start == 1:  # one row: reversing is the identity
+                outs.append(
+                    F.scaled_dot_product_attention(rows, keys, values, attn_mask=block[None])
+                )
+                continue
+            out = F.scaled_dot_product_attention(rows.flip(-2), keys, values, attn_mask=block[None])
             outs.append(out.flip(-2))
             continue
         q_index = torch.arange(q_offset + start, q_offset + stop, device=q.device)
