@@ -400,3 +400,19 @@ def test_per_forward_memo_sees_new_and_mutated_tensors() -> None:
         fresh = _table(s, seed=7)
         third = attention(q, k, v, bias_table=fresh, backend="chunked")
     torch.testing.assert_close(third, dense_reference(q, k, v, fresh, positions, positions, 0))
+
+
+def test_single_query_toeplitz_block_equals_dense_for_any_table_layout() -> None:
+    """Decoding (one query against a cache) takes the unpadded flipped table as the block
+    source; a transposed (column-major) table, as FIRE's MLP output is, must give the same."""
+    from extrapos.kernels.attention import chunked_bias_attention
+
+    gen = torch.Generator().manual_seed(0)
+    h, d, t = 3, 8, 37
+    q, k, v = (torch.randn(1, h, s, d, generator=gen) for s in (1, t, t))
+    for table in (torch.randn(h, t, generator=gen), torch.randn(t, h, generator=gen).T):
+        out = chunked_bias_attention(q, k, v, table, torch.tensor([t - 1]), torch.arange(t), t - 1)
+        scores = (
+            q @ k.transpose(-1, -2) / d**0.5 + table[:, (t - 1) - torch.arange(t)][None, :, None]
+        )
+        torch.testing.assert_close(out, scores.softmax(-1) @ v)

@@ -121,7 +121,7 @@ def toeplitz_source(table: Tensor, t: int) -> Tensor:
     may be a long cache) are reordered.
     """
     if t == 0:  # one query per call (decoding): its block never reaches past the table
-        return table.flip(-1)
+        return table.flip(-1).contiguous()  # blocks are strided views of a row-major source
     pad = table.new_full((table.shape[0], t), float("-inf"))
     return torch.cat((table.flip(-1), pad), dim=-1)
 
@@ -191,14 +191,17 @@ def chunked_bias_attention(
     s, n = q.shape[-2], table.shape[-1]
     toeplitz = is_toeplitz(q_positions, k_positions, q_offset, n)
     # a single query's block ends at its own key: no -inf padding needed (decoding)
-    t = k.shape[-2] if s > 1 else 0
+    t = k.shape[-2]
+    pad = t if s > 1 else 0
     source = None
     if toeplitz and table.requires_grad and torch.is_grad_enabled():
-        source = toeplitz_source(table.to(bias_dtype(q)), t)
+        source = toeplitz_source(table.to(bias_dtype(q)), pad)
     elif toeplitz:
         dtype = bias_dtype(q)
         source = _source_memo.get(
-            (table,), (t, dtype, table.device), lambda: toeplitz_source(table.to(dtype), t)
+            (table,),
+            (t, pad, n, dtype, table.device),
+            lambda: toeplitz_source(table.to(dtype), pad),
         )
     outs = []
     for start in range(0, s, chunk_size):
