@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import warnings
 import weakref
 from collections.abc import Iterator
@@ -56,21 +57,42 @@ BACKENDS: tuple[str, ...] = ("auto", "sdpa", "chunked", "flex", "linear")
 DEFAULT_CHUNK_SIZE = 512
 
 _default_backend: Backend = "auto"
-_flex_failed = False  # set when FlexAttention failed to compile once: chunked from then on
+#: FlexAttention compile failures of this process, per `flex_key` -> the reason (one line)
+_flex_failures: dict[tuple, str] = {}
+
+_log = logging.getLogger(__name__)
 
 
-def _disable_flex(exc: BaseException) -> None:
+def flex_key(
+    q: Tensor, k: Tensor, table: Tensor, q_positions: Tensor, k_positions: Tensor
+) -> tuple:
+    """What a FlexAttention compile depends on here: the score_mod's kind (consecutive
+    positions: one table gather; else: gathers through the positions), the shapes of q, k and
+    the table, the dtype and the device. A compile failure disables flex for this key only."""
+    kind = "range" if is_range(q_positions) and is_range(k_positions) else "positions"
+    return (kind, tuple(q.shape), tuple(k.shape), tuple(table.shape), str(q.dtype), str(q.device))
+
+
+def flex_failures() -> dict[tuple, str]:
+    """The keys FlexAttention failed to compile for in this process, with the reason."""
+    return dict(_flex_failures)
+
+
+def _disable_flex(key: tuple, exc: BaseException) -> None:
     """FlexAttention compiles through inductor; on CPU (torch 2.13) its C++ codegen fails for
-    some shapes (e.g. `cur_kvSplitSize7 was not declared`). Fall back to the exact chunked path
-    for the rest of the process, and say so once."""
-    global _flex_failed
-    _flex_failed = True
+    some shapes and layouts (e.g. `cur_kvSplitSize7 was not declared`). Fall back to the exact
+    chunked path for this key (score-mod kind, shapes, dtype, device) only, and say so once
+    per key, with the reason; other keys (another bias method, another length) still try
+    flex."""
     first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    warnings.warn(
-        f"FlexAttention failed to compile ({type(exc).__name__}: {first_line[:200]}); using the "
-        f"chunked path from now on (same numbers, O(h·chunk·n) memory)",
-        stacklevel=3,
+    reason = f"{type(exc).__name__}: {first_line[:200]}"
+    _flex_failures[key] = reason
+    message = (
+        f"FlexAttention failed to compile for {key} ({reason}); using the chunked path for "
+        f"this key from now on (same numbers, O(h·chunk·n) memory)"
     )
+    _log.warning(message)
+    warnings.warn(message, stacklevel=3)
 
 
 def _check_backend(backend: str) -> None:
@@ -298,7 +320,9 @@ def flex_bias_attention(
     """Distance-bias attention with FlexAttention: the (h, n) table is read inside `score_mod`,
     causality is a `BlockMask` (fully masked blocks are skipped). O(h·n) extra memory."""
     s, t = q.shape[-2], k.shape[-2]
-    table = table.to(torch.float32)
+    # contiguous: inductor's CPU codegen fails on a transposed table (T5's weight[buckets].T,
+    # measured on torch 2.13), and once failed for a key, flex stays off for it
+    table = table.to(torch.float32).contiguous()
     # an upper clamp on a captured int miscompiles on CPU (torch 2.13, dynamic=True); the table
     # covers every unmasked distance, and masked ones are clamped to 0 below.
     if is_range(q_positions) and is_range(k_positions):
@@ -327,10 +351,12 @@ def pick_backend(
     s: int | None = None,
     linear: bool = False,
     linear_ok: bool = False,
+    flex: tuple | None = None,
 ) -> str:
     """Resolve `auto` for a biased causal call (`extrapos.kernels.dispatch.decide`): s queries
     (default t) against t keys; `linear` when the table is exactly -m·k (ALiBi) and `linear_ok`
-    when the fold supports the call."""
+    when the fold supports the call; `flex`: the call's `flex_key` (flex is not chosen for a
+    key it failed to compile for)."""
     if backend != "auto":
         return backend
     return dispatch.decide(
@@ -340,7 +366,7 @@ def pick_backend(
         device=device,
         linear=linear,
         linear_ok=linear_ok,
-        flex_ok=dispatch.flex_available(device) and not _flex_failed,
+        flex_ok=dispatch.flex_available(device) and flex not in _flex_failures,
     ).path
 
 
@@ -408,6 +434,9 @@ def attention(
     if requested == "linear" or (requested == "auto" and s >= LINEAR_MIN_QUERIES):
         slopes = _slopes_memo.get((bias_table,), (), lambda: linear_slopes(bias_table))
     span = int(k_positions[-1] - k_positions[0]) if slopes is not None else 0
+    # flex on CPU serves only s == t (see below); decoding steps skip building the key
+    maybe_flex = requested not in ("chunked", "linear") and (s == t or q.device.type != "cpu")
+    key = flex_key(q, k, bias_table, q_positions, k_positions) if maybe_flex else None
     chosen = pick_backend(
         requested,
         needs_grad,
@@ -416,6 +445,7 @@ def attention(
         s=s,
         linear=slopes is not None,
         linear_ok=slopes is not None and _linear_ok(q, needs_grad, s, t, span),
+        flex=key,
     )
     if chosen == "linear":
         if slopes is None or not _linear_ok(q, needs_grad, s, t, span):
@@ -439,13 +469,13 @@ def attention(
             # The same bug hits a table whose length n differs from KV_LEN (positions with gaps,
             # n > t): any size other than the one shared symbol breaks the generated C++.
             pass
-        elif not _flex_failed:
+        elif key not in _flex_failures:
             try:
                 out = flex_bias_attention(q, k, v, bias_table, q_positions, k_positions, q_offset)
                 dispatch.record_taken("flex")
                 return out
             except Exception as exc:  # inductor's CPU codegen fails on some shapes (torch 2.13)
-                _disable_flex(exc)
+                _disable_flex(key, exc)
     if chosen == "sdpa":
         raise ValueError("backend 'sdpa' cannot apply a score bias; use 'chunked' or 'flex'")
     if bias_table.requires_grad and needs_grad and q.device.type == "cpu":
@@ -505,6 +535,8 @@ __all__ = [
     "chunked_bias_attention",
     "flex_available",
     "flex_bias_attention",
+    "flex_failures",
+    "flex_key",
     "is_range",
     "pick_backend",
     "two_branch_attention",
