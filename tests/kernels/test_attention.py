@@ -489,3 +489,34 @@ def test_single_query_toeplitz_block_equals_dense_for_any_table_layout() -> None
             q @ k.transpose(-1, -2) / d**0.5 + table[:, (t - 1) - torch.arange(t)][None, :, None]
         )
         torch.testing.assert_close(out, scores.softmax(-1) @ v)
+
+
+def test_bidirectional_bias_attention_through_the_one_chunk_loop_is_bitwise_the_old() -> None:
+    """The encoder path now runs through `blockwise_attention`; the old inline loop (copied
+    here) gives bitwise the same output, with ragged chunks, gapped positions and padding."""
+    from extrapos.kernels.attention import bidirectional_bias_attention
+    from extrapos.kernels.blocks import bias_dtype
+
+    def old(q, k, v, signed_table, q_positions, k_positions, chunk_size, key_mask):  # noqa: ANN001, ANN202
+        n = (signed_table.shape[-1] + 1) // 2
+        outs = []
+        for start in range(0, q.shape[-2], chunk_size):
+            stop = min(start + chunk_size, q.shape[-2])
+            offsets = (q_positions[start:stop, None] - k_positions[None, :]).clamp(1 - n, n - 1)
+            block = signed_table[:, offsets + n - 1].to(bias_dtype(q))[None]
+            if key_mask is not None:
+                block = block.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+            outs.append(
+                F.scaled_dot_product_attention(q[..., start:stop, :], k, v, attn_mask=block)
+            )
+        return torch.cat(outs, dim=-2)
+
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 3, 23, 8, generator=gen) * 4 for _ in range(3))
+    table = torch.randn(3, 2 * 30 - 1, generator=gen) * 3
+    positions = torch.arange(23) + torch.arange(23) // 5  # gaps
+    key_mask = torch.ones(2, 23, dtype=torch.bool)
+    key_mask[1, 17:] = False
+    for mask in (None, key_mask):
+        new = bidirectional_bias_attention(q, k, v, table, positions, positions, 7, mask)
+        assert torch.equal(new, old(q, k, v, table, positions, positions, 7, mask))

@@ -41,6 +41,7 @@ from torch import Tensor
 
 from extrapos.kernels import dispatch
 from extrapos.kernels.blocks import bias_block, bias_dtype, is_range
+from extrapos.kernels.chunks import QueryChunk, blockwise_attention
 from extrapos.kernels.dispatch import flex_available
 from extrapos.kernels.linear_bias import (
     LINEAR_MIN_QUERIES,
@@ -281,15 +282,15 @@ def bidirectional_bias_attention(
     chunks each gather only their own (h, c, t) block; differentiable in q, k, v and the table.
     key_mask (b, t) bool: False keys (padding) get -inf."""
     n = (signed_table.shape[-1] + 1) // 2
-    outs = []
-    for start in range(0, q.shape[-2], chunk_size):
-        stop = min(start + chunk_size, q.shape[-2])
-        offsets = (q_positions[start:stop, None] - k_positions[None, :]).clamp(1 - n, n - 1)
-        block = signed_table[:, offsets + n - 1].to(bias_dtype(q))[None]  # (1, h, c, t)
+
+    def bias(chunk: QueryChunk) -> Tensor:  # (1, h, c, t), or (b, h, c, t) with a key mask
+        offsets = q_positions[chunk.start : chunk.stop, None] - k_positions[None, :]
+        block = signed_table[:, offsets.clamp(1 - n, n - 1) + n - 1].to(bias_dtype(q))[None]
         if key_mask is not None:
             block = block.masked_fill(~key_mask[:, None, None, :], float("-inf"))
-        outs.append(F.scaled_dot_product_attention(q[..., start:stop, :], k, v, attn_mask=block))
-    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-2)
+        return block
+
+    return blockwise_attention(q, k, v, rows=chunk_size, bias=bias, causal=False)
 
 
 @functools.lru_cache(maxsize=32)
@@ -492,38 +493,6 @@ def attention(
     )
 
 
-def two_branch_attention(
-    q_near: Tensor,
-    k_near: Tensor,
-    q_far: Tensor,
-    k_far: Tensor,
-    v: Tensor,
-    q_positions: Tensor,
-    k_positions: Tensor,
-    window: int,
-    q_offset: int = 0,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-) -> Tensor:
-    """Causal attention whose score for a pair depends on its distance d = pos_i - pos_j:
-    q_near·k_near for d < window, q_far·k_far beyond (ReRoPE, Self-Extend, STRING: two
-    rotations of the same q/k). q_* (b, h, s, d); k_*, v (b, h, t, d). Scores are built per
-    query chunk, O(b·h·c·t) memory; differentiable."""
-    s, scale = q_near.shape[-2], q_near.shape[-1] ** -0.5
-    outs = []
-    for start in range(0, s, chunk_size):
-        stop = min(start + chunk_size, s)
-        seen = q_offset + stop
-        near = q_near[..., start:stop, :] @ k_near[..., :seen, :].transpose(-1, -2)
-        far = q_far[..., start:stop, :] @ k_far[..., :seen, :].transpose(-1, -2)
-        distance = q_positions[start:stop, None] - k_positions[None, :seen]  # (c, t')
-        scores = torch.where(distance < window, near, far).float() * scale
-        q_index = torch.arange(q_offset + start, q_offset + stop, device=v.device)
-        visible = torch.arange(seen, device=v.device)[None, :] <= q_index[:, None]
-        scores = scores.masked_fill(~visible, float("-inf"))
-        outs.append(scores.softmax(dim=-1).to(v.dtype) @ v[..., :seen, :])
-    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-2)
-
-
 dispatch.register_paths(chunked=chunked_bias_attention, flex=flex_bias_attention)
 
 __all__ = [
@@ -539,6 +508,5 @@ __all__ = [
     "flex_key",
     "is_range",
     "pick_backend",
-    "two_branch_attention",
     "use_backend",
 ]
