@@ -430,3 +430,41 @@ def test_dape_matmul_layout_equals_the_einsum_one(dtype: torch.dtype) -> None:
 
     for new, old in zip(run(True), run(False), strict=True):
         torch.testing.assert_close(new, old, **tol)
+
+
+def test_contextual_positions_backward_is_bitwise_the_autograd_one() -> None:
+    """The reverse cumsum's own backward (a plain cumsum) equals, bit for bit, what autograd
+    derived through flip·cumsum·flip, forward and backward, in float32."""
+    gen = torch.Generator().manual_seed(2)
+    gates = torch.rand(2, 3, 7, 300, generator=gen)
+    upstream = torch.randn(2, 3, 7, 300, generator=gen)
+    new_in, old_in = gates.clone().requires_grad_(), gates.clone().requires_grad_()
+    new = contextual_positions(new_in)
+    old = old_in.flip(-1).cumsum(dim=-1).flip(-1)
+    assert torch.equal(new, old)
+    new.backward(upstream)
+    old.backward(upstream)
+    assert torch.equal(new_in.grad, old_in.grad)
+
+
+def test_interpolation_by_lerp_equals_the_formula() -> None:
+    """e(p) by `torch.lerp` = (p - ⌊p⌋)·v[⌈p⌉] + (1 - p + ⌊p⌋)·v[⌊p⌋] (the formula as written
+    before), values and gradients, float64 to 1e-12; integer p included (⌊p⌋ = ⌈p⌉)."""
+    gen = torch.Generator().manual_seed(4)
+    values = torch.randn(2, 5, 9, generator=gen, dtype=torch.float64)
+    positions = torch.rand(2, 5, 11, generator=gen, dtype=torch.float64) * 8
+    positions[..., :3] = positions[..., :3].round()
+
+    def formula(v: Tensor, p: Tensor) -> Tensor:
+        floor = p.detach().floor()
+        w = p - floor
+        return v.gather(-1, p.detach().ceil().long()) * w + v.gather(-1, floor.long()) * (1 - w)
+
+    results = []
+    for fn in (interpolate_at, formula):
+        v, p = values.clone().requires_grad_(), positions.clone().requires_grad_()
+        out = fn(v, p)
+        out.backward(torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view_as(out))
+        results.append((out.detach(), v.grad, p.grad))
+    for new, old in zip(*results, strict=True):
+        torch.testing.assert_close(new, old, atol=1e-12, rtol=1e-12)

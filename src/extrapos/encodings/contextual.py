@@ -121,8 +121,22 @@ def contextual_positions(gates: Tensor, npos_max: float | None = None) -> Tensor
     gates (..., c, t) with masked (future) keys already zero -> (..., c, t): a reverse cumulative
     sum along the keys. With every gate 1, p_ij = i - j + 1 (a token counts itself).
     """
-    positions = gates.flip(-1).cumsum(dim=-1).flip(-1)
+    positions = _ReverseCumsum.apply(gates)
     return positions if npos_max is None else positions.clamp(max=npos_max)
+
+
+class _ReverseCumsum(torch.autograd.Function):
+    """y_j = Σ_{m >= j} x_m along the last dim: forward flip·cumsum·flip (the same numbers as
+    before), backward the plain cumsum of the gradient (dL/dx_m = Σ_{j <= m} dL/dy_j) — what
+    autograd computed through four more flips of the (b, h, c, t') block."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        return x.flip(-1).cumsum(dim=-1).flip(-1)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        return grad.cumsum(dim=-1)
 
 
 def interpolate_at(values: Tensor, positions: Tensor) -> Tensor:
@@ -136,7 +150,7 @@ def interpolate_at(values: Tensor, positions: Tensor) -> Tensor:
     weight = positions - floor
     low = values.gather(-1, floor.long())
     high = values.gather(-1, positions.detach().ceil().long())
-    return high * weight + low * (1 - weight)
+    return torch.lerp(low, high, weight)  # one fused op (and backward) for the 4 of the formula
 
 
 @register("cope")
