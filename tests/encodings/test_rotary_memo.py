@@ -40,3 +40,17 @@ def test_keys_of_the_new_tokens_are_the_query_positions_object() -> None:
     where = Positions(k[6:], k, 6)
     assert where.for_keys(4) is where.q
     assert torch.equal(where.for_keys(10), k)
+
+
+def test_memo_made_in_inference_mode_does_not_leak_into_training() -> None:
+    """The same positions tensor first in an inference-mode forward, then in a differentiable
+    one: the inference-mode cos/sin are not reused (autograd could not save them)."""
+    enc = build_encoding("rope", head_dim=16)
+    pos = torch.arange(6)
+    q = torch.randn(1, 2, 6, 16)
+    with torch.inference_mode():
+        enc.rotate_qk(q, q, pos, pos)
+    x = q.clone().requires_grad_()
+    out, _ = enc.rotate_qk(x, x, pos, pos)
+    out.sum().backward()
+    assert x.grad is not None

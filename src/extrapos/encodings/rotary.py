@@ -97,6 +97,8 @@ class PositionsMemo:
             entry = (weakref.ref(positions), version, {})
             self._entries[id(positions)] = entry
         values = entry[2]
+        # values made under inference mode cannot enter autograd later: keep them apart
+        key = (key, torch.is_inference_mode_enabled())
         if key not in values:
             values[key] = compute()
         return values[key]
