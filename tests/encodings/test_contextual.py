@@ -389,3 +389,82 @@ def test_dape_bias_params_reach_the_bias_encoding_and_old_checkpoints_load() -> 
     for layer in range(2):
         assert torch.equal(kerple.biases[layer].r1.detach(), old["r1"][layer])
         assert torch.equal(kerple.biases[layer].r2.detach(), old["r2"][layer])
+
+
+def _dape_logits_einsum(enc, q: Tensor, k: Tensor, positions: Tensor, layer: int) -> Tensor:  # noqa: ANN001
+    """DAPE's chunk logits as written before session 3 (einsums over permuted pairs)."""
+    h = enc.num_heads
+    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    bias = enc.static_bias(positions[:, None] - positions[None, :], layer, q.dtype)
+    first, act, last = enc.mlps[layer]
+    w1, b1 = first.weight.to(q.dtype), first.bias.to(q.dtype)
+    hidden = torch.einsum("bhct,wh->bctw", scores, w1[:, :h])
+    hidden = act(hidden + (torch.einsum("hct,wh->ctw", bias, w1[:, h:]) + b1))
+    adaptive = torch.einsum("bctw,hw->bhct", hidden, last.weight.to(q.dtype))
+    return scores + bias + adaptive + last.bias.to(q.dtype)[:, None, None]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_dape_matmul_layout_equals_the_einsum_one(dtype: torch.dtype) -> None:
+    """The MLP across heads as plain matmuls (heads leading) gives the einsum version's
+    logits and gradients (float64: to 1e-12; float32: summation order only)."""
+    torch.manual_seed(0)
+    enc = build_encoding("dape", num_heads=4, num_layers=1, bias="kerple_log").to(dtype)
+    gen = torch.Generator().manual_seed(1)
+    q, k = (torch.randn(3, 4, 12, 8, generator=gen, dtype=dtype) * 3 for _ in range(2))
+    positions = torch.arange(12)
+    visible = torch.ones(12, 12, dtype=torch.bool).tril()
+    # float32: parameter gradients sum ~400 pairs of magnitude ~10, in another order
+    tol = {"atol": 1e-12, "rtol": 1e-12} if dtype == torch.float64 else {"atol": 1e-3, "rtol": 1e-4}
+
+    def run(new: bool) -> list[Tensor]:
+        enc.zero_grad()
+        qq, kk = q.clone().requires_grad_(), k.clone().requires_grad_()
+        if new:
+            out = enc.chunk_logits(qq, kk, positions, positions, visible, 0)
+        else:
+            out = _dape_logits_einsum(enc, qq, kk, positions, 0)
+        weights = torch.linspace(-1, 1, out.numel(), dtype=dtype).view_as(out)
+        (out * weights).sum().backward()
+        return [out.detach(), qq.grad, kk.grad, *(p.grad.clone() for p in enc.parameters())]
+
+    for new, old in zip(run(True), run(False), strict=True):
+        torch.testing.assert_close(new, old, **tol)
+
+
+def test_contextual_positions_backward_is_bitwise_the_autograd_one() -> None:
+    """The reverse cumsum's own backward (a plain cumsum) equals, bit for bit, what autograd
+    derived through flip·cumsum·flip, forward and backward, in float32."""
+    gen = torch.Generator().manual_seed(2)
+    gates = torch.rand(2, 3, 7, 300, generator=gen)
+    upstream = torch.randn(2, 3, 7, 300, generator=gen)
+    new_in, old_in = gates.clone().requires_grad_(), gates.clone().requires_grad_()
+    new = contextual_positions(new_in)
+    old = old_in.flip(-1).cumsum(dim=-1).flip(-1)
+    assert torch.equal(new, old)
+    new.backward(upstream)
+    old.backward(upstream)
+    assert torch.equal(new_in.grad, old_in.grad)
+
+
+def test_interpolation_by_lerp_equals_the_formula() -> None:
+    """e(p) by `torch.lerp` = (p - ⌊p⌋)·v[⌈p⌉] + (1 - p + ⌊p⌋)·v[⌊p⌋] (the formula as written
+    before), values and gradients, float64 to 1e-12; integer p included (⌊p⌋ = ⌈p⌉)."""
+    gen = torch.Generator().manual_seed(4)
+    values = torch.randn(2, 5, 9, generator=gen, dtype=torch.float64)
+    positions = torch.rand(2, 5, 11, generator=gen, dtype=torch.float64) * 8
+    positions[..., :3] = positions[..., :3].round()
+
+    def formula(v: Tensor, p: Tensor) -> Tensor:
+        floor = p.detach().floor()
+        w = p - floor
+        return v.gather(-1, p.detach().ceil().long()) * w + v.gather(-1, floor.long()) * (1 - w)
+
+    results = []
+    for fn in (interpolate_at, formula):
+        v, p = values.clone().requires_grad_(), positions.clone().requires_grad_()
+        out = fn(v, p)
+        out.backward(torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view_as(out))
+        results.append((out.detach(), v.grad, p.grad))
+    for new, old in zip(*results, strict=True):
+        torch.testing.assert_close(new, old, atol=1e-12, rtol=1e-12)

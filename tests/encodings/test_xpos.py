@@ -1,7 +1,7 @@
 """xPos: ζ against torchscale's formula, the rotation-with-decay against an independent complex
 reference, scores that depend only on n - m at any absolute position (10^6), the decay per pair,
-the two centring modes (per call: raw keys cached and re-rotated; fixed: rotated keys cached),
-KV-cache decoding through the model, and the float-range errors.
+the two centring modes (per call, the KV cache keeping its keys' centre and rescaling them when
+it moves; fixed), KV-cache decoding through the model, and the float-range errors.
 
 Registry-wide q/k properties (relative scores at small offsets, bf16 at ~1e5) are in
 test_properties.py.
@@ -112,11 +112,12 @@ def test_long_positions_are_finite_and_scores_depend_only_on_the_distance() -> N
         torch.testing.assert_close(q_rot @ k_rot.transpose(-1, -2), near, atol=2e-4, rtol=1e-4)
 
 
-def test_per_call_centring_needs_raw_keys_in_the_cache() -> None:
-    """Keys rotated in an earlier call carry that call's centre, so the split scores differ: the
-    default declares cache = "raw", and the model caches raw keys instead."""
+def test_per_call_centring_needs_the_cached_keys_centre() -> None:
+    """Keys rotated in an earlier call carry that call's centre, so the split scores differ
+    unless the later call uses the same centre (what the KV cache keeps, `decode_center`);
+    rescaling cached keys to a new centre (`rescale_keys`) gives the one-pass scores too."""
     enc = build_encoding("xpos", head_dim=D, scale_base=16.0)
-    assert enc.cache == "raw"
+    assert enc.cache == "rotated"
     q, k = _qk(20, 20, seed=2)
     pos = torch.arange(20)
     whole = _scores(enc, q, k, pos, pos)
@@ -124,11 +125,27 @@ def test_per_call_centring_needs_raw_keys_in_the_cache() -> None:
     q_late, _ = enc.rotate_qk(q[..., 10:, :], k[..., 10:, :], pos[10:], pos[10:])
     split = q_late @ k_early.transpose(-1, -2)
     assert not torch.allclose(split, whole[..., 10:, :10], atol=1e-3)
-    # rotating the raw keys again, together with the new queries, gives the one-pass scores
-    q_late, k_all = enc.rotate_qk(q[..., 10:, :], k, pos[10:], pos)
+    # the later queries with the early keys' centre (4, the middle of 0 .. 9)
+    q_late, _ = enc.rotate_qk(q[..., 10:, :], k[..., 10:, :], pos[10:], pos[10:], center=4.0)
     torch.testing.assert_close(
-        q_late @ k_all.transpose(-1, -2), whole[..., 10:, :], atol=1e-5, rtol=1e-5
+        q_late @ k_early.transpose(-1, -2), whole[..., 10:, :10], atol=1e-5, rtol=1e-5
     )
+    # or the early keys moved to the later call's centre (14)
+    enc.rescale_keys(k_early, 4.0, 14.0)
+    q_late, _ = enc.rotate_qk(q[..., 10:, :], k[..., 10:, :], pos[10:], pos[10:])
+    torch.testing.assert_close(
+        q_late @ k_early.transpose(-1, -2), whole[..., 10:, :10], atol=1e-5, rtol=1e-5
+    )
+
+
+def test_decode_center_stays_until_positions_outgrow_it() -> None:
+    enc = build_encoding("xpos", head_dim=D, scale_base=0.5)
+    far = enc.max_distance(torch.float32)
+    assert enc.decode_center(None, 100, 110) == 105.0  # the prefill's own centre
+    assert enc.decode_center(105.0, 100, 105 + far) == 105.0
+    assert enc.decode_center(105.0, 100, 106 + far) == float((100 + 106 + far) // 2)
+    fixed = build_encoding("xpos", head_dim=D, center=7)
+    assert fixed.decode_center(None, 0, 10) == fixed.decode_center(3.0, 0, 10) == 7.0
 
 
 def test_fixed_centre_is_kv_cache_exact() -> None:
@@ -168,6 +185,60 @@ def test_model_decodes_with_a_kv_cache(center: int | None) -> None:
         nope.load_state_dict(model.state_dict())
         assert not torch.allclose(nope.eval()(idx), full, atol=1e-3)  # positions do matter
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-4, rtol=1e-4)
+
+
+def _xpos_model(scale_base: float) -> GPT:
+    torch.manual_seed(0)
+    config = GPTConfig(
+        vocab_size=64, n_layer=3, n_head=H, d_model=H * D, encoding="xpos",
+        encoding_params={"scale_base": scale_base},
+    )  # fmt: skip
+    model = GPT(config).eval()
+    with torch.no_grad():  # far from the init scale: stale or mis-scaled keys would show
+        for name, p in model.named_parameters():
+            if p.ndim == 2 and not name.startswith("embed"):
+                p.mul_(15.0)
+    return model
+
+
+def _decode(model: GPT, idx: torch.Tensor, positions: torch.Tensor, prefill: int):  # noqa: ANN202
+    cache, pieces, centres = KVCache(model.config.n_layer), [], []
+    with torch.no_grad():
+        pieces.append(model(idx[:, :prefill], positions=positions[:prefill], cache=cache))
+        for t in range(prefill, idx.shape[1]):
+            pieces.append(model(idx[:, t : t + 1], positions=positions[t : t + 1], cache=cache))
+            centres.append(cache.center)
+    return torch.cat(pieces, dim=1), centres
+
+
+def test_cached_decoding_equals_the_full_forward_across_centre_moves(monkeypatch) -> None:  # noqa: ANN001
+    """3 layers, weights ×15, scale_base 0.5 (max_distance ≈ 32) at positions 10^4 .. 10^4 + 55:
+    the cache's centre moves several times while decoding, each move rescaling the cached keys
+    of every layer, and every step's logits equal the one-pass forward; without the rescale
+    they do not (the test can fail)."""
+    model = _xpos_model(0.5)
+    assert model.encoding.max_distance() < 40
+    idx = torch.randint(0, 64, (2, 56), generator=torch.Generator().manual_seed(5))
+    positions = torch.arange(10_000, 10_056)
+    with torch.no_grad():
+        full = model(idx, positions=positions)
+        config = {**model.config.to_dict(), "encoding": "nope", "encoding_params": {}}
+        nope = GPT(GPTConfig(**config))
+        nope.load_state_dict(model.state_dict())
+        assert not torch.allclose(nope.eval()(idx), full, atol=1e-2)  # positions do matter
+    cached, centres = _decode(model, idx, positions, prefill=4)
+    assert len(set(centres)) >= 3  # the centre moved at least twice
+    torch.testing.assert_close(cached, full, atol=1e-4, rtol=1e-4)
+    monkeypatch.setattr(type(model.encoding), "rescale_keys", lambda self, k, old, new: None)
+    stale, _ = _decode(model, idx, positions, prefill=4)
+    assert (stale - full).abs().max() > 1e-2
+
+
+def test_generate_with_a_cache_equals_without() -> None:
+    model = _xpos_model(8.0)
+    prompt = torch.randint(0, 64, (2, 5), generator=torch.Generator().manual_seed(6))
+    cached = model.generate(prompt, 30, temperature=0)
+    assert torch.equal(cached, model.generate(prompt, 30, temperature=0, use_cache=False))
 
 
 def test_float_range_limits_are_declared_and_raise() -> None:

@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from extrapos.kernels import dispatch
 from extrapos.kernels.attention import (
     BACKENDS,
     attention,
@@ -359,7 +360,8 @@ def test_no_warning_on_the_default_training_path() -> None:
 
 def test_a_flex_compile_failure_falls_back_to_the_chunked_path(monkeypatch) -> None:
     """Inductor's CPU codegen fails on some shapes; attention() must still return the right
-    numbers (chunked), warn once, and not try flex again."""
+    numbers (chunked), warn once naming the key and the reason, and not try flex again for
+    that key."""
     import extrapos.kernels.attention as attn_module
 
     calls = {"n": 0}
@@ -369,17 +371,88 @@ def test_a_flex_compile_failure_falls_back_to_the_chunked_path(monkeypatch) -> N
         raise RuntimeError("C++ compile error: 'cur_kvSplitSize7' was not declared")
 
     monkeypatch.setattr(attn_module, "flex_bias_attention", broken)
-    monkeypatch.setattr(attn_module, "_flex_failed", False)
+    monkeypatch.setattr(attn_module, "_flex_failures", {})
     torch.manual_seed(0)
     q, k, v = (torch.randn(1, 2, 16, 8) for _ in range(3))
     table = torch.randn(2, 16)
     pos = torch.arange(16)
     expected = attn_module.chunked_bias_attention(q, k, v, table, pos, pos)
-    with pytest.warns(UserWarning, match="FlexAttention failed to compile"):
+    with pytest.warns(UserWarning, match=r"FlexAttention failed to compile for \('range'"):
         out = attn_module.attention(q, k, v, bias_table=table, backend="flex")
     torch.testing.assert_close(out, expected)
     attn_module.attention(q, k, v, bias_table=table, backend="flex")
     assert calls["n"] == 1
+    ((key, reason),) = attn_module.flex_failures().items()
+    assert key[0] == "range" and key[3] == (2, 16) and "cur_kvSplitSize7" in reason
+
+
+def test_a_flex_failure_is_per_key_not_for_the_process(monkeypatch) -> None:
+    """One key failing (one score-mod kind and shape) leaves flex on for the others: another
+    table shape, or gathered positions, still try flex; auto no longer picks flex for the
+    failed key only."""
+    import extrapos.kernels.attention as attn_module
+
+    tried: list[tuple] = []
+
+    def flaky(q, k, v, table, q_positions, k_positions, q_offset=0):  # noqa: ANN001, ANN202
+        key = attn_module.flex_key(q, k, table, q_positions, k_positions)
+        tried.append(key)
+        if q.shape[-2] == 16:
+            raise RuntimeError("C++ compile error")
+        return attn_module.chunked_bias_attention(q, k, v, table, q_positions, k_positions)
+
+    monkeypatch.setattr(attn_module, "flex_bias_attention", flaky)
+    monkeypatch.setattr(attn_module, "_flex_failures", {})
+    torch.manual_seed(0)
+    for n in (16, 24, 16, 24):
+        q, k, v = (torch.randn(1, 2, n, 8) for _ in range(3))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            attn_module.attention(q, k, v, bias_table=torch.randn(2, n), backend="flex")
+    assert [key[1][-2] for key in tried] == [16, 24, 24]  # 16 tried once, 24 every time
+    gaps = torch.arange(24) * 2
+    q, k, v = (torch.randn(1, 2, 24, 8) for _ in range(3))
+    attn_module.attention(
+        q, k, v, bias_table=torch.randn(2, 48), q_positions=gaps, k_positions=gaps, backend="flex"
+    )
+    failed = next(iter(attn_module.flex_failures()))
+    cpu = torch.device("cpu")
+    common = {"needs_grad": False, "t": 8192, "device": cpu}
+    monkeypatch.setattr(dispatch, "decide", lambda **kw: dispatch.Decision(
+        "flex" if kw["flex_ok"] else "chunked", "test"))  # fmt: skip
+    monkeypatch.setattr(dispatch, "flex_available", lambda device: True)
+    assert pick_backend("auto", **common, flex=failed) == "chunked"
+    assert pick_backend("auto", **common, flex=("range", (1,), (1,), (1,), "x", "cpu")) == "flex"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not flex_available(torch.device("cpu")), reason="no FlexAttention")
+def test_two_bias_methods_compile_in_one_process() -> None:
+    """The real thing (measured ~70 s of compiling on a shared CPU core, hence slow): ALiBi,
+    then T5 (whose table is a transposed view, which inductor's CPU codegen failed on), then
+    KERPLE, each through FlexAttention in one process, each equal to the chunked path, and
+    no key falls back."""
+    import extrapos.kernels.attention as attn_module
+    from extrapos.encodings import build_encoding
+
+    torch.manual_seed(0)
+    n, h = 256, 4
+    q, k, v = (torch.randn(1, h, n, 32) for _ in range(3))
+    pos = torch.arange(n)
+    before = dict(attn_module.flex_failures())
+    with torch.inference_mode():
+        for name in ("alibi", "t5", "kerple_log"):
+            enc = build_encoding(name, num_heads=h)
+            for p in enc.parameters():
+                p.data.normal_()
+            table = enc.distance_bias(n)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", UserWarning)
+                warnings.filterwarnings("ignore", message=".*script_method.*")
+                out = attn_module.attention(q, k, v, bias_table=table, backend="flex")
+            expected = attn_module.chunked_bias_attention(q, k, v, table, pos, pos)
+            torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    assert attn_module.flex_failures() == before
 
 
 def test_per_forward_memo_sees_new_and_mutated_tensors() -> None:
@@ -400,3 +473,50 @@ def test_per_forward_memo_sees_new_and_mutated_tensors() -> None:
         fresh = _table(s, seed=7)
         third = attention(q, k, v, bias_table=fresh, backend="chunked")
     torch.testing.assert_close(third, dense_reference(q, k, v, fresh, positions, positions, 0))
+
+
+def test_single_query_toeplitz_block_equals_dense_for_any_table_layout() -> None:
+    """Decoding (one query against a cache) takes the unpadded flipped table as the block
+    source; a transposed (column-major) table, as FIRE's MLP output is, must give the same."""
+    from extrapos.kernels.attention import chunked_bias_attention
+
+    gen = torch.Generator().manual_seed(0)
+    h, d, t = 3, 8, 37
+    q, k, v = (torch.randn(1, h, s, d, generator=gen) for s in (1, t, t))
+    for table in (torch.randn(h, t, generator=gen), torch.randn(t, h, generator=gen).T):
+        out = chunked_bias_attention(q, k, v, table, torch.tensor([t - 1]), torch.arange(t), t - 1)
+        scores = (
+            q @ k.transpose(-1, -2) / d**0.5 + table[:, (t - 1) - torch.arange(t)][None, :, None]
+        )
+        torch.testing.assert_close(out, scores.softmax(-1) @ v)
+
+
+def test_bidirectional_bias_attention_through_the_one_chunk_loop_is_bitwise_the_old() -> None:
+    """The encoder path now runs through `blockwise_attention`; the old inline loop (copied
+    here) gives bitwise the same output, with ragged chunks, gapped positions and padding."""
+    from extrapos.kernels.attention import bidirectional_bias_attention
+    from extrapos.kernels.blocks import bias_dtype
+
+    def old(q, k, v, signed_table, q_positions, k_positions, chunk_size, key_mask):  # noqa: ANN001, ANN202
+        n = (signed_table.shape[-1] + 1) // 2
+        outs = []
+        for start in range(0, q.shape[-2], chunk_size):
+            stop = min(start + chunk_size, q.shape[-2])
+            offsets = (q_positions[start:stop, None] - k_positions[None, :]).clamp(1 - n, n - 1)
+            block = signed_table[:, offsets + n - 1].to(bias_dtype(q))[None]
+            if key_mask is not None:
+                block = block.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+            outs.append(
+                F.scaled_dot_product_attention(q[..., start:stop, :], k, v, attn_mask=block)
+            )
+        return torch.cat(outs, dim=-2)
+
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 3, 23, 8, generator=gen) * 4 for _ in range(3))
+    table = torch.randn(3, 2 * 30 - 1, generator=gen) * 3
+    positions = torch.arange(23) + torch.arange(23) // 5  # gaps
+    key_mask = torch.ones(2, 23, dtype=torch.bool)
+    key_mask[1, 17:] = False
+    for mask in (None, key_mask):
+        new = bidirectional_bias_attention(q, k, v, table, positions, positions, 7, mask)
+        assert torch.equal(new, old(q, k, v, table, positions, positions, 7, mask))

@@ -32,8 +32,8 @@ KV-cache behaviour is one field, `cache`:
 
 | `cache` | the model caches keys … | encodings |
 |---|---|---|
-| `"rotated"` | after the q/k rotation (the default; also for bias/input/FFN/no sites) | rope, alibi, … |
-| `"raw"` | before any rotation, and hands all raw keys to the encoding at each step | dynamic NTK, LongRoPE, xPos with a moving centre, every `attention`-site encoding |
+| `"rotated"` | after the q/k rotation (the default; also for bias/input/FFN/no sites) | rope, alibi, xpos (with its centre, `Positions.center`), … |
+| `"raw"` | before any rotation, and hands all raw keys to the encoding at each step | dynamic NTK, LongRoPE, every `attention`-site encoding |
 | `"none"` | not at all: cached keys go stale as the sequence grows, `generate` recomputes | — |
 
 `attend` receives an optional `probe(start, probs)` callback: an encoding that computes attention
@@ -48,6 +48,7 @@ attention code never materializes an (h, n, n) tensor from it (see `extrapos.ker
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -81,11 +82,15 @@ class Positions:
     q: (s,) int64 query positions; k: (t,) int64 key positions (cached keys first, then the s
     new ones, so k[q_offset:] are the queries' own); q_offset: sequence index of the first query
     (the number of cached keys). Causality is by sequence index, the encodings read positions.
+    center: the scaling centre the cached keys were made with, for an encoding whose rotated
+    keys carry one (xPos: `decode_center`); kept by the KV cache so that cached keys stay
+    valid; None = the encoding centres each call on its own positions.
     """
 
     q: Tensor
     k: Tensor
     q_offset: int = 0
+    center: float | None = None
 
     @classmethod
     def arange(cls, s: int, q_offset: int = 0, device: torch.device | None = None) -> Positions:
@@ -94,7 +99,11 @@ class Positions:
         return cls(k[q_offset:], k, q_offset)
 
     def for_keys(self, t: int) -> Tensor:
-        """Positions of the last t keys (the new ones when only they are passed)."""
+        """Positions of the last t keys (the new ones when only they are passed): the `q`
+        tensor itself when those are the queries' own keys, so per-positions memos (RoPE's
+        cos/sin) serve queries and keys at once."""
+        if t == self.q.shape[0] and self.k.shape[0] - t == self.q_offset:
+            return self.q
         return self.k[self.k.shape[0] - t :]
 
 
@@ -120,13 +129,9 @@ class PositionalEncoding(nn.Module):
 
     @property
     def sites(self) -> frozenset[str]:
-        """The sites whose hooks this encoding implements."""
-        cls = type(self)
-        return frozenset(
-            site
-            for site, hook in _SITE_HOOKS.items()
-            if getattr(cls, hook) is not getattr(PositionalEncoding, hook)
-        )
+        """The sites whose hooks this encoding implements (a property of the class, computed
+        once per class: every layer of every decoding step asks)."""
+        return _class_sites(type(self))
 
     @property
     def shift_invariant(self) -> bool:
@@ -201,6 +206,15 @@ class PositionalEncoding(nn.Module):
             raise TypeError(
                 f"{cls.__name__} attends itself from raw keys: declare cache = 'raw' (or 'none')"
             )
+
+
+@functools.cache
+def _class_sites(cls: type) -> frozenset[str]:
+    return frozenset(
+        site
+        for site, hook in _SITE_HOOKS.items()
+        if getattr(cls, hook) is not getattr(PositionalEncoding, hook)
+    )
 
 
 def default_positions(length: int, offset: int = 0, device: torch.device | None = None) -> Tensor:

@@ -15,7 +15,8 @@ diagnostics read (`extrapos.probes.diagnostics`). Per site:
 
 KV cache (`append(k, v) -> all keys, values`, the cache of this layer): with `enc.cache ==
 "raw"` the new keys are cached before rotation and all keys are rotated (or handed to `attend`)
-at every step; otherwise (`"rotated"`) the new keys are rotated first and cached rotated.
+at every step; otherwise (`"rotated"`) the new keys are rotated first and cached rotated
+(with `positions.center`, when the cache holds one: xPos's scaling centre).
 
 Probe: `probe(start, probs)` receives the attention probabilities (b, h, c, t') of every query
 chunk. Attention-site encodings fill it from their own chunk loop; for the other sites the
@@ -83,7 +84,11 @@ def encoded_attention(
             )
         return enc.attend(q, k, v, positions, layer, probe, causal=False, key_mask=key_mask)
     if "qk" in enc.sites:
-        q, k = enc.rotate_qk(q, k, positions.q, positions.for_keys(k.shape[-2]))
+        k_positions = positions.for_keys(k.shape[-2])
+        if positions.center is None:
+            q, k = enc.rotate_qk(q, k, positions.q, k_positions)
+        else:  # the centre the cached keys carry (xPos with a KV cache)
+            q, k = enc.rotate_qk(q, k, positions.q, k_positions, center=positions.center)
     if append is not None and not raw:
         k, v = append(k, v)  # (b, h, t, d)
     if table is None:

@@ -3,8 +3,7 @@
 Each method keeps ordinary RoPE for near pairs, d = i - j < window, and gives far pairs a
 relative position the model saw in training. A pair's score is q·R(f(d))·k, computed as two
 rotations of the same q and k (near and far) and a per-pair choice, by query chunks
-(`extrapos.kernels.chunks.blockwise_attention`; the same scores as
-`extrapos.kernels.attention.two_branch_attention`):
+(`extrapos.kernels.chunks.blockwise_attention`):
 
 | method | far relative position f(d), d >= window | far rotation of q at / k at |
 |---|---|---|

@@ -18,12 +18,20 @@ scale_base 512, so the factors are computed relative to a centre c:
 
 - `center=None` (default, the reference's choice): c is the middle of the positions in the call,
   so any absolute position works (10^6 and beyond) as long as one call spans at most
-  `max_span(dtype)` positions (≈ 67k in float32/bf16 at scale_base 512). Keys rotated with an
-  older centre would be stale, so `cache = "raw"`: the model caches keys
-  before rotation and rotates the whole cache with the current centre at every step (as
-  torchscale does), and decoding stays exact at O(t) extra work per step.
-- `center=<int>`: a fixed centre; rotated keys stay valid in the KV cache (O(1) per step), and
-  positions must lie within `max_distance(float32)` of the centre (`check_positions` raises).
+  `max_span(dtype)` positions (≈ 67k in float32/bf16 at scale_base 512).
+- `center=<int>`: a fixed centre; positions must lie within `max_distance(float32)` of it
+  (`check_positions` raises).
+
+KV cache (both modes, `cache = "rotated"`): the cached keys are the rotated, scaled ones, so a
+decoding step rotates only its new token. The score factorises, ζ^((n - m)/s) =
+ζ^((n - c)/s)·ζ^(-(m - c)/s), for any c: the cache keeps the centre its keys were made with
+(`decode_center`: the prefill's own centre, kept while every position stays within
+`max_distance` of it), and new queries and keys use that centre. When the positions outgrow it,
+the centre moves to the middle of the cached and new positions and the cached keys are
+rescaled once by ζ^((c_new - c_old)/s) (`rescale_keys`, O(t), amortised over the ~max_distance
+steps until the next move) — instead of re-rotating the whole cache at every step. The scores
+are the same function of n - m as in the one-pass forward (whose centre is the middle of all
+positions), equal up to float rounding.
 
 A call that would leave the range raises a `UserError` naming `scale_base` rather than returning
 inf/NaN or clamped (and then wrong) factors. Scales are float64, the product is float32, cast to
@@ -70,9 +78,9 @@ class XPos(RoPE):
         base: RoPE frequency base (10000, as in the paper).
         scale_base: positions per e-fold of ζ's exponent (512 in the paper and torchscale).
         gamma: γ in ζ_l = (l/(d/2) + γ)/(1 + γ) (0.4 in the paper).
-        center: None = centre each call on its own positions (any absolute position; the
-            model re-rotates cached raw keys each step); an int = a fixed centre (rotated keys
-            cached; positions within `max_distance(torch.float32)` of it).
+        center: None = centre each call on its own positions (any absolute position; a KV
+            cache keeps its own centre, `decode_center`); an int = a fixed centre (positions
+            within `max_distance(torch.float32)` of it).
     """
 
     def __init__(
@@ -96,8 +104,8 @@ class XPos(RoPE):
         self.gamma = float(gamma)
         self.center = center
         self.zeta = xpos_zeta(head_dim, self.gamma)  # (d/2,) float64, a constant
-        # per-call centring: the model caches raw keys and rotates them all each step
-        self.cache = "raw" if center is None else "rotated"
+        # rotated, scaled keys are cached; the cache holds their centre (`decode_center`)
+        self.cache = "rotated"
 
     def max_distance(self, dtype: torch.dtype = torch.float32) -> int:
         """How far (in positions) any position may be from the call's centre: the factors
@@ -137,20 +145,55 @@ class XPos(RoPE):
         their middle, an integer so that a common shift of all positions moves it exactly."""
         return float(self.center) if self.center is not None else float((low + high) // 2)
 
+    def _min_position(self, positions: Tensor) -> int:
+        return self._memo.get(positions, "min", lambda: int(positions.min()))
+
+    def decode_center(self, previous: float | None, low: int, high: int) -> float:
+        """The centre for a cached call whose cached and new positions run from low to high:
+        the fixed one; else `previous` (the centre the cached keys carry) while low and high
+        are within `max_distance(float32)` of it, otherwise the middle of low .. high (then
+        the cached keys need `rescale_keys`)."""
+        if self.center is not None:
+            return float(self.center)
+        allowed = self.max_distance(torch.float32)
+        if previous is not None and max(previous - low, high - previous) <= allowed:
+            return previous
+        return self.call_center(low, high)
+
+    def rescale_keys(self, k: Tensor, old: float, new: float) -> None:
+        """Keys k (b, h, t, d) rotated and scaled with centre `old` become those of centre
+        `new`, in place: k · ζ^((new - old)/scale_base) per pair (the rotation is unchanged).
+        Computed in float64 (the factor alone may leave float32's range)."""
+        factor = torch.exp((new - old) / self.scale_base * self.zeta.log()).to(k.device)
+        k.copy_(k.double() * torch.cat((factor, factor)))
+
     def _scaled_rotation(
         self, x: Tensor, positions: Tensor, center: float, sign: int, seq_len: int
     ) -> Tensor:
-        cos, sin = self.cos_sin(positions, seq_len)
-        scale = xpos_scale(positions, self.zeta, self.scale_base, center, sign).float()
-        rotated = rotate_half_split(x.float(), cos, sin)  # float32 in, float32 out
-        return (rotated * torch.cat((scale, scale), dim=-1)).to(x.dtype)
+        def tables() -> tuple[Tensor, Tensor]:  # cos·ζ^(±(pos - c)/s), sin·ζ^(±(pos - c)/s)
+            cos, sin = self.cos_sin(positions, seq_len)
+            scale = xpos_scale(positions, self.zeta, self.scale_base, center, sign).float()
+            return cos * scale, sin * scale
+
+        # the scale is the same for both dims of a pair, so it folds into cos/sin: one
+        # rotation, and the tables are built once per forward (`PositionsMemo`), not per layer
+        cos, sin = self._memo.get(positions, ("xpos", seq_len, center, sign), tables)
+        return rotate_half_split(x, cos, sin)  # float32 inside, cast back to x's dtype
 
     def rotate_qk(
-        self, q: Tensor, k: Tensor, q_positions: Tensor, k_positions: Tensor
+        self,
+        q: Tensor,
+        k: Tensor,
+        q_positions: Tensor,
+        k_positions: Tensor,
+        center: float | None = None,
     ) -> tuple[Tensor, Tensor]:
-        low = min(int(q_positions.min()), int(k_positions.min()))
-        high = max(int(q_positions.max()), int(k_positions.max()))
-        center = self.call_center(low, high)
+        """q at q_positions times ζ^((n - c)/s), k at k_positions times ζ^(-(m - c)/s), both
+        rotated; c = `center` (a KV cache's, see `decode_center`) or `call_center`."""
+        low = min(self._min_position(q_positions), self._min_position(k_positions))
+        high = max(self.max_position(q_positions), self.max_position(k_positions))
+        if center is None:
+            center = self.call_center(low, high)
         # the factors are float32 here and then cast: the narrower range of the two decides
         narrowest = min((torch.float32, q.dtype, k.dtype), key=lambda t: torch.finfo(t).max)
         self._check_range(center, low, high, narrowest)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import warnings
 import weakref
 from collections.abc import Iterator
@@ -40,6 +41,7 @@ from torch import Tensor
 
 from extrapos.kernels import dispatch
 from extrapos.kernels.blocks import bias_block, bias_dtype, is_range
+from extrapos.kernels.chunks import QueryChunk, blockwise_attention
 from extrapos.kernels.dispatch import flex_available
 from extrapos.kernels.linear_bias import (
     LINEAR_MIN_QUERIES,
@@ -56,21 +58,42 @@ BACKENDS: tuple[str, ...] = ("auto", "sdpa", "chunked", "flex", "linear")
 DEFAULT_CHUNK_SIZE = 512
 
 _default_backend: Backend = "auto"
-_flex_failed = False  # set when FlexAttention failed to compile once: chunked from then on
+#: FlexAttention compile failures of this process, per `flex_key` -> the reason (one line)
+_flex_failures: dict[tuple, str] = {}
+
+_log = logging.getLogger(__name__)
 
 
-def _disable_flex(exc: BaseException) -> None:
+def flex_key(
+    q: Tensor, k: Tensor, table: Tensor, q_positions: Tensor, k_positions: Tensor
+) -> tuple:
+    """What a FlexAttention compile depends on here: the score_mod's kind (consecutive
+    positions: one table gather; else: gathers through the positions), the shapes of q, k and
+    the table, the dtype and the device. A compile failure disables flex for this key only."""
+    kind = "range" if is_range(q_positions) and is_range(k_positions) else "positions"
+    return (kind, tuple(q.shape), tuple(k.shape), tuple(table.shape), str(q.dtype), str(q.device))
+
+
+def flex_failures() -> dict[tuple, str]:
+    """The keys FlexAttention failed to compile for in this process, with the reason."""
+    return dict(_flex_failures)
+
+
+def _disable_flex(key: tuple, exc: BaseException) -> None:
     """FlexAttention compiles through inductor; on CPU (torch 2.13) its C++ codegen fails for
-    some shapes (e.g. `cur_kvSplitSize7 was not declared`). Fall back to the exact chunked path
-    for the rest of the process, and say so once."""
-    global _flex_failed
-    _flex_failed = True
+    some shapes and layouts (e.g. `cur_kvSplitSize7 was not declared`). Fall back to the exact
+    chunked path for this key (score-mod kind, shapes, dtype, device) only, and say so once
+    per key, with the reason; other keys (another bias method, another length) still try
+    flex."""
     first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    warnings.warn(
-        f"FlexAttention failed to compile ({type(exc).__name__}: {first_line[:200]}); using the "
-        f"chunked path from now on (same numbers, O(h·chunk·n) memory)",
-        stacklevel=3,
+    reason = f"{type(exc).__name__}: {first_line[:200]}"
+    _flex_failures[key] = reason
+    message = (
+        f"FlexAttention failed to compile for {key} ({reason}); using the chunked path for "
+        f"this key from now on (same numbers, O(h·chunk·n) memory)"
     )
+    _log.warning(message)
+    warnings.warn(message, stacklevel=3)
 
 
 def _check_backend(backend: str) -> None:
@@ -120,6 +143,8 @@ def toeplitz_source(table: Tensor, t: int) -> Tensor:
     (n + t, 1, 1); no element is gathered, and only the chunk's queries (not the keys, which
     may be a long cache) are reordered.
     """
+    if t == 0:  # one query per call (decoding): its block never reaches past the table
+        return table.flip(-1).contiguous()  # blocks are strided views of a row-major source
     pad = table.new_full((table.shape[0], t), float("-inf"))
     return torch.cat((table.flip(-1), pad), dim=-1)
 
@@ -188,14 +213,18 @@ def chunked_bias_attention(
     t' = the keys it can see. Differentiable in q, k, v and the table."""
     s, n = q.shape[-2], table.shape[-1]
     toeplitz = is_toeplitz(q_positions, k_positions, q_offset, n)
+    # a single query's block ends at its own key: no -inf padding needed (decoding)
     t = k.shape[-2]
+    pad = t if s > 1 else 0
     source = None
     if toeplitz and table.requires_grad and torch.is_grad_enabled():
-        source = toeplitz_source(table.to(bias_dtype(q)), t)
+        source = toeplitz_source(table.to(bias_dtype(q)), pad)
     elif toeplitz:
         dtype = bias_dtype(q)
         source = _source_memo.get(
-            (table,), (t, dtype, table.device), lambda: toeplitz_source(table.to(dtype), t)
+            (table,),
+            (t, pad, n, dtype, table.device),
+            lambda: toeplitz_source(table.to(dtype), pad),
         )
     outs = []
     for start in range(0, s, chunk_size):
@@ -210,9 +239,13 @@ def chunked_bias_attention(
                 source.storage_offset() + n - q_offset - stop,
             )
             # a 4-D mask keeps SDPA on its fast CPU kernel (a 3-D one is 2.5x slower, measured)
-            out = F.scaled_dot_product_attention(
-                q[..., start:stop, :].flip(-2), keys, values, attn_mask=block[None]
-            )
+            rows = q[..., start:stop, :]
+            if stop - start == 1:  # one row: reversing is the identity
+                outs.append(
+                    F.scaled_dot_product_attention(rows, keys, values, attn_mask=block[None])
+                )
+                continue
+            out = F.scaled_dot_product_attention(rows.flip(-2), keys, values, attn_mask=block[None])
             outs.append(out.flip(-2))
             continue
         q_index = torch.arange(q_offset + start, q_offset + stop, device=q.device)
@@ -249,15 +282,15 @@ def bidirectional_bias_attention(
     chunks each gather only their own (h, c, t) block; differentiable in q, k, v and the table.
     key_mask (b, t) bool: False keys (padding) get -inf."""
     n = (signed_table.shape[-1] + 1) // 2
-    outs = []
-    for start in range(0, q.shape[-2], chunk_size):
-        stop = min(start + chunk_size, q.shape[-2])
-        offsets = (q_positions[start:stop, None] - k_positions[None, :]).clamp(1 - n, n - 1)
-        block = signed_table[:, offsets + n - 1].to(bias_dtype(q))[None]  # (1, h, c, t)
+
+    def bias(chunk: QueryChunk) -> Tensor:  # (1, h, c, t), or (b, h, c, t) with a key mask
+        offsets = q_positions[chunk.start : chunk.stop, None] - k_positions[None, :]
+        block = signed_table[:, offsets.clamp(1 - n, n - 1) + n - 1].to(bias_dtype(q))[None]
         if key_mask is not None:
             block = block.masked_fill(~key_mask[:, None, None, :], float("-inf"))
-        outs.append(F.scaled_dot_product_attention(q[..., start:stop, :], k, v, attn_mask=block))
-    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-2)
+        return block
+
+    return blockwise_attention(q, k, v, rows=chunk_size, bias=bias, causal=False)
 
 
 @functools.lru_cache(maxsize=32)
@@ -288,7 +321,9 @@ def flex_bias_attention(
     """Distance-bias attention with FlexAttention: the (h, n) table is read inside `score_mod`,
     causality is a `BlockMask` (fully masked blocks are skipped). O(h·n) extra memory."""
     s, t = q.shape[-2], k.shape[-2]
-    table = table.to(torch.float32)
+    # contiguous: inductor's CPU codegen fails on a transposed table (T5's weight[buckets].T,
+    # measured on torch 2.13), and once failed for a key, flex stays off for it
+    table = table.to(torch.float32).contiguous()
     # an upper clamp on a captured int miscompiles on CPU (torch 2.13, dynamic=True); the table
     # covers every unmasked distance, and masked ones are clamped to 0 below.
     if is_range(q_positions) and is_range(k_positions):
@@ -317,10 +352,12 @@ def pick_backend(
     s: int | None = None,
     linear: bool = False,
     linear_ok: bool = False,
+    flex: tuple | None = None,
 ) -> str:
     """Resolve `auto` for a biased causal call (`extrapos.kernels.dispatch.decide`): s queries
     (default t) against t keys; `linear` when the table is exactly -m·k (ALiBi) and `linear_ok`
-    when the fold supports the call."""
+    when the fold supports the call; `flex`: the call's `flex_key` (flex is not chosen for a
+    key it failed to compile for)."""
     if backend != "auto":
         return backend
     return dispatch.decide(
@@ -330,7 +367,7 @@ def pick_backend(
         device=device,
         linear=linear,
         linear_ok=linear_ok,
-        flex_ok=dispatch.flex_available(device) and not _flex_failed,
+        flex_ok=dispatch.flex_available(device) and flex not in _flex_failures,
     ).path
 
 
@@ -398,6 +435,9 @@ def attention(
     if requested == "linear" or (requested == "auto" and s >= LINEAR_MIN_QUERIES):
         slopes = _slopes_memo.get((bias_table,), (), lambda: linear_slopes(bias_table))
     span = int(k_positions[-1] - k_positions[0]) if slopes is not None else 0
+    # flex on CPU serves only s == t (see below); decoding steps skip building the key
+    maybe_flex = requested not in ("chunked", "linear") and (s == t or q.device.type != "cpu")
+    key = flex_key(q, k, bias_table, q_positions, k_positions) if maybe_flex else None
     chosen = pick_backend(
         requested,
         needs_grad,
@@ -406,6 +446,7 @@ def attention(
         s=s,
         linear=slopes is not None,
         linear_ok=slopes is not None and _linear_ok(q, needs_grad, s, t, span),
+        flex=key,
     )
     if chosen == "linear":
         if slopes is None or not _linear_ok(q, needs_grad, s, t, span):
@@ -429,13 +470,13 @@ def attention(
             # The same bug hits a table whose length n differs from KV_LEN (positions with gaps,
             # n > t): any size other than the one shared symbol breaks the generated C++.
             pass
-        elif not _flex_failed:
+        elif key not in _flex_failures:
             try:
                 out = flex_bias_attention(q, k, v, bias_table, q_positions, k_positions, q_offset)
                 dispatch.record_taken("flex")
                 return out
             except Exception as exc:  # inductor's CPU codegen fails on some shapes (torch 2.13)
-                _disable_flex(exc)
+                _disable_flex(key, exc)
     if chosen == "sdpa":
         raise ValueError("backend 'sdpa' cannot apply a score bias; use 'chunked' or 'flex'")
     if bias_table.requires_grad and needs_grad and q.device.type == "cpu":
@@ -452,38 +493,6 @@ def attention(
     )
 
 
-def two_branch_attention(
-    q_near: Tensor,
-    k_near: Tensor,
-    q_far: Tensor,
-    k_far: Tensor,
-    v: Tensor,
-    q_positions: Tensor,
-    k_positions: Tensor,
-    window: int,
-    q_offset: int = 0,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-) -> Tensor:
-    """Causal attention whose score for a pair depends on its distance d = pos_i - pos_j:
-    q_near·k_near for d < window, q_far·k_far beyond (ReRoPE, Self-Extend, STRING: two
-    rotations of the same q/k). q_* (b, h, s, d); k_*, v (b, h, t, d). Scores are built per
-    query chunk, O(b·h·c·t) memory; differentiable."""
-    s, scale = q_near.shape[-2], q_near.shape[-1] ** -0.5
-    outs = []
-    for start in range(0, s, chunk_size):
-        stop = min(start + chunk_size, s)
-        seen = q_offset + stop
-        near = q_near[..., start:stop, :] @ k_near[..., :seen, :].transpose(-1, -2)
-        far = q_far[..., start:stop, :] @ k_far[..., :seen, :].transpose(-1, -2)
-        distance = q_positions[start:stop, None] - k_positions[None, :seen]  # (c, t')
-        scores = torch.where(distance < window, near, far).float() * scale
-        q_index = torch.arange(q_offset + start, q_offset + stop, device=v.device)
-        visible = torch.arange(seen, device=v.device)[None, :] <= q_index[:, None]
-        scores = scores.masked_fill(~visible, float("-inf"))
-        outs.append(scores.softmax(dim=-1).to(v.dtype) @ v[..., :seen, :])
-    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-2)
-
-
 dispatch.register_paths(chunked=chunked_bias_attention, flex=flex_bias_attention)
 
 __all__ = [
@@ -495,8 +504,9 @@ __all__ = [
     "chunked_bias_attention",
     "flex_available",
     "flex_bias_attention",
+    "flex_failures",
+    "flex_key",
     "is_range",
     "pick_backend",
-    "two_branch_attention",
     "use_backend",
 ]

@@ -79,13 +79,15 @@ class PositionContext:
 
 
 class KVCache:
-    """Keys (after rotation) and values of every layer, grown by doubling; plus key positions."""
+    """Keys (after rotation) and values of every layer, grown by doubling; plus key positions,
+    and the scaling centre the cached keys carry for encodings with one (xPos; None else)."""
 
     def __init__(self, n_layer: int) -> None:
         self.k: list[Tensor | None] = [None] * n_layer
         self.v: list[Tensor | None] = [None] * n_layer
         self.positions = torch.empty(0, dtype=torch.long)
         self.length = 0
+        self.center: float | None = None
 
     def append(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Store new (b, h, s, d) keys/values of `layer`; return all (b, h, length + s, d)."""
@@ -305,7 +307,7 @@ class GPT(nn.Module):
         With a KV cache each step feeds only the new token. Encodings whose cached keys go
         stale as the sequence grows (`cache = "none"`) recompute the full sequence
         each step instead, with a warning. Encodings whose rotation depends on the length
-        (dynamic NTK, LongRoPE, xPos without a centre) keep their cache while their rotation
+        (dynamic NTK, LongRoPE) keep their cache while their rotation
         is unchanged and recompute the prefix when it changes (`extrapos.models.rotation_state`), so
         cached decoding gives the same logits as the full forward at every step. temperature 0
         means greedy decoding. Non-finite logits (NaN/inf weights) raise `UserError`.
@@ -386,12 +388,29 @@ def make_position_context(
     offset = cache.length if cache is not None else 0
     if not causal:
         check_bidirectional(enc, cache)
-    where = Positions(positions, k_positions, offset)
+    center = None if cache is None else _cache_center(enc, cache, k_positions)
+    where = Positions(positions, k_positions, offset, center)
     table = bias_table(enc, where, causal)  # once for every layer
     ffn_term = enc.ffn_term(positions, d_ff) if "ffn" in enc.sites else None
     return PositionContext(
         enc, where, table, ffn_term, causal=causal, key_mask=key_mask, probe=probe
     )
+
+
+def _cache_center(enc: PositionalEncoding, cache: KVCache, k_positions: Tensor) -> float | None:
+    """The scaling centre of this cached call for an encoding whose rotated keys carry one
+    (`decode_center`, xPos); when it moves, the cached keys of every layer are rescaled to it
+    in place (once per move, not per step). None for every other encoding."""
+    decode_center = getattr(enc, "decode_center", None)
+    if decode_center is None:
+        return None
+    center = decode_center(cache.center, int(k_positions.min()), int(k_positions.max()))
+    if cache.center is not None and center != cache.center and cache.length:
+        for k in cache.k:
+            if k is not None:
+                enc.rescale_keys(k[..., : cache.length, :], cache.center, center)
+    cache.center = center
+    return center
 
 
 def check_bidirectional(enc: PositionalEncoding, cache: KVCache | None = None) -> None:

@@ -75,11 +75,14 @@ class T5Bias(PositionalEncoding):
         self.num_buckets = int(num_buckets)
         self.max_distance = int(max_distance)
         self.weight = nn.Parameter(torch.zeros(num_buckets, num_heads))
+        self._buckets = torch.empty(0, dtype=torch.long)  # buckets of 0 .. len-1, grown
 
     def distance_bias(self, num_distances: int) -> Tensor:
-        distances = torch.arange(num_distances, device=self.weight.device)
-        buckets = t5_buckets(distances, self.num_buckets, self.max_distance)
-        return self.weight[buckets].T.float()
+        if self._buckets.shape[0] < num_distances or self._buckets.device != self.weight.device:
+            size = max(num_distances, 2 * self._buckets.shape[0])  # decoding: rebuilt rarely
+            distances = torch.arange(size, device=self.weight.device)
+            self._buckets = t5_buckets(distances, self.num_buckets, self.max_distance)
+        return self.weight[self._buckets[:num_distances]].T.float()
 
     def signed_distance_bias(self, num_distances: int) -> Tensor:
         """T5's encoder rule: half the buckets for keys at or before the query, half after."""

@@ -1,0 +1,56 @@
+"""RoPE's per-forward memo (`PositionsMemo`) and the no-autograd rotation: the same numbers as
+computing afresh, and an in-place change of a positions tensor is noticed."""
+
+from __future__ import annotations
+
+import torch
+
+from extrapos.encodings import build_encoding
+from extrapos.encodings.base import Positions
+
+
+def test_memo_follows_in_place_changes_and_new_tensors() -> None:
+    enc = build_encoding("rope", head_dim=16)
+    positions = torch.arange(5, 12)
+    first = enc.cos_sin(positions)
+    assert enc.cos_sin(positions)[0] is first[0]  # a memo hit: the same tensor
+    positions += 100  # in place: the version counter moves
+    fresh = build_encoding("rope", head_dim=16).cos_sin(torch.arange(105, 112))
+    torch.testing.assert_close(enc.cos_sin(positions), fresh, rtol=0, atol=0)
+    assert enc.max_position(positions) == 111
+    other = torch.arange(0, 3)
+    assert enc.cos_sin(other)[0].shape == (3, 8)
+
+
+def test_rotation_without_autograd_equals_the_autograd_one() -> None:
+    enc = build_encoding("rope", head_dim=16)
+    gen = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 3, 7, 16, generator=gen), torch.randn(2, 3, 7, 16, generator=gen)
+    pos = torch.arange(40, 47)
+    with torch.no_grad():
+        plain = enc.rotate_qk(q, k, pos, pos)
+    graph = enc.rotate_qk(q.requires_grad_(), k.requires_grad_(), pos, pos)
+    assert graph[0].requires_grad
+    for a, b in zip(plain, graph, strict=True):
+        torch.testing.assert_close(a, b.detach(), rtol=0, atol=0)
+
+
+def test_keys_of_the_new_tokens_are_the_query_positions_object() -> None:
+    k = torch.arange(10)
+    where = Positions(k[6:], k, 6)
+    assert where.for_keys(4) is where.q
+    assert torch.equal(where.for_keys(10), k)
+
+
+def test_memo_made_in_inference_mode_does_not_leak_into_training() -> None:
+    """The same positions tensor first in an inference-mode forward, then in a differentiable
+    one: the inference-mode cos/sin are not reused (autograd could not save them)."""
+    enc = build_encoding("rope", head_dim=16)
+    pos = torch.arange(6)
+    q = torch.randn(1, 2, 6, 16)
+    with torch.inference_mode():
+        enc.rotate_qk(q, q, pos, pos)
+    x = q.clone().requires_grad_()
+    out, _ = enc.rotate_qk(x, x, pos, pos)
+    out.sum().backward()
+    assert x.grad is not None
