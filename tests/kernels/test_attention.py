@@ -371,7 +371,7 @@ def test_a_flex_compile_failure_falls_back_to_the_chunked_path(monkeypatch) -> N
         raise RuntimeError("C++ compile error: 'cur_kvSplitSize7' was not declared")
 
     monkeypatch.setattr(attn_module, "flex_bias_attention", broken)
-    monkeypatch.setattr(attn_module, "_flex_failures", {})
+    monkeypatch.setattr("extrapos.kernels.flex._flex_failures", {})
     torch.manual_seed(0)
     q, k, v = (torch.randn(1, 2, 16, 8) for _ in range(3))
     table = torch.randn(2, 16)
@@ -402,7 +402,7 @@ def test_a_flex_failure_is_per_key_not_for_the_process(monkeypatch) -> None:
         return attn_module.chunked_bias_attention(q, k, v, table, q_positions, k_positions)
 
     monkeypatch.setattr(attn_module, "flex_bias_attention", flaky)
-    monkeypatch.setattr(attn_module, "_flex_failures", {})
+    monkeypatch.setattr("extrapos.kernels.flex._flex_failures", {})
     torch.manual_seed(0)
     for n in (16, 24, 16, 24):
         q, k, v = (torch.randn(1, 2, n, 8) for _ in range(3))

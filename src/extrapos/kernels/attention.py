@@ -28,8 +28,6 @@ measured faster on this machine (run once, cached); `chunked` for CPU training; 
 from __future__ import annotations
 
 import contextlib
-import functools
-import logging
 import warnings
 import weakref
 from collections.abc import Iterator
@@ -40,9 +38,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from extrapos.kernels import dispatch
+from extrapos.kernels import flex as flex_state
 from extrapos.kernels.blocks import bias_block, bias_dtype, is_range
 from extrapos.kernels.chunks import QueryChunk, blockwise_attention
 from extrapos.kernels.dispatch import flex_available
+from extrapos.kernels.flex import (
+    _disable_flex,
+    flex_bias_attention,
+    flex_failures,
+    flex_key,
+)
 from extrapos.kernels.linear_bias import (
     LINEAR_MIN_QUERIES,
     SINGLE_CALL_MAX,
@@ -58,42 +63,6 @@ BACKENDS: tuple[str, ...] = ("auto", "sdpa", "chunked", "flex", "linear")
 DEFAULT_CHUNK_SIZE = 512
 
 _default_backend: Backend = "auto"
-#: FlexAttention compile failures of this process, per `flex_key` -> the reason (one line)
-_flex_failures: dict[tuple, str] = {}
-
-_log = logging.getLogger(__name__)
-
-
-def flex_key(
-    q: Tensor, k: Tensor, table: Tensor, q_positions: Tensor, k_positions: Tensor
-) -> tuple:
-    """What a FlexAttention compile depends on here: the score_mod's kind (consecutive
-    positions: one table gather; else: gathers through the positions), the shapes of q, k and
-    the table, the dtype and the device. A compile failure disables flex for this key only."""
-    kind = "range" if is_range(q_positions) and is_range(k_positions) else "positions"
-    return (kind, tuple(q.shape), tuple(k.shape), tuple(table.shape), str(q.dtype), str(q.device))
-
-
-def flex_failures() -> dict[tuple, str]:
-    """The keys FlexAttention failed to compile for in this process, with the reason."""
-    return dict(_flex_failures)
-
-
-def _disable_flex(key: tuple, exc: BaseException) -> None:
-    """FlexAttention compiles through inductor; on CPU (torch 2.13) its C++ codegen fails for
-    some shapes and layouts (e.g. `cur_kvSplitSize7 was not declared`). Fall back to the exact
-    chunked path for this key (score-mod kind, shapes, dtype, device) only, and say so once
-    per key, with the reason; other keys (another bias method, another length) still try
-    flex."""
-    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    reason = f"{type(exc).__name__}: {first_line[:200]}"
-    _flex_failures[key] = reason
-    message = (
-        f"FlexAttention failed to compile for {key} ({reason}); using the chunked path for "
-        f"this key from now on (same numbers, O(h·chunk·n) memory)"
-    )
-    _log.warning(message)
-    warnings.warn(message, stacklevel=3)
 
 
 def _check_backend(backend: str) -> None:
@@ -260,13 +229,6 @@ def chunked_bias_attention(
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-2)
 
 
-@functools.cache
-def _compiled_flex():  # noqa: ANN202  (a compiled callable)
-    from torch.nn.attention.flex_attention import flex_attention
-
-    return torch.compile(flex_attention, dynamic=True)
-
-
 def bidirectional_bias_attention(
     q: Tensor,
     k: Tensor,
@@ -293,56 +255,6 @@ def bidirectional_bias_attention(
     return blockwise_attention(q, k, v, rows=chunk_size, bias=bias, causal=False)
 
 
-@functools.lru_cache(maxsize=32)
-def causal_block_mask(s: int, t: int, q_offset: int, device: str):  # noqa: ANN201
-    """FlexAttention's causal `BlockMask` (key j visible to query i iff j <= q_offset + i),
-    cached per shape: building one costs 0.065 s at n = 4096 (~1 s at 16k) on CPU, more than
-    half of a 4k attention call."""
-    from torch.nn.attention.flex_attention import create_block_mask
-
-    # a tensor, not a captured Python int: captured ints miscompile on CPU (torch 2.13)
-    offset = torch.tensor(q_offset, device=device)
-
-    def mask_mod(b, h, q_idx, kv_idx):  # noqa: ANN001, ANN202  (flex's signature)
-        return kv_idx <= q_idx + offset
-
-    return create_block_mask(mask_mod, None, None, s, t, device=device)
-
-
-def flex_bias_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    table: Tensor,
-    q_positions: Tensor,
-    k_positions: Tensor,
-    q_offset: int = 0,
-) -> Tensor:
-    """Distance-bias attention with FlexAttention: the (h, n) table is read inside `score_mod`,
-    causality is a `BlockMask` (fully masked blocks are skipped). O(h·n) extra memory."""
-    s, t = q.shape[-2], k.shape[-2]
-    # contiguous: inductor's CPU codegen fails on a transposed table (T5's weight[buckets].T,
-    # measured on torch 2.13), and once failed for a key, flex stays off for it
-    table = table.to(torch.float32).contiguous()
-    # an upper clamp on a captured int miscompiles on CPU (torch 2.13, dynamic=True); the table
-    # covers every unmasked distance, and masked ones are clamped to 0 below.
-    if is_range(q_positions) and is_range(k_positions):
-        # consecutive positions: the distance is an index difference, one gather (the table)
-        shift = (q_positions[0] - k_positions[0]).to(q.device)
-
-        def score_mod(score, b, h, q_idx, kv_idx):  # noqa: ANN001, ANN202  (flex's signature)
-            return score + table[h, (q_idx - kv_idx + shift).clamp(min=0)]
-
-    else:
-
-        def score_mod(score, b, h, q_idx, kv_idx):  # noqa: ANN001, ANN202
-            distance = (q_positions[q_idx] - k_positions[kv_idx]).clamp(min=0)
-            return score + table[h, distance]
-
-    block_mask = causal_block_mask(s, t, q_offset, str(q.device))
-    return _compiled_flex()(q, k, v, score_mod=score_mod, block_mask=block_mask)
-
-
 def pick_backend(
     backend: Backend,
     needs_grad: bool,
@@ -367,7 +279,7 @@ def pick_backend(
         device=device,
         linear=linear,
         linear_ok=linear_ok,
-        flex_ok=dispatch.flex_available(device) and flex not in _flex_failures,
+        flex_ok=dispatch.flex_available(device) and flex not in flex_state._flex_failures,
     ).path
 
 
@@ -470,7 +382,7 @@ def attention(
             # The same bug hits a table whose length n differs from KV_LEN (positions with gaps,
             # n > t): any size other than the one shared symbol breaks the generated C++.
             pass
-        elif key not in _flex_failures:
+        elif key not in flex_state._flex_failures:
             try:
                 out = flex_bias_attention(q, k, v, bias_table, q_positions, k_positions, q_offset)
                 dispatch.record_taken("flex")
