@@ -131,10 +131,10 @@ class BenchConfig:
     embed_scale: bool = setting(
         False,
         "token embeddings x sqrt(d_model) in every model (Vaswani et al. 2017 §3.4; with "
-        "--encoding-params '{\"sinusoidal\": {\"scale\": 1}}' the paper's sinusoidal recipe)",
+        '--encoding-params \'{"sinusoidal": {"scale": 1}}\' the paper\'s sinusoidal recipe)',
     )
     encoding_params: dict[str, dict[str, Any]] = setting(
-        {}, "encoding parameters by method, e.g. '{\"sinusoidal\": {\"scale\": 1.0}}'"
+        {}, 'encoding parameters by method, e.g. \'{"sinusoidal": {"scale": 1.0}}\''
     )
     eval_tokens: int = setting(16384, "targets scored per length (the same at every length)")
     tasks: list[str] = setting([], "synthetic tasks (see `extrapos tasks --list`)")
@@ -227,7 +227,7 @@ class BenchConfig:
         ):
             raise UserError(
                 "encoding_params must map method names to parameter objects, e.g. "
-                f"{{\"sinusoidal\": {{\"scale\": 1.0}}}}, got {self.encoding_params!r}"
+                f'{{"sinusoidal": {{"scale": 1.0}}}}, got {self.encoding_params!r}'
             )
         unused = sorted(set(self.encoding_params) - set(self.methods))
         if unused:
