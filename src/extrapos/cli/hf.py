@@ -77,7 +77,7 @@ def cmd_export_hf(args: argparse.Namespace) -> None:
         f"exported {result['encoding']} as LlamaForCausalLM to {result['out_dir']} "
         f"(rope_parameters {json.dumps(result['rope_parameters'])}; tokenizer: "
         f"{result['tokenizer']}); reloaded offline, max |logit difference| "
-        f"{result['max_abs_diff']:.2e}"
+        f"{result['max_abs_diff']:.2e} over {result['check_length']} tokens"
     )
 
 
