@@ -717,3 +717,27 @@ def test_export_replaces_only_a_previous_export(tmp_path):
     (tmp_path / "empty").mkdir()
     export_hf(run_dir, tmp_path / "empty")  # an empty folder is filled
     assert (tmp_path / "empty" / "model.safetensors").is_file()
+
+
+@torch.no_grad()
+def test_eval_hf_on_dynamic_rope_gives_the_same_numbers_in_any_length_order(tmp_path):
+    """transformers' dynamic RoPE keeps the frequencies of the longest length it has seen; the
+    adapter restores the rotary state before every forward, so each length is scored from the
+    same state (and equals our own dynamic model, which is stateless)."""
+    dynamic = {"rope_type": "dynamic", "factor": 2.0}
+    run_dir = _run(tmp_path, "rope", scaling=dynamic, max_position_embeddings=16)
+    export_hf(run_dir, tmp_path / "hf")
+    data = tmp_path / "text.txt"
+    data.write_text("".join(f"line {i}: the quick brown fox {i * 7}\n" for i in range(200)))
+    argv = ["eval-hf", str(tmp_path / "hf"), "--data", str(data), "--max-tokens", "256"]
+    results = {}
+    for order in ("16,32,64", "64,32,16"):
+        out = tmp_path / f"{order}.json"
+        assert main([*argv, "--lengths", order, "--out", str(out)]) == 0
+        records = json.loads(out.read_text())["results"]
+        results[order] = {r["length"]: r["ppl"] for r in records}
+    assert results["16,32,64"] == results["64,32,16"]  # identical, not merely close
+    ours = GPT.from_checkpoint(run_dir).eval()
+    tokens = load_corpus(str(data)).tokens("test", ByteTokenizer())
+    for record in evaluate_lengths(ours, tokens, [16, 32, 64], "nonoverlap", max_tokens=256):
+        assert results["64,32,16"][record["length"]] == pytest.approx(record["ppl"], rel=1e-5)
