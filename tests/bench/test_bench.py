@@ -43,6 +43,8 @@ def test_presets_resolve_and_flags_override():
     [
         ({"preset": "huge"}, "unknown preset 'huge'; known: quick, standard, literature, paper"),
         ({"methods": ["rope", "rope"]}, "lists an entry twice"),
+        ({"extensions": ["yarn", "yarn"]}, "--extensions lists an entry twice"),
+        ({"protocols": ["sliding", "sliding"]}, "--protocols lists an entry twice"),
         ({"protocols": ["strided"]}, "unknown protocol 'strided'"),
         ({"extensions": ["magic"]}, "unknown RoPE extension 'magic'; known: linear"),
         ({"eval_tokens": 100}, "below the longest eval length"),

@@ -234,7 +234,12 @@ class BenchConfig:
             raise UserError(
                 f"encoding_params names {', '.join(unused)}, which --methods does not select"
             )
-        for name, values in (("methods", self.methods), ("seeds", self.seeds)):
+        for name, values in (
+            ("methods", self.methods),
+            ("seeds", self.seeds),
+            ("extensions", self.extensions),  # a twice-listed one made a fake +- 0 interval
+            ("protocols", self.protocols),
+        ):
             if len(set(values)) != len(values):
                 raise UserError(f"--{name} lists an entry twice: {values}")
         if not self.seeds:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from extrapos.cli.args import add_command, dataclass_flags, int_list, run_corpus
+from extrapos.cli.args import add_command, dataclass_flags, length_list, run_corpus
 from extrapos.core.errors import UserError
 
 
@@ -83,7 +83,7 @@ def register(sub: Any) -> None:
         "--max-dialogues", type=int, default=200, help="test dialogues used (default 200; 0: all)"
     )
     p.add_argument(
-        "--recall-factors", type=int_list, default=[1, 2, 4, 8, 16], help="distances in L"
+        "--recall-factors", type=length_list, default=[1, 2, 4, 8, 16], help="distances in L"
     )
     p.add_argument("--trials", type=int, default=24, help="recall prompts per distance")
     p.add_argument("--candidates", type=int, default=5, help="answers ranked (chance = 1/N)")
