@@ -223,7 +223,7 @@ def test_changing_probe_settings_keeps_the_language_model_runs(tmp_path, monkeyp
     def no_training(*args, **kwargs):
         raise AssertionError("a kept language-model run was trained again")
 
-    monkeypatch.setattr(bench, "_run_method", no_training)
+    monkeypatch.setattr(bench, "run_method", no_training)
     second = run_bench(_probe_config(passkey_trials=3), tmp_path, progress=False)
     assert second["runs"] == first["runs"] and second["task_runs"] == first["task_runs"]
     # the passkey stage reran from the saved checkpoints, with 3 keys per cell now

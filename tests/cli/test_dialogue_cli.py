@@ -113,3 +113,33 @@ def test_bench_rerun_reproduces_and_resumes(folder, tmp_path) -> None:
     # a rerun in the same folder keeps the finished records
     kept = run_dialogue_bench(_tiny(folder, ["t5"], [0, 1]), tmp_path / "a", progress=False)
     assert kept["runs"] == first["runs"]
+
+
+def test_bench_probe_size_flags(folder, tmp_path, monkeypatch, capsys) -> None:
+    """--max-dialogues, --recall-trials, --gen-prompts reach DialogueBenchConfig; without them
+    the config is the suite's default (200, 24, 4); other suites refuse them."""
+    import extrapos.bench.dialogue as bench
+    import extrapos.report.dialogue as report
+
+    seen: list[DialogueBenchConfig] = []
+    monkeypatch.setattr(bench, "run_dialogue_bench", lambda config, out: seen.append(config))
+    monkeypatch.setattr(report, "write_dialogue_report", lambda results, out: None)
+    base = ["bench", "--suite", "dialogue", "--data", str(folder), "--out", str(tmp_path / "b")]
+    assert main(base) == 0
+    assert seen[-1] == DialogueBenchConfig(data=str(folder))
+    assert (seen[-1].max_dialogues, seen[-1].recall_trials, seen[-1].gen_prompts) == (200, 24, 4)
+    flags = ["--max-dialogues", "7", "--recall-trials", "3", "--gen-prompts", "2"]
+    assert main([*base, *flags]) == 0
+    assert (seen[-1].max_dialogues, seen[-1].recall_trials, seen[-1].gen_prompts) == (7, 3, 2)
+    assert seen[-1].eval_config().max_dialogues == 7
+    assert seen[-1].eval_config().recall_trials == 3
+    capsys.readouterr()
+    assert main([*base, "--recall-trials", "0"]) == 2
+    assert "recall_trials" in capsys.readouterr().err
+    assert main(["bench", "--gen-prompts", "2", "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--gen-prompts only apply to --suite dialogue" in err and len(err.splitlines()) == 1
+    from extrapos.cli import build_parser
+
+    parsed = build_parser().parse_args(["dialogue", "eval", "RUN", "--recall-trials", "3"])
+    assert parsed.trials == 3 and parsed.max_dialogues == 200

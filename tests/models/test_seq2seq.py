@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from extrapos.core.errors import UserError
-from extrapos.models.decoding import beam_decode, greedy_decode, translate_ids
 from extrapos.models.gpt import KVCache
 from extrapos.models.seq2seq import Seq2Seq, Seq2SeqConfig
+from extrapos.models.seq2seq_decoding import beam_decode, greedy_decode, translate_ids
 
 ENCODINGS = ["sinusoidal", "learned", "nope", "rope", "alibi", "t5", "kerple_log", "fire"]
 

@@ -12,6 +12,10 @@ from extrapos.core.settings import field_default
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
+    from extrapos.cli.dialogue import refuse_dialogue_flags
+
+    if args.suite != "dialogue":
+        refuse_dialogue_flags(args)
     if args.suite == "translation":
         from extrapos.cli.translate import cmd_bench_translation
 
@@ -103,6 +107,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     from extrapos.cli.translate import add_bench_arguments
 
     add_bench_arguments(p)
+    from extrapos.cli.dialogue import add_bench_arguments as add_dialogue_bench_arguments
+
+    add_dialogue_bench_arguments(p)
     p.add_argument(
         "--tensorboard", metavar="DIR", default=None, help="also log each run to TensorBoard in DIR"
     )

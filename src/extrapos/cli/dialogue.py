@@ -9,7 +9,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from extrapos.cli.args import add_command, dataclass_flags, length_list, run_corpus
+from extrapos.cli.args import (
+    add_command,
+    add_dataclass_flags,
+    dataclass_flags,
+    length_list,
+    run_corpus,
+)
 from extrapos.core.errors import UserError
 
 
@@ -85,7 +91,14 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--recall-factors", type=length_list, default=[1, 2, 4, 8, 16], help="distances in L"
     )
-    p.add_argument("--trials", type=int, default=24, help="recall prompts per distance")
+    p.add_argument(
+        "--trials",
+        "--recall-trials",
+        dest="trials",
+        type=int,
+        default=24,
+        help="recall prompts per distance (default 24)",
+    )
     p.add_argument("--candidates", type=int, default=5, help="answers ranked (chance = 1/N)")
     p.add_argument("--seed", type=int, default=0)
 
@@ -214,6 +227,27 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
 # ----------------------------------------------------------------------------- bench
 
 
+#: where the dialogue suite's own bench flags are stored (args."dialogue.<field>")
+SECTION = "dialogue"
+
+
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    """The probe-size flags `bench --suite dialogue` adds to the bench command, generated from
+    the `DialogueBenchConfig` fields in `PROBE_FLAGS` (their defaults are the suite's)."""
+    from extrapos.bench.dialogue_config import PROBE_FLAGS, DialogueBenchConfig
+
+    g = p.add_argument_group("dialogue suite (--suite dialogue)")
+    add_dataclass_flags(g, DialogueBenchConfig, SECTION, PROBE_FLAGS)  # type: ignore[arg-type]
+
+
+def refuse_dialogue_flags(args: argparse.Namespace) -> None:
+    """Another suite was chosen: the dialogue suite's own flags would be ignored, so refuse."""
+    given = dataclass_flags(args, SECTION)
+    if given:
+        flags = ", ".join("--" + k.replace("_", "-") for k in sorted(given))
+        raise UserError(f"{flags} only apply to --suite dialogue; drop them or pass it")
+
+
 def bench_dialogue(args: argparse.Namespace) -> None:
     """`bench --suite dialogue`: the bench flags that apply (methods, seeds, train-len, steps,
     batch-size, lr, tokenizer, model shape, data, out); the others are refused."""
@@ -233,6 +267,6 @@ def bench_dialogue(args: argparse.Namespace) -> None:
     if other:
         flags = ", ".join("--" + k.replace("_", "-") for k in other)
         raise UserError(f"--suite dialogue does not use {flags}; drop them")
-    config = DialogueBenchConfig(data=data, **given)
+    config = DialogueBenchConfig(data=data, **given, **dataclass_flags(args, SECTION))
     write_dialogue_report(run_dialogue_bench(config, args.out), args.out)
     print(f"wrote {Path(args.out) / 'results.json'}, report.md and plots")

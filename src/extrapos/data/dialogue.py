@@ -34,7 +34,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -42,7 +42,8 @@ import torch
 from extrapos.core.errors import UserError
 
 from .cache import tokenizer_hash
-from .corpus import FOLDER_FORMATS, Corpus, _check_text
+from .corpus import FOLDER_FORMATS, Corpus
+from .formats import check_text
 from .tokenizers import Tokenizer
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "load_dialogues",
     "parse_dialogue_line",
     "render_dialogue",
+    "target_mask",
 ]
 
 LossOn = Literal["all", "responses"]
@@ -107,7 +109,7 @@ def _read_split(path: Path) -> list[tuple[int, Dialogue]]:
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror}; check its permissions") from e
     out = []
-    for n, line in enumerate(_check_text(data, f"file {path}").splitlines(), 1):
+    for n, line in enumerate(check_text(data, f"file {path}").splitlines(), 1):
         if not line.strip():
             continue
         dialogue = parse_dialogue_line(line)
@@ -216,6 +218,21 @@ class DialogueCorpus(Corpus):
         out["format"] = "dialogue"
         out["duplicates_removed"] = dict(self.removed)
         return out
+
+
+def target_mask(corpus: Corpus, split: str, tokenizer: Tokenizer, loss_on: LossOn) -> Any:
+    """Which tokens of `split`'s stream count as loss targets: None for `loss_on == "all"`
+    (every token), else the (n,) bool mask of response bodies (`DialogueLayout.response`),
+    aligned with `corpus.token_array(split, tokenizer)`; token i is a target iff mask[i]. Used
+    so that periodic validation scores what training optimizes."""
+    if loss_on == "all":
+        return None
+    if not isinstance(corpus, DialogueCorpus):
+        raise UserError(
+            f"loss_on={loss_on!r} needs a dialogue corpus (a DailyDialog-format folder); "
+            f"{corpus.name} is plain text: use loss_on 'all'"
+        )
+    return corpus.layout(split, tokenizer).response
 
 
 def _tokenize_turns(dialogues: list[Dialogue], tokenizer: Tokenizer) -> DialogueLayout:

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from extrapos.core.errors import UserError
-from extrapos.models.decoding import translate_ids
+from extrapos.models.seq2seq_decoding import translate_ids
 
 BUCKETS: tuple[tuple[str, int, int | None], ...] = (
     ("1-10", 1, 10),

@@ -16,7 +16,7 @@ from typing import Any
 from extrapos.core.files import write_bytes, write_text
 from extrapos.core.plotting import figure_png as _png
 from extrapos.core.stats import mean_ci95
-from extrapos.report.lm import markdown_table
+from extrapos.report.tables import markdown_table
 
 __all__ = [
     "dialogue_tables",

@@ -24,3 +24,9 @@ def mark_best(rows: list[list[str]], columns: range, lower: bool) -> list[list[s
             if v == best:
                 r[j] = f"**{r[j]}**"
     return rows
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)

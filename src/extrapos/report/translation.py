@@ -15,7 +15,7 @@ from typing import Any
 from extrapos.core.files import write_bytes, write_text
 from extrapos.core.plotting import figure_png
 from extrapos.core.stats import mean_ci95
-from extrapos.report.lm import markdown_table
+from extrapos.report.tables import markdown_table
 
 BLEU_VS_K_PLOT = "translation_bleu_vs_k.png"
 BLEU_VS_BUCKET_PLOT = "translation_bleu_vs_bucket.png"

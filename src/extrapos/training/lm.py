@@ -1,6 +1,9 @@
 """Training: next-token prediction on random windows of the train split (or, with
 `TrainConfig.objective="mlm"`, BERT masked-token prediction by an encoder: see
 `extrapos.training.mlm`; the windows, schedule, checkpoints and resume are the same).
+This module is the driver: `train` (the loop) and `run_training` (from a config). The windows
+it samples and validates on are `extrapos.training.windows`'s; its checks, run-directory
+preparation and DDP/compile wrapping are `extrapos.training.prepare`'s.
 
 One optimizer step, with B = `batch_size` (the global batch), A = `grad_accum`, W = world size:
 
@@ -37,15 +40,13 @@ through `torch.distributed.checkpoint` (or a full state dict gathered on rank 0)
 from __future__ import annotations
 
 import contextlib
-import inspect
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -55,7 +56,7 @@ from extrapos.core.errors import UserError
 from extrapos.core.files import check_dir_target, run_lock
 from extrapos.data import Corpus, Tokenizer
 from extrapos.data.cache import tokenizer_hash
-from extrapos.data.dialogue import DialogueCorpus
+from extrapos.data.dialogue import DialogueCorpus, target_mask
 from extrapos.data.tokenizers import mask_token_id, with_mask_token
 from extrapos.models.gpt import GPT, GPTConfig
 from extrapos.training.config import DataConfig, EvalConfig, RunConfig, TrainConfig
@@ -69,19 +70,23 @@ from extrapos.training.distributed import (
 from extrapos.training.log import LOG_COLUMNS, RunLog
 from extrapos.training.loop import autocast, lr_factor, make_optimizer, optimizer_step
 from extrapos.training.mlm import check_encoder, mask_tokens, mlm_loss, validate_mlm
+from extrapos.training.prepare import (
+    check_shapes,
+    diverged_error,
+    prepare_run_dir,
+    resolve_data_config,
+    run_record,
+    split_tokens,
+    wrap_for_training,
+)
 from extrapos.training.run_dir import (
-    CHECKPOINTS,
-    TRAIN_STATE,
-    clear_checkpoints,
-    foreign_entries,
     latest_checkpoint,
-    list_checkpoints,
     load_model,
     load_train_state,
-    remove_partial_checkpoints,
     save_checkpoint,
 )
 from extrapos.training.state import TrainState, data_identity, mismatch
+from extrapos.training.windows import sample_batch, validate
 
 __all__ = [
     "LOG_COLUMNS",
@@ -112,30 +117,6 @@ class TrainResult:
     tokenizer: Tokenizer | None = None  # the tokenizer the model was trained with
 
 
-def sample_batch(
-    tokens: torch.Tensor | np.ndarray,
-    batch_size: int,
-    length: int,
-    generator: torch.Generator,
-    rows: slice | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random windows of a 1-D token stream (tensor or numpy array, e.g. a memory map):
-    inputs (b, L) and next-token targets (b, L), int64.
-
-    Always draws `batch_size` starts from `generator` (so every rank advances it alike);
-    `rows` selects which of those windows to build (this rank's share of the global batch).
-    """
-    starts = torch.randint(0, len(tokens) - length, (batch_size,), generator=generator)
-    if rows is not None:
-        starts = starts[rows]
-    if isinstance(tokens, torch.Tensor):
-        windows = torch.stack([tokens[s : s + length + 1] for s in starts.tolist()])
-    else:
-        index = starts.numpy()[:, None] + np.arange(length + 1)
-        windows = torch.from_numpy(np.asarray(tokens[index], dtype=np.int64))
-    return windows[:, :-1], windows[:, 1:]
-
-
 def _lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy over the targets that are not -100 (ignored: outside
     dialogue responses under `loss_on="responses"`); logits (b, L, V), targets (b, L). A batch
@@ -144,63 +125,6 @@ def _lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     if not bool((flat != -100).any()):
         return logits.sum() * 0.0
     return F.cross_entropy(logits.float().flatten(0, 1), flat)
-
-
-@torch.no_grad()
-def validate(
-    model: GPT,
-    tokens: np.ndarray | torch.Tensor,
-    length: int,
-    max_tokens: int,
-    batch_size: int,
-    precision: str = "fp32",
-    info: DistInfo | None = None,
-) -> float:
-    """Mean next-token loss over non-overlapping windows of `length` at the start of `tokens`
-    (as many as fit in `max_tokens` targets, at least one). Under DDP each rank scores every
-    W-th window and the sums are all-reduced, so every rank returns the same number."""
-    info = info or distributed_info()
-    device = next(model.parameters()).device
-    n_windows = min((len(tokens) - 1) // length, max(1, max_tokens // length))
-    mine = list(range(info.rank, n_windows, info.world_size))
-    sums = torch.zeros(2, dtype=torch.float64, device=device)  # nll sum, targets
-    was_training = model.training
-    model.eval()
-    for i in range(0, len(mine), batch_size):
-        starts = np.array(mine[i : i + batch_size]) * length
-        index = starts[:, None] + np.arange(length + 1)
-        rows = torch.as_tensor(np.asarray(tokens[index], dtype=np.int64), device=device)
-        with autocast(device, precision):
-            logits = model(rows[:, :-1])
-        nll = F.cross_entropy(logits.float().flatten(0, 1), rows[:, 1:].flatten(), reduction="sum")
-        sums[0] += nll.double()
-        sums[1] += rows[:, 1:].numel()
-    model.train(was_training)
-    if info.world_size > 1:
-        dist.all_reduce(sums)
-    return float(sums[0] / sums[1])
-
-
-def _record(
-    model_config: GPTConfig,
-    train_config: TrainConfig,
-    eval_config: EvalConfig | None,
-    data_config: DataConfig,
-    corpus: Corpus,
-    tokenizer: Tokenizer,
-) -> dict[str, Any]:
-    """The resolved config saved as config.json (a valid `--config` file itself)."""
-    return {
-        "model": model_config.to_dict(),
-        "train": asdict(train_config),
-        "eval": asdict(eval_config) if eval_config is not None else {"every": 0},
-        "data": {**asdict(data_config), **corpus.describe(), "name": data_config.name},
-        "tokenizer": {
-            "type": tokenizer.name,
-            "vocab_size": tokenizer.vocab_size,
-            "sha256": tokenizer_hash(tokenizer),
-        },
-    }
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -230,8 +154,8 @@ def train(
     info = distributed_info()
     device = resolve_device(train_config.device, info)
     run_dir = check_dir_target(run_dir, "run directory (--out)") if run_dir is not None else None
-    _check_shapes(model_config, train_config, tokenizer, info)
-    tokens = _split_tokens(corpus, "train", tokenizer, train_config.train_len + 1)
+    check_shapes(model_config, train_config, tokenizer, info)
+    tokens = split_tokens(corpus, "train", tokenizer, train_config.train_len + 1)
     # dialogue corpora: windows start at turn boundaries, loss optionally on responses only
     turns = corpus.layout("train", tokenizer) if isinstance(corpus, DialogueCorpus) else None
     if train_config.loss_on != "all" and turns is None:
@@ -241,10 +165,11 @@ def train(
         )
     if eval_config is not None:
         eval_config = eval_config.resolved(train_config)
-    valid_tokens = None
+    valid_tokens = valid_mask = None
     if eval_config is not None and eval_config.every:
-        valid_tokens = _split_tokens(corpus, "valid", tokenizer, eval_config.length or 0)
-    data_config = _data_config(data_config, corpus, tokenizer)
+        valid_tokens = split_tokens(corpus, "valid", tokenizer, eval_config.length or 0)
+        valid_mask = target_mask(corpus, "valid", tokenizer, train_config.loss_on)  # None: all
+    data_config = resolve_data_config(data_config, corpus, tokenizer)
 
     torch.manual_seed(train_config.seed)
     model = GPT(model_config)
@@ -258,25 +183,18 @@ def train(
     generator = torch.Generator().manual_seed(train_config.seed)
     tok_hash = tokenizer_hash(tokenizer)
     data_id = data_identity(corpus.content_hash, tokenizer.name, tokenizer.vocab_size)
+    # what a checkpoint's train state is checked against on resume, and saved with
+    state_key = (model_config, train_config, tok_hash, data_id)
     lock = contextlib.ExitStack()
     if run_dir is not None and info.is_main:  # a second writer of run_dir is refused
         lock.enter_context(run_lock(run_dir, "run directory (--out)"))
     with lock:
-        _prepare_run_dir(run_dir, resume, overwrite, info)
+        prepare_run_dir(run_dir, resume, overwrite, info)
         state = TrainState()
         if resume and latest_checkpoint(run_dir) is not None:
-            saved = load_train_state(run_dir)
-            differs = mismatch(saved, model_config, train_config, tok_hash, data_id)
-            if differs:
-                raise UserError(
-                    f"{run_dir} holds a run with another {differs}; resume it with the same "
-                    f"settings or pick another --out"
-                )
-            folder = latest_checkpoint(run_dir)
-            model.load_state_dict(load_model(folder, map_location=device).state_dict())
-            state = TrainState.restore(saved, optimizer, generator, device)
+            state = _resume(run_dir, model, optimizer, generator, device, state_key)
 
-        record = _record(model_config, train_config, eval_config, data_config, corpus, tokenizer)
+        record = run_record(model_config, train_config, eval_config, data_config, corpus, tokenizer)
 
         def save(step: int) -> None:
             if run_dir is not None and info.is_main:
@@ -296,7 +214,7 @@ def train(
                 )
             barrier(info)
 
-        forward, ddp, compile_settings = _wrap_for_training(model, train_config, device, info)
+        forward, ddp, compile_settings = wrap_for_training(model, train_config, device, info)
         log = RunLog(
             run_dir if info.is_main else None, state.step, info.is_main and train_config.tensorboard
         )
@@ -307,6 +225,12 @@ def train(
         # a uniform guess scores ln V; ten times that is no longer training but divergence
         diverged_above = 10 * math.log(model_config.vocab_size)
         start_step, step_seconds = state.step, []
+        every = eval_config.every if eval_config is not None else 0
+        score_valid = (
+            partial(validate_mlm, mask_id=mask_id)
+            if mlm
+            else partial(validate, target_mask=valid_mask)
+        )
         bar = tqdm(
             range(start_step, train_config.steps),
             initial=start_step,
@@ -345,36 +269,16 @@ def train(
                     t0 = time.perf_counter()
                     stats = optimizer_step(model, optimizer, train_config, step, backward)
                     done = step + 1
-                    if not stats.finite:
-                        log.write(
-                            {
-                                "step": done,
-                                "lr": stats.lr,
-                                "loss": stats.loss,
-                                "grad_norm": stats.grad_norm,
-                            }
-                        )
-                        raise _diverged(stats, done, run_dir, train_config)
-                    if stats.loss > diverged_above:
-                        raise _diverged(stats, done, run_dir, train_config, diverged_above)
+                    _stop_if_diverged(stats, done, log, run_dir, train_config, diverged_above)
                     seconds = time.perf_counter() - t0
                     state.step, state.elapsed = done, state.elapsed + seconds
                     state.losses.append(stats.loss)
                     step_seconds.append(seconds)
-                    row: dict[str, Any] = {
-                        "step": done,
-                        "tokens": done * tokens_per_step,
-                        "lr": stats.lr,
-                        "loss": stats.loss,
-                        "grad_norm": stats.grad_norm,
-                        "tokens_per_s": tokens_per_step / max(seconds, 1e-9),
-                        "elapsed_s": state.elapsed,
-                    }
-                    every = eval_config.every if eval_config is not None else 0
+                    row = _log_row(stats, done, seconds, state.elapsed, tokens_per_step)
                     if valid_tokens is not None and (
                         done % every == 0 or done == train_config.steps
                     ):
-                        value = (partial(validate_mlm, mask_id=mask_id) if mlm else validate)(
+                        value = score_valid(
                             model,
                             valid_tokens,
                             eval_config.length or train_config.train_len,
@@ -386,14 +290,10 @@ def train(
                         state.valid.append((done, value))
                         row["valid_loss"], row["valid_ppl"] = value, math.exp(min(value, 700.0))
                     log.write(row)
-                    this_call = sum(step_seconds) + 1e-9
-                    postfix = {
-                        "loss": f"{stats.loss:.3f}",
-                        "tok_s": f"{(done - start_step) * tokens_per_step / this_call:,.0f}",
-                    }
-                    if state.valid:
-                        postfix["valid"] = f"{state.valid[-1][1]:.3f}"
-                    bar.set_postfix(postfix)
+                    tokens_now = (done - start_step) * tokens_per_step  # in this call
+                    bar.set_postfix(
+                        _postfix(stats.loss, tokens_now, sum(step_seconds), state.valid)
+                    )
                     save_every = train_config.save_every
                     if save_every and done % save_every == 0 and done < train_config.steps:
                         save(done)
@@ -415,144 +315,64 @@ def train(
         )
 
 
-def _check_shapes(
-    model_config: GPTConfig, train_config: TrainConfig, tokenizer: Tokenizer, info: DistInfo
+def _resume(
+    run_dir: Path,
+    model: GPT,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    device: torch.device,
+    state_key: tuple[GPTConfig, TrainConfig, str, Any],
+) -> TrainState:
+    """Continue from run_dir's newest checkpoint: its weights into `model`, its optimizer,
+    schedule, sampler and RNG state into the rest; refused when the saved run's model,
+    training, tokenizer or data differ from `state_key`'s."""
+    saved = load_train_state(run_dir)
+    differs = mismatch(saved, *state_key)
+    if differs:
+        raise UserError(
+            f"{run_dir} holds a run with another {differs}; resume it with the same "
+            f"settings or pick another --out"
+        )
+    folder = latest_checkpoint(run_dir)
+    model.load_state_dict(load_model(folder, map_location=device).state_dict())
+    return TrainState.restore(saved, optimizer, generator, device)
+
+
+def _stop_if_diverged(
+    stats: Any, done: int, log: RunLog, run_dir: Path | None, config: TrainConfig, above: float
 ) -> None:
-    if train_config.objective == "lm" and not model_config.causal:
-        raise UserError(
-            "causal=False builds an encoder, which next-token training would let see its "
-            "targets; train with causal=True"
-        )
-    if model_config.vocab_size != tokenizer.vocab_size:
-        raise UserError(
-            f"model vocab_size={model_config.vocab_size} differs from the tokenizer's "
-            f"{tokenizer.vocab_size}; set vocab_size to the tokenizer's"
-        )
-    if train_config.batch_size % (info.world_size * train_config.grad_accum):
-        raise UserError(
-            f"batch_size={train_config.batch_size} must be divisible by world size "
-            f"{info.world_size} x grad_accum {train_config.grad_accum}; change --batch-size"
-        )
+    """A non-finite loss or gradient norm (logged first), or a loss over `above`, stops the
+    run with a `UserError` (`prepare.diverged_error`)."""
+    if not stats.finite:
+        log.write({"step": done, "lr": stats.lr, "loss": stats.loss, "grad_norm": stats.grad_norm})
+        raise diverged_error(stats, done, run_dir, config)
+    if stats.loss > above:
+        raise diverged_error(stats, done, run_dir, config, above)
 
 
-def _split_tokens(corpus: Corpus, split: str, tokenizer: Tokenizer, window: int) -> Any:
-    """The split's token array; an error when it cannot hold one window of `window` + 1."""
-    tokens = corpus.token_array(split, tokenizer)
-    if len(tokens) <= window:
-        if split == "train":
-            raise UserError(
-                f"the train split has {len(tokens)} tokens, fewer than train_len + 2 = "
-                f"{window + 1}; use more data or a shorter --train-len"
-            )
-        raise UserError(
-            f"the valid split has {len(tokens)} tokens, too few for one validation "
-            f"window of {window}; set eval.length lower or eval.every to 0"
-        )
-    return tokens
+def _log_row(
+    stats: Any, done: int, seconds: float, elapsed: float, tokens_per_step: int
+) -> dict[str, Any]:
+    """One step's log.csv row (validation columns are added when it ran)."""
+    return {
+        "step": done,
+        "tokens": done * tokens_per_step,
+        "lr": stats.lr,
+        "loss": stats.loss,
+        "grad_norm": stats.grad_norm,
+        "tokens_per_s": tokens_per_step / max(seconds, 1e-9),
+        "elapsed_s": elapsed,
+    }
 
 
-def _data_config(
-    data_config: DataConfig | None, corpus: Corpus, tokenizer: Tokenizer
-) -> DataConfig:
-    if data_config is None:
-        return DataConfig(
-            name=corpus.name,
-            tokenizer=tokenizer.name if tokenizer.name in ("byte", "bpe") else "byte",
-            vocab_size=tokenizer.vocab_size if tokenizer.name == "bpe" else None,
-        )
-    if data_config.content_hash not in (None, corpus.content_hash):
-        raise UserError(
-            f"the corpus {corpus.name} has changed: its hash is {corpus.content_hash[:12]}…, the "
-            f"config says {data_config.content_hash[:12]}…; drop data.content_hash to train on "
-            "it anyway"
-        )
-    return data_config
-
-
-def _prepare_run_dir(run_dir: Path | None, resume: bool, overwrite: bool, info: DistInfo) -> None:
-    """Refuse to train over another run's checkpoints unless resuming or overwriting; clear
-    what a resume must not see (partial checkpoints) or a fresh run must not keep."""
-    if resume and run_dir is None:
-        raise UserError("resume needs a run directory (--out)")
-    if run_dir is not None and info.is_main:
-        foreign = foreign_entries(run_dir)
-        if foreign:
-            names = ", ".join(p.name for p in foreign[:3]) + (" …" if len(foreign) > 3 else "")
-            raise UserError(
-                f"{run_dir / CHECKPOINTS} holds entries extrapos did not write ({names}); "
-                "they are never deleted: move them away or choose another --out"
-            )
-        earlier = list_checkpoints(run_dir)
-        legacy = (run_dir / TRAIN_STATE).is_file()
-        if legacy and not earlier and not (resume or overwrite):
-            raise UserError(
-                f"{run_dir} holds the training state of an earlier run ({TRAIN_STATE}); pass "
-                "--resume to continue it, --overwrite to delete it and start over, or choose "
-                "another --out"
-            )
-        if earlier and not (resume or overwrite):
-            raise UserError(
-                f"{run_dir} holds checkpoints of an earlier run (up to step {earlier[-1][0]}); "
-                f"pass --resume to continue it, --overwrite to delete them and start over, or "
-                f"choose another --out"
-            )
-        (remove_partial_checkpoints if resume else clear_checkpoints)(run_dir)
-    barrier(info)
-
-
-def _wrap_for_training(
-    model: GPT, train_config: TrainConfig, device: torch.device, info: DistInfo
-) -> tuple[Any, Any, contextlib.AbstractContextManager[Any]]:
-    """What the steps call: the model, in DDP across ranks and/or compiled; the DDP wrapper
-    (or None); the settings the compiled steps run under."""
-    forward: Any = model
-    ddp = None
-    if info.world_size > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        ids = [device.index] if device.type == "cuda" else None
-        # buffers (e.g. ALiBi slopes) are derived from the config, identical on every rank:
-        # no need to re-broadcast them at every forward
-        sync = (
-            {"forward_sync_buffers": False}
-            if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
-            else {"broadcast_buffers": False}
-        )
-        ddp = DistributedDataParallel(model, device_ids=ids, **sync)
-        forward = ddp
-    settings: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-    if train_config.compile:
-        forward = torch.compile(forward)
-        # torch 2.13: a warm AOTAutograd cache hit replays aliased-output views with garbage
-        # shapes for this model (RuntimeError "shape '[9404…, 5547…, 48]' is invalid"; the
-        # pytorch issues 141974 and 177812 family); compiling without that cache is correct
-        import torch._functorch.config as functorch_config
-
-        settings = functorch_config.patch(enable_autograd_cache=False)
-    return forward, ddp, settings
-
-
-def _diverged(
-    stats: Any, done: int, run_dir: Path | None, config: TrainConfig, limit: float | None = None
-) -> UserError:
-    kept = latest_checkpoint(run_dir) if run_dir is not None else None
-    where = f"the last checkpoint ({kept}) is kept" if kept else "nothing was saved"
-    # a resume keeps the run's settings (lr, warmup), so the advice is a fresh start
-    advice = (
-        f"Rerun with a lower --lr (now {config.lr}) or more --warmup-steps, adding --overwrite "
-        "to replace this run"
-    )
-    if limit is not None:
-        return UserError(
-            f"the loss reached {stats.loss:.4g} at step {done}, above 10 x ln(vocab) = "
-            f"{limit:.1f} (a uniform guess scores ln(vocab)): the run diverged and stopped; "
-            f"{where}. {advice}"
-        )
-    what = "loss" if not math.isfinite(stats.loss) else "gradient norm"
-    return UserError(
-        f"the {what} became {stats.loss if what == 'loss' else stats.grad_norm} at step "
-        f"{done}; the run stopped before updating the weights and {where}. {advice}"
-    )
+def _postfix(
+    loss: float, tokens: int, seconds: float, valid: list[tuple[int, float]]
+) -> dict[str, str]:
+    """The progress bar's loss, tokens/s of this call, and last validation loss."""
+    postfix = {"loss": f"{loss:.3f}", "tok_s": f"{tokens / (seconds + 1e-9):,.0f}"}
+    if valid:
+        postfix["valid"] = f"{valid[-1][1]:.3f}"
+    return postfix
 
 
 def _forward_backward(
