@@ -43,6 +43,8 @@ def test_presets_resolve_and_flags_override():
     [
         ({"preset": "huge"}, "unknown preset 'huge'; known: quick, standard, literature, paper"),
         ({"methods": ["rope", "rope"]}, "lists an entry twice"),
+        ({"extensions": ["yarn", "yarn"]}, "--extensions lists an entry twice"),
+        ({"protocols": ["sliding", "sliding"]}, "--protocols lists an entry twice"),
         ({"protocols": ["strided"]}, "unknown protocol 'strided'"),
         ({"extensions": ["magic"]}, "unknown RoPE extension 'magic'; known: linear"),
         ({"eval_tokens": 100}, "below the longest eval length"),
@@ -53,6 +55,37 @@ def test_bad_bench_settings(overrides, message):
     preset = overrides.pop("preset", "quick")
     with pytest.raises(UserError, match=message):
         BenchConfig.from_preset(preset, **overrides)
+
+
+def test_the_bench_reaches_the_papers_sinusoidal_recipe():
+    """--embed-scale and --encoding-params reach every model the bench builds; the defaults
+    leave the settings (and so earlier results) as they were."""
+    paper = BenchConfig.from_preset(
+        "quick", embed_scale=True, encoding_params={"sinusoidal": {"scale": 1.0}}
+    )
+    sinusoidal = paper.model_config("sinusoidal")
+    assert sinusoidal.embed_scale is True and sinusoidal.encoding_params == {"scale": 1.0}
+    learned = paper.model_config("learned")  # the bench's own parameters stay, others get none
+    assert learned.embed_scale is True and set(learned.encoding_params) == {"max_len"}
+    assert paper.settings()["encoding_params"] == {"sinusoidal": {"scale": 1.0}}
+    default = BenchConfig.from_preset("quick")
+    assert default.model_config("sinusoidal").embed_scale is False
+    assert "embed_scale" not in default.settings()
+    assert "encoding_params" not in default.settings()
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"sinusoidal": {"scale": -1.0}}, "scale must be > 0"),
+        ({"sinusoidal": {"sale": 1.0}}, "has no parameter"),
+        ({"alibi": {}}, "alibi, which --methods does not select"),
+        ({"sinusoidal": 1.0}, "must map method names"),
+    ],
+)
+def test_bad_bench_encoding_params_are_named(params, message):
+    with pytest.raises(UserError, match=message):
+        BenchConfig.from_preset("quick", methods=["sinusoidal"], encoding_params=params)
 
 
 def test_extension_factor_is_eval_over_train_length():

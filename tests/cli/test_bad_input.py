@@ -79,7 +79,19 @@ CASES = [
                                "--out", "{dir}/o"],
      "train_len must be >= 1, got -5"),
     ("negative eval length", ["eval", "{dir}/rope", "--lengths", "16,-4"],
-     "--lengths must be positive"),
+     "argument --lengths: lengths must be >= 1, got -4 in '16,-4'"),
+    ("zero diagnose length", ["diagnose", "{dir}/rope", "--lengths", "0"],
+     "argument --lengths: lengths must be >= 1, got 0"),
+    ("zero passkey length", ["passkey", "{dir}/rope", "--lengths", "16,0"],
+     "argument --lengths: lengths must be >= 1, got 0"),
+    ("duplicate extensions", ["bench", "--extensions", "yarn,ntk,yarn", "--out", "{dir}/o"],
+     "argument --extensions: 'yarn' is listed twice in 'yarn,ntk,yarn'"),
+    ("duplicate protocols", ["bench", "--protocols", "sliding,sliding", "--out", "{dir}/o"],
+     "argument --protocols: 'sliding' is listed twice"),
+    ("non-UTF-8 prompt", ["generate", "{dir}/rope", "--prompt", "caf\udce9"],
+     "argument --prompt (caf\\xe9) is not valid UTF-8"),
+    ("non-UTF-8 file name", ["eval", "{dir}/r\udcffpe", "--lengths", "16"],
+     "r\\xffpe) is not valid UTF-8; extrapos takes UTF-8 text and file names"),
     ("zero bench length", ["bench", "--eval-lens", "16,0", "--out", "{dir}/o"],
      "--eval-lens must be positive"),
     ("negative steps", ["train", "--encoding", "rope", "--steps", "-1", "--out", "{dir}/o"],
@@ -173,3 +185,60 @@ def test_a_full_disk_fails_cleanly_and_keeps_the_old_files(place, capsys, monkey
     assert files <= {"results.json", "log.csv"}
     log = place / "disk" / "run" / "log.csv"
     assert not log.exists() or log.read_text().endswith("\n")
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    """`extrapos list | head -1`: the reader is gone before extrapos writes; exit 141 (the
+    shell's code for SIGPIPE), no traceback and no 'Exception ignored' at exit."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "extrapos", "list"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=tmp_path,
+    )
+    proc.stdout.close()  # before the child has written anything
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) in (0, 141), err
+    assert err == "", err
+
+
+def test_output_the_terminal_cannot_encode_is_escaped(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src")}
+    env["PYTHONIOENCODING"] = "ascii"
+    done = subprocess.run(
+        [sys.executable, "-m", "extrapos", "list"], capture_output=True, env=env, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert b"m_h \\xb7 (i - j)" in done.stdout and b"Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        "extrapos.cli.build_parser",
+        "extrapos.core.plugins.load_plugins",
+        "extrapos.cli.info.cmd_list",
+    ],
+)
+def test_ctrl_c_anywhere_is_one_line_and_exit_130(where, monkeypatch, capsys):
+    """While the parser is built, plugins load (start-up) or the command runs."""
+    import importlib
+
+    module, name = where.rsplit(".", 1)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib.import_module(module), name, interrupted)
+    assert main(["list"]) == 130
+    assert capsys.readouterr().err == "extrapos: interrupted\n"

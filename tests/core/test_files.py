@@ -18,6 +18,7 @@ import torch
 from extrapos.core.errors import UserError
 from extrapos.core.files import (
     LOCK_NAME,
+    atomic_dir,
     check_dir_target,
     run_lock,
     to_json,
@@ -163,3 +164,42 @@ def test_the_lock_refuses_a_live_holder_and_takes_over_a_dead_ones(tmp_path):
     assert (tmp_path / LOCK_NAME).exists()  # stale
     with run_lock(tmp_path):
         pass
+
+
+def test_atomic_dir_renames_into_place_only_on_success_and_never_deletes_what_is_not_ours(
+    tmp_path,
+):
+    target = tmp_path / "out"
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "half.bin").write_bytes(b"x")
+        assert not target.exists()  # nothing at the target while the folder is built
+        raise RuntimeError("killed half way")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no target, no temporary
+    with atomic_dir(target) as tmp:
+        (tmp / "a").write_text("1")
+    assert (target / "a").read_text() == "1"
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o777 & ~_umask()
+    # an existing folder: replaced only when `is_ours` says so
+    with pytest.raises(UserError, match="did not write"), atomic_dir(target):
+        pytest.fail("the block must not run")
+    with atomic_dir(target, is_ours=lambda p: (p / "a").exists()) as tmp:
+        (tmp / "b").write_text("2")
+    assert sorted(p.name for p in target.iterdir()) == ["b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the old one is gone
+    # a failure while replacing keeps the previous folder whole
+    with pytest.raises(UserError, match="no"), atomic_dir(target, is_ours=lambda p: True):
+        raise UserError("no")
+    assert sorted(p.name for p in target.iterdir()) == ["b"]
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    (tmp_path / "file").write_text("f")
+    for bad, match in ((link, "symlink"), (tmp_path / "file", "not a folder"), ("", "empty")):
+        with pytest.raises(UserError, match=match), atomic_dir(bad, is_ours=lambda p: True):
+            pass
+    assert (tmp_path / "file").read_text() == "f" and link.is_symlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

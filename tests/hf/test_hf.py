@@ -647,3 +647,97 @@ def test_export_refuses_runs_llama_would_not_reproduce_and_writes_nothing(
     with pytest.raises(UserError, match=match):
         export_hf(tmp_path / "run", tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
+
+
+def _siblings(folder: Path) -> set[str]:
+    return {p.name for p in folder.parent.iterdir()}
+
+
+def test_the_export_check_runs_past_the_trained_length(tmp_path, monkeypatch):
+    """An export whose RoPE differs only past the trained length is caught. Dynamic NTK is
+    plain RoPE inside it, so writing it as plain RoPE passed the old 64-token check."""
+    dynamic = {"rope_type": "dynamic", "factor": 4.0}
+    run_dir = _run(tmp_path, "rope", train_len=64, scaling=dynamic, max_position_embeddings=64)
+    result = export_hf(run_dir, tmp_path / "hf")
+    assert result["check_length"] == 128 and result["max_abs_diff"] < 1e-5
+    assert json.loads((tmp_path / "hf" / "extrapos_export.json").read_text())["check_length"] == 128
+    import extrapos.hf.export as export
+
+    real = export.llama_rope_parameters
+
+    def plain(model, length):  # a mapping bug that drops the scaling
+        params, perm = real(model, length)
+        return {"rope_type": "default", "rope_theta": params["rope_theta"]}, perm
+
+    monkeypatch.setattr(export, "llama_rope_parameters", plain)
+    assert export_hf(run_dir, tmp_path / "hf64", check_length=64)["max_abs_diff"] < 1e-5
+    before = _siblings(tmp_path / "hf")
+    with pytest.raises(UserError, match=r"on 128 tokens \(2 x the trained length 64\)"):
+        export_hf(run_dir, tmp_path / "bad")
+    assert _siblings(tmp_path / "hf") == before  # no folder, no temporary left
+
+
+def test_a_failed_export_leaves_nothing_and_keeps_the_previous_export(tmp_path, monkeypatch):
+    import extrapos.hf.export as export
+
+    run_dir = _run(tmp_path, "rope")
+    monkeypatch.setattr(export, "VERIFY_ATOL", -1.0)  # every self-check fails
+    before = _siblings(run_dir)
+    with pytest.raises(UserError, match="nothing was written"):
+        export_hf(run_dir, tmp_path / "hf")
+    assert _siblings(run_dir) == before  # no hf/, no .hf.extrapos-*.tmp
+    monkeypatch.setattr(export, "VERIFY_ATOL", 1e-4)
+    export_hf(run_dir, tmp_path / "hf")
+    weights = (tmp_path / "hf" / "model.safetensors").read_bytes()
+    monkeypatch.setattr(export, "VERIFY_ATOL", -1.0)
+    with pytest.raises(UserError, match="nothing was written"):
+        export_hf(_run(tmp_path, "rope", base=500.0), tmp_path / "hf")
+    assert (tmp_path / "hf" / "model.safetensors").read_bytes() == weights
+    assert not [p for p in tmp_path.iterdir() if "extrapos-" in p.name]
+
+
+def test_export_replaces_only_a_previous_export(tmp_path):
+    run_dir = _run(tmp_path, "rope")
+    export_hf(run_dir, tmp_path / "hf")
+    export_hf(_run(tmp_path, "rope", base=500.0), tmp_path / "hf")  # ours: replaced
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["rope_parameters"][
+        "rope_theta"
+    ] == pytest.approx(500.0)
+    (tmp_path / "hf" / "notes.txt").write_text("mine")  # no longer only ours
+    foreign = tmp_path / "other"
+    foreign.mkdir()
+    (foreign / "config.json").write_text("{}")
+    for target in (tmp_path / "hf", foreign, run_dir.parent / "not_a_folder"):
+        if target.name == "not_a_folder":
+            target.write_text("x")
+        with pytest.raises(UserError, match="did not write|not a folder"):
+            export_hf(run_dir, target)
+    assert (tmp_path / "hf" / "notes.txt").read_text() == "mine"
+    assert (foreign / "config.json").read_text() == "{}"
+    (tmp_path / "empty").mkdir()
+    export_hf(run_dir, tmp_path / "empty")  # an empty folder is filled
+    assert (tmp_path / "empty" / "model.safetensors").is_file()
+
+
+@torch.no_grad()
+def test_eval_hf_on_dynamic_rope_gives_the_same_numbers_in_any_length_order(tmp_path):
+    """transformers' dynamic RoPE keeps the frequencies of the longest length it has seen; the
+    adapter restores the rotary state before every forward, so each length is scored from the
+    same state (and equals our own dynamic model, which is stateless)."""
+    dynamic = {"rope_type": "dynamic", "factor": 2.0}
+    run_dir = _run(tmp_path, "rope", scaling=dynamic, max_position_embeddings=16)
+    export_hf(run_dir, tmp_path / "hf")
+    data = tmp_path / "text.txt"
+    data.write_text("".join(f"line {i}: the quick brown fox {i * 7}\n" for i in range(200)))
+    argv = ["eval-hf", str(tmp_path / "hf"), "--data", str(data), "--max-tokens", "256"]
+    results = {}
+    for order in ("16,32,64", "64,32,16"):
+        out = tmp_path / f"{order}.json"
+        assert main([*argv, "--lengths", order, "--out", str(out)]) == 0
+        records = json.loads(out.read_text())["results"]
+        results[order] = {r["length"]: r["ppl"] for r in records}
+    assert results["16,32,64"] == results["64,32,16"]  # identical, not merely close
+    ours = GPT.from_checkpoint(run_dir).eval()
+    tokens = load_corpus(str(data)).tokens("test", ByteTokenizer())
+    for record in evaluate_lengths(ours, tokens, [16, 32, 64], "nonoverlap", max_tokens=256):
+        assert results["64,32,16"][record["length"]] == pytest.approx(record["ppl"], rel=1e-5)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from extrapos.core.errors import UserError
 from extrapos.encodings import PositionalEncoding, encoding_parameters, list_encodings
 from extrapos.encodings.absolute import sinusoidal_table
 from extrapos.models.gpt import GPT, GPTConfig, KVCache, sample_next
@@ -508,3 +509,41 @@ def test_an_injected_encoding_must_match_the_config_name() -> None:
         GPT(_config("rope"), encoding=build_encoding("alibi", num_heads=N_HEAD))
     with pytest.raises(UserError, match="must be a PositionalEncoding"):
         GPT(_config("rope"), encoding="alibi")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("idx", "match"),
+    [
+        (torch.zeros(1, 0, dtype=torch.long), "idx is empty"),
+        (torch.zeros(0, 4, dtype=torch.long), "idx is empty"),
+        (torch.tensor([[1, 2, 256]]), "token id 256 is outside the vocabulary 0..255"),
+        (torch.tensor([[1, -1, 3]]), "token id -1 is outside the vocabulary"),
+        (torch.zeros(1, 3), "integer token ids"),
+        (torch.zeros(3, dtype=torch.long), r"shape \(batch, seq\)"),
+    ],
+)
+def test_bad_token_ids_are_a_clear_error(idx, match):
+    """Out-of-vocabulary ids used to crash in nn.Embedding (IndexError); an empty input in
+    the encoding (max() of an empty tensor)."""
+    model = GPT(GPTConfig(vocab_size=256, n_layer=1, n_head=2, d_model=16, encoding="learned"))
+    with pytest.raises(UserError, match=match):
+        model(idx)
+
+
+def test_negative_positions_on_a_learned_table_raise():
+    """They used to index the table from its end (row -1 is the last row) silently."""
+    model = GPT(GPTConfig(vocab_size=256, n_layer=1, n_head=2, d_model=16, encoding="learned",
+                          encoding_params={"max_len": 8}))  # fmt: skip
+    idx = torch.tensor([[1, 2, 3]])
+    model(idx, positions=torch.tensor([0, 1, 2]))
+    with pytest.raises(UserError, match="position -1 is negative"):
+        model(idx, positions=torch.tensor([-1, 0, 1]))
+
+
+@pytest.mark.parametrize("encoding", ["rope", "sinusoidal", "functional", "xpos"])
+@pytest.mark.parametrize("base", [float("nan"), float("inf"), float("-inf"), 1.0, 0.5])
+def test_a_frequency_base_that_is_not_finite_and_above_one_is_refused(encoding, base):
+    """NaN passed the old `base <= 1` checks and inf built all-zero frequencies."""
+    with pytest.raises(UserError, match="base must be a finite number > 1"):
+        GPT(GPTConfig(vocab_size=256, n_layer=1, n_head=2, d_model=16, encoding=encoding,
+                      encoding_params={"base": base}))  # fmt: skip

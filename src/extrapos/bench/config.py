@@ -128,6 +128,14 @@ class BenchConfig:
     n_layer: int = setting(4, "Transformer blocks")
     n_head: int = setting(4, "attention heads")
     d_model: int = setting(128, "model width")
+    embed_scale: bool = setting(
+        False,
+        "token embeddings x sqrt(d_model) in every model (Vaswani et al. 2017 §3.4; with "
+        '--encoding-params \'{"sinusoidal": {"scale": 1}}\' the paper\'s sinusoidal recipe)',
+    )
+    encoding_params: dict[str, dict[str, Any]] = setting(
+        {}, 'encoding parameters by method, e.g. \'{"sinusoidal": {"scale": 1.0}}\''
+    )
     eval_tokens: int = setting(16384, "targets scored per length (the same at every length)")
     tasks: list[str] = setting([], "synthetic tasks (see `extrapos tasks --list`)")
     task_train_len: int = setting(8, "task sizes 1..N in training")
@@ -214,7 +222,24 @@ class BenchConfig:
             raise UserError("no methods selected; pass --methods with names from `extrapos list`")
         for method in self.methods:
             encoding_class(method)  # unknown -> UserError listing the known names
-        for name, values in (("methods", self.methods), ("seeds", self.seeds)):
+        if not isinstance(self.encoding_params, dict) or not all(
+            isinstance(v, dict) for v in self.encoding_params.values()
+        ):
+            raise UserError(
+                "encoding_params must map method names to parameter objects, e.g. "
+                f'{{"sinusoidal": {{"scale": 1.0}}}}, got {self.encoding_params!r}'
+            )
+        unused = sorted(set(self.encoding_params) - set(self.methods))
+        if unused:
+            raise UserError(
+                f"encoding_params names {', '.join(unused)}, which --methods does not select"
+            )
+        for name, values in (
+            ("methods", self.methods),
+            ("seeds", self.seeds),
+            ("extensions", self.extensions),  # a twice-listed one made a fake +- 0 interval
+            ("protocols", self.protocols),
+        ):
             if len(set(values)) != len(values):
                 raise UserError(f"--{name} lists an entry twice: {values}")
         if not self.seeds:
@@ -257,6 +282,19 @@ class BenchConfig:
             raise UserError(f"passkey_depths must lie in [0, 1], got {self.passkey_depths}")
         # the model and train configs validate the rest
         self.model_config("nope", vocab_size=self.vocab_size)
+        for method in self.encoding_params:  # unknown or invalid parameters, named now
+            from extrapos.encodings.registry import build_for_model
+
+            cfg = self.model_config(method)
+            build_for_model(
+                method,
+                cfg.encoding_params,
+                d_model=cfg.d_model,
+                num_heads=cfg.n_head,
+                head_dim=cfg.head_dim,
+                num_layers=cfg.n_layer,
+                d_ff=cfg.d_ff,
+            )
         self.train_config(self.seeds[0])
 
     @property
@@ -270,6 +308,7 @@ class BenchConfig:
         params: dict[str, Any] = {}
         if method == "learned":
             params["max_len"] = max(max(self.eval_lens or [0]), self.train_len)
+        params.update(self.encoding_params.get(method, {}))
         if vocab_size is None:
             vocab_size = self.vocab_size if self.tokenizer == "bpe" else 256
         return GPTConfig(
@@ -279,6 +318,7 @@ class BenchConfig:
             d_model=self.d_model,
             encoding=method,
             encoding_params=params,
+            embed_scale=self.embed_scale,
         )
 
     def train_config(self, seed: int) -> TrainConfig:
@@ -302,8 +342,13 @@ class BenchConfig:
         out = {k: v for k, v in asdict(self).items() if k not in skip}
         # fields added later are left out at their neutral value, so that results written
         # before them still match (and merge) when nothing changed
-        for name in ("train_tokens", "warmup_steps"):
-            if out[name] is None:
+        for name, neutral in (
+            ("train_tokens", None),
+            ("warmup_steps", None),
+            ("embed_scale", False),
+            ("encoding_params", {}),
+        ):
+            if out[name] == neutral:
                 del out[name]
         if self.tokenizer != "bpe":
             del out["vocab_size"]

@@ -66,7 +66,62 @@ def _flag_of(parser: argparse.ArgumentParser, args: argparse.Namespace, dest: st
     return dest
 
 
+def _not_utf8_argument(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str | None:
+    """The first option or argument that is not valid UTF-8 (bytes the OS handed over as lone
+    surrogates), as 'FLAG (VALUE)'; a prompt or file name like that cannot be tokenized,
+    printed or written into JSON."""
+    for dest, value in vars(args).items():
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, str):
+                try:
+                    v.encode("utf-8")
+                except UnicodeEncodeError:
+                    shown = v.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")
+                    return f"{_flag_of(parser, args, dest)} ({shown})"
+    return None
+
+
+def _tolerant_output() -> None:
+    """Text the terminal's encoding cannot show is printed as backslash escapes (e.g. \\u20ac
+    under LANG=C or PYTHONIOENCODING=ascii) instead of raising UnicodeEncodeError."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):  # not a TextIOWrapper, or closed
+            pass
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away (`extrapos list | head -1`): stop quietly with the
+    shell's code for SIGPIPE (128 + 13). Later writes and the exit-time flush go to /dev/null,
+    so Python prints no 'Exception ignored' message."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout has no descriptor (captured)
+        pass
+    return 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command: 0 on success, 2 on bad input (one line on stderr), 130 on Ctrl-C
+    (one line, wherever it lands: parsing, plugins, imports or the command), 141 when the
+    reader of stdout closed it."""
+    _tolerant_output()
+    try:
+        code = _run(argv)
+        sys.stdout.flush()  # a closed pipe shows here rather than at exit
+        return code
+    except KeyboardInterrupt:
+        print("extrapos: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return _stdout_closed()
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -85,6 +140,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    not_utf8 = _not_utf8_argument(parser, args)
+    if not_utf8:
+        print(
+            f"extrapos: error: argument {not_utf8} is not valid UTF-8; extrapos takes UTF-8 "
+            "text and file names (rename the file, or re-encode the text)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         args.fn(args)
     except UserError as exc:
@@ -92,9 +155,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"extrapos: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("extrapos: interrupted", file=sys.stderr)
-        return 130
     return 0
 
 

@@ -27,11 +27,24 @@ def int_list(text: str) -> list[int]:
     return values
 
 
+def length_list(text: str) -> list[int]:
+    """Comma-separated lengths (or sizes, distances): integers >= 1."""
+    values = int_list(text)
+    bad = [v for v in values if v < 1]
+    if bad:
+        raise argparse.ArgumentTypeError(f"lengths must be >= 1, got {bad[0]} in '{text}'")
+    return values
+
+
 def name_list(text: str) -> list[str]:
-    """Comma-separated names; 'none' (or nothing) is the empty list."""
+    """Comma-separated names, each at most once; 'none' (or nothing) is the empty list."""
     if text.strip().lower() in ("", "none"):
         return []
-    return [x.strip() for x in text.split(",") if x.strip()]
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise argparse.ArgumentTypeError(f"'{twice[0]}' is listed twice in '{text}'")
+    return names
 
 
 def json_object(text: str) -> dict[str, Any]:

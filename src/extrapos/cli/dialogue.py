@@ -13,7 +13,7 @@ from extrapos.cli.args import (
     add_command,
     add_dataclass_flags,
     dataclass_flags,
-    int_list,
+    length_list,
     run_corpus,
 )
 from extrapos.core.errors import UserError
@@ -89,7 +89,7 @@ def register(sub: Any) -> None:
         "--max-dialogues", type=int, default=200, help="test dialogues used (default 200; 0: all)"
     )
     p.add_argument(
-        "--recall-factors", type=int_list, default=[1, 2, 4, 8, 16], help="distances in L"
+        "--recall-factors", type=length_list, default=[1, 2, 4, 8, 16], help="distances in L"
     )
     p.add_argument(
         "--trials",

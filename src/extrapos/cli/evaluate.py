@@ -9,7 +9,7 @@ from typing import Any
 from extrapos.cli.args import (
     EXTENSION_NAMES,
     add_command,
-    int_list,
+    length_list,
     print_perplexities,
     run_corpus,
     write_results,
@@ -215,7 +215,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="evaluate a rope run with an inference-time extension, set per length",
     )
-    p.add_argument("--lengths", type=int_list, required=True, help="e.g. 128,256,512")
+    p.add_argument("--lengths", type=length_list, required=True, help="e.g. 128,256,512")
     p.add_argument("--protocol", choices=("nonoverlap", "sliding"), default="nonoverlap")
     p.add_argument("--stride", type=int, default=None, help="sliding stride (default L/2)")
     p.add_argument("--data", default=None, help="default: the corpus the run trained on")

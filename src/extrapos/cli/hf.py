@@ -8,8 +8,8 @@ import sys
 
 from extrapos.cli.args import (
     add_command,
-    int_list,
     json_object,
+    length_list,
     print_perplexities,
     quiet_transformers,
 )
@@ -77,7 +77,7 @@ def cmd_export_hf(args: argparse.Namespace) -> None:
         f"exported {result['encoding']} as LlamaForCausalLM to {result['out_dir']} "
         f"(rope_parameters {json.dumps(result['rope_parameters'])}; tokenizer: "
         f"{result['tokenizer']}); reloaded offline, max |logit difference| "
-        f"{result['max_abs_diff']:.2e}"
+        f"{result['max_abs_diff']:.2e} over {result['check_length']} tokens"
     )
 
 
@@ -86,7 +86,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         sub, "eval-hf", cmd_eval_hf, "perplexity vs length of a local transformers model folder"
     )
     p.add_argument("model_dir", help="a save_pretrained folder (config.json, weights, tokenizer)")
-    p.add_argument("--lengths", type=int_list, required=True, help="e.g. 128,256,512")
+    p.add_argument("--lengths", type=length_list, required=True, help="e.g. 128,256,512")
     p.add_argument("--protocol", choices=("nonoverlap", "sliding"), default="nonoverlap")
     p.add_argument("--stride", type=int, default=None, help="sliding stride (default L/2)")
     p.add_argument(

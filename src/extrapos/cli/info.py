@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from extrapos.cli.args import add_command, int_list, name_list
+from extrapos.cli.args import add_command, length_list, name_list
 
 
 def cmd_list(args: argparse.Namespace) -> None:
@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--methods", type=name_list, default=["nope", "rope", "alibi", "t5", "kerple_log"]
     )
-    p.add_argument("--lengths", type=int_list, default=[512, 1024, 2048, 4096])
+    p.add_argument("--lengths", type=length_list, default=[512, 1024, 2048, 4096])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--n-layer", type=int, default=4)
     p.add_argument("--n-head", type=int, default=4)

@@ -9,8 +9,8 @@ from typing import Any
 from extrapos.cli.args import (
     add_command,
     float_list,
-    int_list,
     json_object,
+    length_list,
     name_list,
     run_corpus,
     table,
@@ -187,7 +187,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--encoding", type=name_list, default=None, help="encoding(s), comma-separated")
     p.add_argument("--encoding-params", type=json_object, default={}, metavar="JSON")
     p.add_argument("--train-len", type=int, default=16, help="train on sizes 1..N (default 16)")
-    p.add_argument("--eval-lens", type=int_list, default=None, help="default 1,2,4,8 x train-len")
+    p.add_argument(
+        "--eval-lens", type=length_list, default=None, help="default 1,2,4,8 x train-len"
+    )
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -210,7 +212,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         sub, "passkey", cmd_passkey, "passkey retrieval of a trained run by length and depth"
     )
     p.add_argument("run_dir")
-    p.add_argument("--lengths", type=int_list, required=True, help="e.g. 256,512,1024")
+    p.add_argument("--lengths", type=length_list, required=True, help="e.g. 256,512,1024")
     p.add_argument("--depths", type=float_list, default=[0.0, 0.25, 0.5, 0.75, 1.0])
     p.add_argument("--trials", type=int, default=10, help="random keys per (length, depth)")
     p.add_argument("--seed", type=int, default=0)
@@ -225,7 +227,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         sub, "diagnose", cmd_diagnose, "attention entropy and distance per layer/head vs length"
     )
     p.add_argument("run_dir")
-    p.add_argument("--lengths", type=int_list, required=True, help="e.g. 128,512,2048")
+    p.add_argument("--lengths", type=length_list, required=True, help="e.g. 128,512,2048")
     p.add_argument("--windows", type=int, default=2, help="windows averaged per length")
     p.add_argument("--data", default=None, help="default: the corpus the run trained on")
     p.add_argument("--split", choices=("train", "valid", "test"), default="test")

@@ -18,6 +18,10 @@ One mechanism, `atomic_path`, behind every writer (`write_text`, `write_json`, `
    `SafetensorError`) — removes the temporary file, leaves the destination as it was, and
    becomes one `UserError` line naming the file and the cause.
 
+`atomic_dir(path)` does the same for a folder written as a whole (an export): it is built in
+a temporary sibling and renamed into place only when complete; an existing folder is replaced
+only when it is one we wrote.
+
 `run_lock(folder)` is the other guard: a lock file holding the writer's pid, so a second training
 or bench on the same output is refused while the first lives; a lock left by a process that has
 died is taken over.
@@ -29,6 +33,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import socket
 import stat
 import tempfile
@@ -212,6 +217,73 @@ def write_safetensors(
     from safetensors.torch import save_model
 
     save_with(path, lambda tmp: save_model(model, str(tmp), metadata=metadata), (SafetensorError,))
+
+
+@contextlib.contextmanager
+def atomic_dir(
+    path: str | os.PathLike[str],
+    is_ours: Callable[[Path], bool] = lambda _: False,
+    errors: tuple[type[BaseException], ...] = (),
+    what: str = "output folder",
+) -> Iterator[Path]:
+    """Yield an empty temporary folder `.NAME.extrapos-XXXX.tmp` beside `path`; when the block
+    succeeds, rename it to `path`, else delete it, so `path` is never half written.
+
+    An existing `path` is replaced only if it is empty or `is_ours(path)` says it is what an
+    earlier call wrote (e.g. a previous export); anything else, a symlink or a non-folder is
+    refused before the block runs, so nothing that is not ours is ever deleted. POSIX has no
+    atomic swap of two folders: the old one is first renamed to `.NAME.extrapos-old-XXXX.tmp`
+    and deleted after the new one is in place; a kill between the two renames leaves it
+    under that name, complete. The folder gets the umask's mode (`0o777 & ~umask`). `OSError`
+    and `errors` become a `UserError` naming the folder."""
+    path = check_path_text(path, what)
+    if path.is_symlink():
+        raise UserError(
+            f"{what} {path} is a symlink; extrapos does not replace or write through links: "
+            "give the real path (or remove the link)"
+        )
+    if path.exists():
+        if not path.is_dir():
+            raise UserError(f"{what} {path} exists and is not a folder; pick another path")
+        if any(path.iterdir()) and not is_ours(path):
+            raise UserError(
+                f"{what} {path} exists and holds files extrapos did not write there; pick "
+                "another path or remove it yourself (extrapos never deletes what is not its own)"
+            )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(
+            tempfile.mkdtemp(prefix=f".{path.name}.{TMP_MARK}", suffix=".tmp", dir=path.parent)
+        )
+        os.chmod(tmp, 0o777 & ~current_umask())
+    except OSError as exc:
+        raise _write_error(path, exc) from exc
+    try:
+        yield tmp
+        old = None
+        if path.exists():  # checked above; an empty or earlier folder of ours
+            old = Path(
+                tempfile.mkdtemp(
+                    prefix=f".{path.name}.{TMP_MARK}old-", suffix=".tmp", dir=path.parent
+                )
+            )
+            os.replace(path, old)  # over the empty folder just made
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            if old is not None and not path.exists():
+                os.rename(old, path)  # put the previous folder back
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except (OSError, *errors) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, UserError):
+            raise
+        raise _write_error(path, exc) from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def is_our_temporary(path: Path) -> bool:

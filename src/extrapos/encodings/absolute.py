@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from extrapos.core.errors import UserError
-from extrapos.encodings.base import EMBEDDING_INIT_STD, PositionalEncoding
+from extrapos.encodings.base import EMBEDDING_INIT_STD, PositionalEncoding, check_base
 from extrapos.encodings.registry import register
 
 
@@ -48,8 +48,7 @@ class Sinusoidal(PositionalEncoding):
         self, d_model: int, base: float = 10000.0, scale: float = math.sqrt(2) * EMBEDDING_INIT_STD
     ) -> None:
         super().__init__()
-        if base <= 1:
-            raise UserError(f"sinusoidal: base must be > 1, got {base}")
+        base = check_base("sinusoidal", base)
         if not scale > 0:
             raise UserError(f"sinusoidal: scale must be > 0, got {scale}")
         self.d_model = d_model
@@ -81,6 +80,11 @@ class Learned(PositionalEncoding):
         self.table = nn.Parameter(torch.randn(max_len, d_model) * init_std)
 
     def input_embedding(self, positions: Tensor) -> Tensor:
+        if positions.numel() and int(positions.min()) < 0:  # table[-1] would be the last row
+            raise UserError(
+                f"learned: position {int(positions.min())} is negative; a table has rows "
+                f"0..{self.max_len - 1} only"
+            )
         self.check_positions(int(positions.max()))
         return self.table[positions]
 

@@ -49,6 +49,7 @@ attention code never materializes an (h, n, n) tensor from it (see `extrapos.ker
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -220,3 +221,16 @@ def _class_sites(cls: type) -> frozenset[str]:
 def default_positions(length: int, offset: int = 0, device: torch.device | None = None) -> Tensor:
     """Positions offset .. offset + length - 1 as a (length,) int64 tensor."""
     return torch.arange(offset, offset + length, device=device, dtype=torch.long)
+
+
+def check_base(owner: str, base: float) -> float:
+    """`base` as a float, refusing what is not a usable frequency base: NaN, ±inf and values
+    <= 1 (base^(-2i/d) would be NaN, 0 for every i > 0, or growing instead of decaying).
+    NaN passed the old `base <= 1` checks, since every comparison with NaN is false."""
+    try:
+        value = float(base)
+    except (TypeError, ValueError):
+        raise UserError(f"{owner}: base must be a number > 1, got {base!r}") from None
+    if not (math.isfinite(value) and value > 1):
+        raise UserError(f"{owner}: base must be a finite number > 1, got {base!r}")
+    return value

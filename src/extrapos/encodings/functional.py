@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from extrapos.core.errors import UserError
 from extrapos.encodings.absolute import sinusoidal_table
-from extrapos.encodings.base import EMBEDDING_INIT_STD, PositionalEncoding
+from extrapos.encodings.base import EMBEDDING_INIT_STD, PositionalEncoding, check_base
 from extrapos.encodings.registry import register
 
 
@@ -74,8 +74,7 @@ class Functional(PositionalEncoding):
             raise UserError(f"functional: num_frequencies must be >= 1, got {num_frequencies}")
         if hidden < 1:
             raise UserError(f"functional: hidden must be >= 1, got {hidden}")
-        if not base > 1:
-            raise UserError(f"functional: base must be > 1, got {base}")
+        base = check_base("functional", base)
         if not init_std > 0:
             raise UserError(f"functional: init_std must be > 0, got {init_std}")
         self.num_frequencies, self.base = int(num_frequencies), float(base)

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from extrapos.core.errors import UserError
-from extrapos.encodings.base import PositionalEncoding
+from extrapos.encodings.base import PositionalEncoding, check_base
 from extrapos.encodings.registry import register
 from extrapos.encodings.rope_scaling import rope_inv_freq, validate_rope_scaling
 
@@ -140,8 +140,7 @@ class RoPE(PositionalEncoding):
                 f"rope: rotary_dim must be a positive even number <= head_dim={head_dim}, "
                 f"got {rotary_dim}"
             )
-        if base <= 1:
-            raise UserError(f"rope: base must be > 1, got {base}")
+        base = check_base("rope", base)
         if logn_scale_len is not None and logn_scale_len < 2:
             raise UserError(f"rope: logn_scale_len must be >= 2, got {logn_scale_len}")
         self.logn_scale_len = logn_scale_len

@@ -179,11 +179,18 @@ class HFCausalLM(nn.Module):
 
     kind "causal": any `AutoModelForCausalLM`. kind "t5": a T5 decoder used as an LM; the
     encoder sees a single EOS token per row and the tokens go in as `decoder_input_ids`.
+
+    Every forward starts from the rotary state the model had when wrapped
+    (`extrapos.hf.patch.rotary_state`): transformers' dynamic RoPE keeps the frequencies of the
+    longest length it has seen, which made scores depend on the order of the lengths.
     """
 
     def __init__(self, model: nn.Module, tokenizer: Any, kind: Kind = "causal") -> None:
+        from extrapos.hf.patch import rotary_state
+
         super().__init__()
         self.hf = model
+        self._restore_rotary = rotary_state(model)
         self.kind = kind
         self.config = model.config
         self.tokenizer = tokenizer
@@ -204,6 +211,7 @@ class HFCausalLM(nn.Module):
         limit = self.encoding
         if limit is not None:
             limit.check_positions(idx.shape[1] - 1)
+        self._restore_rotary()  # each forward from the same state, whatever came before
         if self.kind == "t5":
             eos = self.config.eos_token_id
             encoder_ids = torch.full((idx.shape[0], 1), eos, dtype=idx.dtype, device=idx.device)

@@ -29,11 +29,13 @@ full-head rotation. So:
 Every other encoding (alibi, t5, learned, sinusoidal, ...) has no Llama equivalent: `UserError`.
 The tokenizer: our byte tokenizer is written as a `tokenizers` byte-level BPE with no merges
 (token id = byte value), which `AutoTokenizer` loads. After writing, the export is reloaded
-offline and its logits are compared with ours (`max_abs_diff` in the result).
+offline and its logits are compared with ours past the trained length (`max_abs_diff` in the
+result); only then is the folder renamed into place.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +43,7 @@ import torch
 from torch import Tensor
 
 from extrapos.core.errors import UserError
-from extrapos.core.files import write_json
+from extrapos.core.files import atomic_dir, write_json
 from extrapos.hf.rope import _partial_rotary_factor, rope_config_to_hf
 from extrapos.models.gpt import GPT
 
@@ -226,7 +228,7 @@ def export_hf(
     out_dir: str | Path,
     *,
     max_position_embeddings: int | None = None,
-    check_length: int = 64,
+    check_length: int | None = None,
 ) -> dict[str, Any]:
     """Write run `run_dir` as a `LlamaForCausalLM` folder `out_dir` and verify it.
 
@@ -234,9 +236,16 @@ def export_hf(
     the run's train_len). The folder holds `config.json`, `model.safetensors`, the tokenizer
     files (byte tokenizer only) and `extrapos_export.json` (source run, encoding, mapping).
     The export is reloaded with `AutoModelForCausalLM.from_pretrained(out_dir,
-    local_files_only=True)` and compared with our logits on `check_length` random tokens.
-    Returns {"out_dir", "encoding", "rope_parameters", "max_abs_diff", "tokenizer"}.
+    local_files_only=True)` and compared with our logits on `check_length` random tokens
+    (default: 2 x the trained length, at least 64, so scalings that act only past it are
+    checked). The folder is built beside `out_dir` and renamed into place only after the check
+    passes (`extrapos.core.files.atomic_dir`): a refused or failed export leaves no folder. An
+    existing `out_dir` is replaced only if it is empty or a previous export (its manifest lists
+    every file in it); anything else is refused.
+    Returns {"out_dir", "encoding", "rope_parameters", "max_abs_diff", "check_length",
+    "tokenizer"}.
     """
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     from extrapos.training.run_dir import load_run
@@ -255,43 +264,93 @@ def export_hf(
         raise UserError(
             f"{run_dir} records no train_len; pass max_position_embeddings (--max-position-embeddings)"
         )
+    if check_length is None:  # past the trained length, where scalings and dynamic RoPE act
+        check_length = max(64, 2 * max_position_embeddings)
     is_byte = getattr(tokenizer, "name", None) == "byte"
     llama = gpt_to_llama(
         model, max_position_embeddings, (BOS_BYTE, EOS_BYTE) if is_byte else (None, None)
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    llama.save_pretrained(str(out_dir))
     tokenizer_note = "bytes: token id = UTF-8 byte value"
     if is_byte:
-        byte_tokenizer_hf().save_pretrained(str(out_dir))
         tokenizer_note += f"; BOS = byte {BOS_BYTE} (newline), EOS = byte {EOS_BYTE} (NUL)"
     else:
         tokenizer_note = f"not exported ({getattr(tokenizer, 'name', '?')}); tokenize as in the run"
-    provenance = {
-        "source_run": str(run_dir),
-        "encoding": model.config.encoding,
-        "encoding_params": model.config.encoding_params,
-        "tokenizer": tokenizer_note,
-        "mapping": "extrapos.hf.export: qkv -> q/k/v_proj, w1/w3/w2 -> gate/up/down_proj",
-    }
-    write_json(out_dir / "extrapos_export.json", provenance)
-
-    reloaded = AutoModelForCausalLM.from_pretrained(
-        str(out_dir), local_files_only=True, dtype=torch.float32
-    ).eval()
-    idx = torch.randint(
-        0, model.config.vocab_size, (1, check_length), generator=torch.Generator().manual_seed(0)
-    )
-    diff = float((reloaded(input_ids=idx).logits.float() - model(idx)).abs().max())
-    if not diff <= VERIFY_ATOL:
-        raise UserError(
-            f"the export in {out_dir} gives logits {diff:.2e} away from the run's (> "
-            f"{VERIFY_ATOL:g}); this transformers version maps the weights differently, please report it"
-        )
+    # built in a temporary sibling and renamed into place only once the check has passed
+    with atomic_dir(out_dir, is_previous_export, (SafetensorError,), "export folder") as tmp:
+        llama.save_pretrained(str(tmp))
+        if is_byte:
+            byte_tokenizer_hf().save_pretrained(str(tmp))
+        provenance = {
+            "source_run": str(run_dir),
+            "encoding": model.config.encoding,
+            "encoding_params": model.config.encoding_params,
+            "tokenizer": tokenizer_note,
+            "mapping": "extrapos.hf.export: qkv -> q/k/v_proj, w1/w3/w2 -> gate/up/down_proj",
+            "check_length": check_length,
+            # what a later export may replace: only these (see is_previous_export)
+            "files": sorted([p.name for p in tmp.iterdir()] + [MANIFEST]),
+        }
+        write_json(tmp / MANIFEST, provenance)
+        reloaded = AutoModelForCausalLM.from_pretrained(
+            str(tmp), local_files_only=True, dtype=torch.float32
+        ).eval()
+        diff = verify_export(reloaded, model, check_length)
+        if not diff <= VERIFY_ATOL:
+            raise UserError(
+                f"the export gives logits {diff:.2e} away from the run's (> {VERIFY_ATOL:g}) "
+                f"on {check_length} tokens ({check_length / max_position_embeddings:g} x the "
+                f"trained length {max_position_embeddings}); nothing was written to {out_dir}. "
+                "This transformers version maps the weights or the RoPE differently, please "
+                "report it"
+            )
     return {
         "out_dir": str(out_dir),
         "encoding": model.config.encoding,
         "rope_parameters": reloaded.config.rope_parameters,
         "max_abs_diff": diff,
+        "check_length": check_length,
         "tokenizer": tokenizer_note,
     }
+
+
+@torch.no_grad()
+def verify_export(llama: Any, model: GPT, length: int) -> float:
+    """max |logit difference| between the LlamaForCausalLM and our model on `length` seeded
+    random tokens (one sequence, so every position 0..length-1 is compared)."""
+    idx = torch.randint(
+        0, model.config.vocab_size, (1, length), generator=torch.Generator().manual_seed(0)
+    )
+    return float((llama(input_ids=idx).logits.float() - model(idx)).abs().max())
+
+
+#: the export's own record of what it wrote
+MANIFEST = "extrapos_export.json"
+#: what exports written before the manifest listed its files held (save_pretrained + tokenizer)
+_LEGACY_EXPORT_FILES = frozenset(
+    {
+        MANIFEST,
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "chat_template.jinja",
+    }
+)
+
+
+def is_previous_export(folder: Path) -> bool:
+    """Whether `folder` is an earlier `export_hf` output and nothing else: its manifest is
+    there and every entry is a regular file the manifest lists (or, for exports older than
+    the list, one the export writes). A file the user added makes it not ours."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        entries = list(folder.iterdir())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(manifest, dict) or "source_run" not in manifest:
+        return False
+    listed = manifest.get("files")
+    ours = set(listed) if isinstance(listed, list) else _LEGACY_EXPORT_FILES
+    return all(e.name in ours and e.is_file() and not e.is_symlink() for e in entries)

@@ -22,7 +22,7 @@ extrapos export carries its rotary_dim.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +33,7 @@ from extrapos.core.errors import UserError
 from extrapos.encodings.rope_scaling import rope_inv_freq, validate_rope_scaling
 from extrapos.hf.rope import RopeConfig, rope_config_from_hf
 
-__all__ = ["RopePatch", "patch_rope", "rotary_modules"]
+__all__ = ["RopePatch", "patch_rope", "rotary_modules", "rotary_state"]
 
 _LENGTH_DEPENDENT = ("dynamic", "longrope")
 
@@ -46,6 +46,54 @@ def rotary_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
         if isinstance(getattr(module, "inv_freq", None), Tensor)
         and hasattr(module, "attention_scaling")
     ]
+
+
+def rotary_state(model: nn.Module) -> Callable[[], None]:
+    """A `restore()` that puts every length-dependent rotary module of `model` back in the state
+    it has now, so that each forward is computed as if it were the first.
+
+    transformers' `dynamic_rope_update` keeps state between calls: a dynamic RoPE grows its
+    `inv_freq` (and `max_seq_len_cached`, `attention_scaling`) to the longest length seen and
+    shrinks it again only below the original length, so a 256-token window scored after a
+    512-token one uses the 512-token frequencies. LongRoPE caches `long_inv_freq`. Saved here:
+    the module's buffers (`inv_freq`, `original_inv_freq`, per layer type `{type}_inv_freq`)
+    and its plain number and tensor attributes (`max_seq_len_cached`, `attention_scaling`, ...);
+    tensor attributes added later (`long_inv_freq`) are removed on restore. Modules of other
+    types (and those `patch_rope` set, which it marks "default") keep no state and are left out.
+    """
+    saved = []
+    for _, module in rotary_modules(model):
+        rope_type = getattr(module, "rope_type", "")
+        types = rope_type.values() if isinstance(rope_type, dict) else [rope_type]
+        if not any("dynamic" in str(t) or t == "longrope" for t in types):
+            continue
+        buffers = {k: v.detach().clone() for k, v in module._buffers.items() if v is not None}
+        attrs = {k: _copy(v) for k, v in vars(module).items() if _is_state(k, v)}
+        saved.append((module, buffers, attrs))
+
+    def restore() -> None:
+        for module, buffers, attrs in saved:
+            for name, value in buffers.items():
+                current = module._buffers.get(name)
+                device = current.device if current is not None else value.device
+                module._buffers[name] = value.to(device, copy=True)
+            for name in [k for k, v in vars(module).items() if _is_state(k, v) and k not in attrs]:
+                delattr(module, name)
+            for name, value in attrs.items():
+                setattr(module, name, _copy(value))
+
+    return restore
+
+
+def _is_state(name: str, value: Any) -> bool:
+    return not name.startswith("_") and (
+        isinstance(value, Tensor)
+        or (isinstance(value, (int, float)) and not isinstance(value, bool))
+    )
+
+
+def _copy(value: Any) -> Any:
+    return value.detach().clone() if isinstance(value, Tensor) else value
 
 
 @dataclass

@@ -176,6 +176,25 @@ class Block(nn.Module):
         return x + self.drop(self.mlp(self.norm2(x), ctx.ffn_term))
 
 
+def check_token_ids(idx: Tensor, vocab_size: int) -> None:
+    """Refuse what the embedding would not read as tokens: not (batch, seq), empty, not
+    integers, or ids outside 0..vocab_size-1 (a negative id would otherwise crash deep in
+    `nn.Embedding`, or on some devices read another row)."""
+    if idx.ndim != 2:
+        raise UserError(f"idx must have shape (batch, seq), got {tuple(idx.shape)}")
+    if idx.numel() == 0:
+        raise UserError(f"idx is empty (shape {tuple(idx.shape)}); give at least one token")
+    if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
+        raise UserError(f"idx must hold integer token ids, got dtype {idx.dtype}")
+    low, high = (int(v) for v in torch.aminmax(idx))
+    if low < 0 or high >= vocab_size:
+        bad = low if low < 0 else high
+        raise UserError(
+            f"token id {bad} is outside the vocabulary 0..{vocab_size - 1}; encode the text "
+            "with the tokenizer the model was trained with"
+        )
+
+
 class GPT(nn.Module):
     """Decoder-only Transformer LM. `model(idx)` with idx (b, s) int64 -> logits (b, s, V)."""
 
@@ -275,8 +294,7 @@ class GPT(nn.Module):
         the cache length; cache: keys/values of earlier tokens, extended in place; probe:
         receives every layer's attention probabilities (`AttentionProbe`).
         Returns logits (b, s, V) in float32."""
-        if idx.ndim != 2:
-            raise UserError(f"idx must have shape (batch, seq), got {tuple(idx.shape)}")
+        check_token_ids(idx, self.config.vocab_size)
         ctx = self.position_context(idx.shape[1], positions, cache, idx.device, probe)
         x = self.embed(idx)  # (b, s, D)
         if self.config.embed_scale:  # the Transformer paper's sqrt(D) (see GPTConfig)
