@@ -242,3 +242,14 @@ def test_ctrl_c_anywhere_is_one_line_and_exit_130(where, monkeypatch, capsys):
     monkeypatch.setattr(importlib.import_module(module), name, interrupted)
     assert main(["list"]) == 130
     assert capsys.readouterr().err == "extrapos: interrupted\n"
+
+
+def test_a_failed_bench_leaves_no_empty_output_folder(tmp_path, monkeypatch):
+    """`bench` with a bad --data and the default `bench_out` used to leave an empty folder;
+    a folder that existed before stays."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", "--data", str(tmp_path / "missing")]) == 2
+    assert not (tmp_path / "bench_out").exists()
+    (tmp_path / "bench_out").mkdir()
+    assert main(["bench", "--data", str(tmp_path / "missing")]) == 2
+    assert (tmp_path / "bench_out").is_dir()

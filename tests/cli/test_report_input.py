@@ -64,3 +64,16 @@ def test_report_names_the_bad_field_of_a_hand_edited_results_file(
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert message in err and str(tmp_path / "results.json") in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]  # nothing rendered
+
+
+def test_the_report_api_refuses_a_hand_edited_file_too(tmp_path):
+    """The check lives in the report layer (`report.lm.merge`), not only in the command."""
+    from extrapos.core.errors import UserError
+    from extrapos.report.lm import rerender
+
+    results = copy.deepcopy(STANDARD)
+    _set(results, ("runs", 1, "ppl", "256"), "abc")
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    with pytest.raises(UserError, match=r"runs\[1\]\.ppl\.256 is 'abc'"):
+        rerender([tmp_path])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]

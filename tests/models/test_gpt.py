@@ -540,7 +540,7 @@ def test_negative_positions_on_a_learned_table_raise():
         model(idx, positions=torch.tensor([-1, 0, 1]))
 
 
-@pytest.mark.parametrize("encoding", ["rope", "sinusoidal", "functional", "xpos"])
+@pytest.mark.parametrize("encoding", ["rope", "sinusoidal", "functional", "xpos", "sandwich"])
 @pytest.mark.parametrize("base", [float("nan"), float("inf"), float("-inf"), 1.0, 0.5])
 def test_a_frequency_base_that_is_not_finite_and_above_one_is_refused(encoding, base):
     """NaN passed the old `base <= 1` checks and inf built all-zero frequencies."""

@@ -409,3 +409,19 @@ def _read_lock(lock: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return {}
     return holder if isinstance(holder, dict) and "pid" in holder else {}
+
+
+@contextlib.contextmanager
+def removed_if_left_empty(folder: str | os.PathLike[str]) -> Iterator[None]:
+    """A command that fails before writing anything leaves no empty output folder behind
+    (e.g. `extrapos bench` with a bad flag and the default `bench_out`). Only a folder this
+    call did not find, and only while it is empty (`rmdir`), is removed; nothing else is."""
+    path = Path(folder)
+    existed = path.exists() or path.is_symlink()
+    try:
+        yield
+    except BaseException:
+        if not existed:
+            with contextlib.suppress(OSError):  # not empty: the run wrote something; keep it
+                path.rmdir()
+        raise

@@ -17,7 +17,7 @@ from typing import Any
 
 from extrapos.core.errors import UserError
 from extrapos.core.files import read_json, write_bytes, write_json, write_text
-from extrapos.core.results import RECORD_KEYS, record_key
+from extrapos.core.results import RECORD_KEYS, check_results, record_key
 from extrapos.report.plots import loss_curves, plot_losses, plot_positions, plot_ppl  # noqa: F401
 from extrapos.report.summary import (  # noqa: F401  (re-exported: the report's public names)
     cost_table,
@@ -272,11 +272,14 @@ def write_report(results: dict[str, Any], out_dir: str | Path) -> None:
 
 def merge(dirs: list[str | Path]) -> dict[str, Any]:
     """Combine the runs of several bench directories with the same corpus, lengths and
-    settings (e.g. seeds or methods run separately); later directories win on duplicates."""
+    settings (e.g. seeds or methods run separately); later directories win on duplicates.
+    A file the report cannot read is refused naming its first bad field (`check_results`)."""
     merged: dict[str, Any] | None = None
     stages: dict[str, dict[tuple[Any, ...], dict[str, Any]]] = {s: {} for s in RECORD_KEYS}
     for d in dirs:
-        results = read_json(Path(d) / "results.json", "bench results")
+        path = Path(d) / "results.json"
+        results = read_json(path, "bench results")
+        check_results(results, str(path))  # a hand-edited file: the bad field named up front
         if merged is None:
             merged = results
         else:

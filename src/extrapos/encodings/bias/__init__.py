@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from extrapos.core.errors import UserError
-from extrapos.encodings.base import PositionalEncoding, Positions
+from extrapos.encodings.base import PositionalEncoding, Positions, check_base
 from extrapos.encodings.bias.tables import (
     KERPLE_EPS,
     alibi_bias_bidirectional,
@@ -208,8 +208,7 @@ class Sandwich(PositionalEncoding):
             raise UserError(f"sandwich: num_heads must be >= 1, got {num_heads}")
         if dim < 2 or dim % 2:
             raise UserError(f"sandwich: dim must be a positive even number, got {dim}")
-        if not base > 1:
-            raise UserError(f"sandwich: base must be > 1, got {base}")
+        base = check_base("sandwich", base)
         self.num_heads, self.dim, self.base = int(num_heads), int(dim), float(base)
         # a non-persistent buffer: the cache follows the model's device and is not saved
         self.register_buffer("_table", torch.empty(num_heads, 0), persistent=False)
