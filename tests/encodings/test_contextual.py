@@ -521,3 +521,35 @@ def test_txl_strided_shift_equals_the_gather(clamp_len, chunk_size: int, q_offse
 
     for new, old in zip(run(False), run(True), strict=True):
         torch.testing.assert_close(new, old, atol=1e-12, rtol=1e-12)
+
+
+def test_cope_scale_on_q_equals_scaling_the_logits() -> None:
+    """CoPE with 1/√d folded into q gives the logits and gradients of the formula as written
+    before session 3b, ((q·k) + interp(q·e, p(σ(q·k/√d)))) / √d: float64 to 1e-12, with a
+    clamp that binds (npos_max 3) and large scores (gates near 0 and 1)."""
+    torch.manual_seed(0)
+    enc = build_encoding("cope", head_dim=8, num_layers=1, npos_max=3).double()
+    with torch.no_grad():
+        enc.embedding.normal_()
+    gen = torch.Generator().manual_seed(6)
+    q, k = (torch.randn(2, 3, 9, 8, generator=gen, dtype=torch.float64) * 2 for _ in range(2))
+    positions = torch.arange(9)
+    visible = torch.ones(9, 9, dtype=torch.bool).tril()
+
+    def old(qq: Tensor, kk: Tensor) -> Tensor:
+        scale = 8**-0.5
+        scores = qq @ kk.transpose(-1, -2)
+        gates = torch.sigmoid(scores * scale).masked_fill(~visible, 0.0)
+        p = contextual_positions(gates, 3)
+        return (scores + interpolate_at(qq @ enc.embedding[0].T, p)) * scale
+
+    def run(new: bool) -> list[Tensor]:
+        enc.zero_grad()
+        qq, kk = q.clone().requires_grad_(), k.clone().requires_grad_()
+        out = enc.chunk_logits(qq, kk, positions, positions, visible, 0) if new else old(qq, kk)
+        out = out.masked_fill(~visible, 0.0)
+        out.backward(torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view_as(out))
+        return [out.detach(), qq.grad, kk.grad, enc.embedding.grad.clone()]
+
+    for new, old_ in zip(run(True), run(False), strict=True):
+        torch.testing.assert_close(new, old_, atol=1e-12, rtol=1e-12)

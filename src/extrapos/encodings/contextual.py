@@ -217,12 +217,14 @@ class CoPE(_BlockwiseAttention):
         visible: Tensor,
         layer: int,
     ) -> Tensor:
-        scale = self.head_dim**-0.5
-        scores = q @ k.transpose(-1, -2)  # (b, h, c, t')
-        gates = self.gates(scores * scale).masked_fill(~visible, 0.0)
+        # 1/√d applied to q (c × d), not to the (b, h, c, t') scores and logits: two full
+        # passes fewer forward and backward; (q/√d)·k and (q/√d)·e are the scaled terms
+        q = q * self.head_dim**-0.5
+        scores = q @ k.transpose(-1, -2)  # q·k/√d: (b, h, c, t')
+        gates = self.gates(scores).masked_fill(~visible, 0.0)
         positions = contextual_positions(gates, self.npos_max)  # (b, h, c, t')
         integer_logits = q @ self.embedding[layer].to(q.dtype).T  # (b, h, c, npos_max + 1)
-        return (scores + interpolate_at(integer_logits, positions)) * scale
+        return scores + interpolate_at(integer_logits, positions)
 
     def extra_repr(self) -> str:
         return f"npos_max={self.npos_max}, {super().extra_repr()}"
