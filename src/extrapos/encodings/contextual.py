@@ -36,7 +36,7 @@ from extrapos.encodings.registry import (
     list_encodings,
     register,
 )
-from extrapos.kernels.chunks import Probe, QueryChunk, blockwise_attention
+from extrapos.kernels.chunks import Probe, QueryChunk, blockwise_attention, prefix_views
 
 #: query chunks are sized so one chunk holds at most this many per-pair activations
 #: (b · c · t' · `_pair_width`), and never more than `chunk_size` queries.
@@ -99,12 +99,18 @@ class _BlockwiseAttention(PositionalEncoding):
         dtype = torch.promote_types(q.dtype, torch.float32)
         budget = BLOCK_ELEMENTS // max(1, b * t * self._pair_width(q.shape[1]))
         rows = max(1, min(self.chunk_size, budget))  # queries per chunk
-        qc, kc = q.to(dtype), k.to(dtype)
+        # per-chunk views made once: q split (disjoint; one cat in backward) and k's prefixes
+        # with one gradient buffer, instead of a full-size zero-filled gradient per slice
+        s = q.shape[-2]
+        qs = q.to(dtype).split(rows, dim=-2)
+        ks = prefix_views(
+            k.to(dtype), [positions.q_offset + min(i + rows, s) for i in range(0, s, rows)]
+        )
 
         def logits(chunk: QueryChunk) -> Tensor:
             return self.chunk_logits(
-                qc[..., chunk.start : chunk.stop, :],
-                kc[..., : chunk.seen, :],
+                qs[chunk.start // rows],
+                ks[chunk.start // rows],
                 positions.q[chunk.start : chunk.stop],
                 positions.k[: chunk.seen],
                 chunk.visible,
