@@ -19,8 +19,8 @@ from extrapos.encodings.contextual import (
     CoPE,
     contextual_positions,
     interpolate_at,
-    txl_sinusoids,
 )
+from extrapos.encodings.transformer_xl import txl_sinusoids
 from extrapos.kernels.attention import attention, causal_sdpa
 
 B, H, D, D_MODEL, T = 2, 2, 4, 8, 10
@@ -468,3 +468,88 @@ def test_interpolation_by_lerp_equals_the_formula() -> None:
         results.append((out.detach(), v.grad, p.grad))
     for new, old in zip(*results, strict=True):
         torch.testing.assert_close(new, old, atol=1e-12, rtol=1e-12)
+
+
+def _txl_logits_gather(enc, q: Tensor, k: Tensor, q_pos: Tensor, k_pos: Tensor, visible, layer):  # noqa: ANN001
+    """Transformer-XL's chunk logits as written before session 3b: (q + v)·W_r R for the span
+    of distances, gathered by distance (the relative shift by indexing)."""
+    b, h, c, d = q.shape
+    u, v = enc.u[layer].to(q.dtype), enc.v[layer].to(q.dtype)
+    content = (q + u[:, None, :]) @ k.transpose(-1, -2)
+    distances = (q_pos[:, None] - k_pos[None, :]).clamp(min=0)
+    if enc.clamp_len is not None:
+        distances = distances.clamp(max=enc.clamp_len)
+    low, high = int(distances.min()), int(distances.max())
+    needed = torch.arange(low, high + 1)
+    r = txl_sinusoids(needed, enc.d_model).to(q.dtype)
+    r_k = (r @ enc.w_r[layer].to(q.dtype).T).view(-1, h, d).permute(1, 2, 0)
+    position = ((q + v[:, None, :]) @ r_k).gather(-1, (distances - low).expand(b, h, c, -1))
+    return (content + position) * d**-0.5
+
+
+@pytest.mark.parametrize("clamp_len", [None, 5])
+@pytest.mark.parametrize("chunk_size", [1, 3, 7, 64])
+@pytest.mark.parametrize("q_offset", [0, 6])
+def test_txl_strided_shift_equals_the_gather(clamp_len, chunk_size: int, q_offset: int) -> None:  # noqa: ANN001
+    """The relative shift as a strided view of one table per call equals the per-chunk gather:
+    outputs and every gradient (q, k, v, u, v, W_r), float64 to 1e-12; consecutive positions
+    that do not start at 0 (so the distances' frame is not the sequence index's)."""
+    enc = _build("txl", clamp_len=clamp_len)
+    enc.chunk_size = chunk_size
+    gen = torch.Generator().manual_seed(5)
+    t = 23
+    q, k, v = (torch.randn(B, H, t, D, generator=gen, dtype=torch.float64) * 2 for _ in range(3))
+    positions = torch.arange(t) + 40
+
+    def run(old: bool) -> list[Tensor]:
+        enc.zero_grad()
+        qq, kk, vv = (x.clone().requires_grad_() for x in (q, k, v))
+        if old:
+            enc.chunk_logits = lambda *args: _txl_logits_gather(enc, *args)
+        try:
+            out = _attend(enc, qq, kk, vv, q_offset, positions)
+        finally:
+            enc.__dict__.pop("chunk_logits", None)
+        out.backward(torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view_as(out))
+        return [
+            out.detach(),
+            qq.grad,
+            kk.grad,
+            vv.grad,
+            *(p.grad.clone() for p in enc.parameters()),
+        ]
+
+    for new, old in zip(run(False), run(True), strict=True):
+        torch.testing.assert_close(new, old, atol=1e-12, rtol=1e-12)
+
+
+def test_cope_scale_on_q_equals_scaling_the_logits() -> None:
+    """CoPE with 1/√d folded into q gives the logits and gradients of the formula as written
+    before session 3b, ((q·k) + interp(q·e, p(σ(q·k/√d)))) / √d: float64 to 1e-12, with a
+    clamp that binds (npos_max 3) and large scores (gates near 0 and 1)."""
+    torch.manual_seed(0)
+    enc = build_encoding("cope", head_dim=8, num_layers=1, npos_max=3).double()
+    with torch.no_grad():
+        enc.embedding.normal_()
+    gen = torch.Generator().manual_seed(6)
+    q, k = (torch.randn(2, 3, 9, 8, generator=gen, dtype=torch.float64) * 2 for _ in range(2))
+    positions = torch.arange(9)
+    visible = torch.ones(9, 9, dtype=torch.bool).tril()
+
+    def old(qq: Tensor, kk: Tensor) -> Tensor:
+        scale = 8**-0.5
+        scores = qq @ kk.transpose(-1, -2)
+        gates = torch.sigmoid(scores * scale).masked_fill(~visible, 0.0)
+        p = contextual_positions(gates, 3)
+        return (scores + interpolate_at(qq @ enc.embedding[0].T, p)) * scale
+
+    def run(new: bool) -> list[Tensor]:
+        enc.zero_grad()
+        qq, kk = q.clone().requires_grad_(), k.clone().requires_grad_()
+        out = enc.chunk_logits(qq, kk, positions, positions, visible, 0) if new else old(qq, kk)
+        out = out.masked_fill(~visible, 0.0)
+        out.backward(torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view_as(out))
+        return [out.detach(), qq.grad, kk.grad, enc.embedding.grad.clone()]
+
+    for new, old_ in zip(run(True), run(False), strict=True):
+        torch.testing.assert_close(new, old_, atol=1e-12, rtol=1e-12)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from extrapos.kernels.chunks import blockwise_attention, query_chunks
+from extrapos.kernels.chunks import blockwise_attention, prefix_views, query_chunks
 
 B, H, S, D = 2, 3, 11, 4
 
@@ -67,3 +67,26 @@ def test_logits_and_bias_together_are_refused() -> None:
     q, k, v = _qkv(S)
     with pytest.raises(ValueError, match="not both"):
         blockwise_attention(q, k, v, rows=4, logits=lambda c: c, bias=lambda c: c)
+
+
+def test_prefix_views_gradient_is_the_sum_of_the_slices_gradients() -> None:
+    """`prefix_views` (one gradient buffer) gives the values and the gradient of plain slices
+    x[..., :stop, :], float64 to 1e-12, with a prefix whose gradient never arrives (unused)."""
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 3, 11, 4, generator=gen, dtype=torch.float64)
+    stops = [3, 7, 11, 5]
+    weights = [torch.randn(2, 3, s, 4, generator=gen, dtype=torch.float64) for s in stops]
+    grads = []
+    for make in (prefix_views, lambda t, ss: tuple(t[..., :s, :] for s in ss)):
+        leaf = x.clone().requires_grad_()
+        views = make(leaf, stops)
+        for view, stop in zip(views, stops, strict=True):
+            assert torch.equal(view, x[..., :stop, :])
+        sum(
+            (view * w).sum()
+            for view, w, used in zip(views, weights, [1, 1, 0, 1], strict=True)
+            if used
+        ).backward()
+        grads.append(leaf.grad)
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-12, rtol=1e-12)
+    assert grads[0][..., 7:, :].abs().sum() == 0  # only the unused prefix reached keys 7..10

@@ -16,6 +16,7 @@ from extrapos.encodings import (  # noqa: F401
     recurrent,
     rope_remap,
     rotary,
+    transformer_xl,
     xpos,
 )
 from extrapos.encodings.base import (

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +62,36 @@ def query_chunks(
         yield QueryChunk(start, stop, seen, visible)
 
 
+class _Prefixes(torch.autograd.Function):
+    """x[..., :stop, :] for every stop, as views; backward adds each view's gradient into one
+    buffer. (Slicing per chunk instead makes autograd build a zero-filled full-size gradient per
+    chunk and add them up: three full (b, h, t, d) passes per chunk and tensor.)"""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, *stops: int) -> tuple[Tensor, ...]:
+        ctx.set_materialize_grads(False)
+        ctx.shape, ctx.stops = x.shape, stops
+        return tuple(x[..., :stop, :] for stop in stops)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
+        out = None
+        for stop, grad in zip(ctx.stops, grads, strict=True):
+            if grad is not None:
+                if out is None:
+                    out = grad.new_zeros(ctx.shape)
+                out[..., :stop, :] += grad
+        return (out, *(None for _ in ctx.stops))
+
+
+def prefix_views(x: Tensor, stops: list[int]) -> tuple[Tensor, ...]:
+    """The prefixes x[..., :stop, :] (x (..., t, d)) that chunks of queries see, with one
+    gradient buffer for all of them (see `_Prefixes`); plain slices when x needs no grad."""
+    if not (x.requires_grad and torch.is_grad_enabled()):
+        return tuple(x[..., :stop, :] for stop in stops)
+    return _Prefixes.apply(x, *stops)
+
+
 def blockwise_attention(
     q: Tensor,
     k: Tensor,
@@ -79,9 +110,14 @@ def blockwise_attention(
         raise ValueError("give logits or bias, not both")
     s, t = q.shape[-2], k.shape[-2]
     outs = []
-    for chunk in query_chunks(s, t, q_offset, rows, q.device, causal):
+    chunks = list(query_chunks(s, t, q_offset, rows, q.device, causal))
+    # the logits path reads only v's prefixes here (its callback slices q and k itself)
+    prefixes = prefix_views(v, [c.seen for c in chunks]) if logits is not None else None
+    for n, chunk in enumerate(chunks):
         qc = q[..., chunk.start : chunk.stop, :]
         keys, values = k[..., : chunk.seen, :], v[..., : chunk.seen, :]
+        if prefixes is not None:
+            values = prefixes[n]
         if logits is None and probe is None:  # SDPA with an additive mask
             if bias is not None:
                 mask = bias(chunk)
@@ -107,4 +143,4 @@ def blockwise_attention(
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-2)
 
 
-__all__ = ["Probe", "QueryChunk", "blockwise_attention", "query_chunks"]
+__all__ = ["Probe", "QueryChunk", "blockwise_attention", "prefix_views", "query_chunks"]
