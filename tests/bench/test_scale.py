@@ -239,3 +239,17 @@ def test_bench_logging_is_live_during_training_and_closes_a_failed_run(tmp_path,
     assert alibi.finished and set(alibi.summary) == {"ppl/8", "ppl/16"}
     assert nope.finished and nope.summary == {}  # failed before evaluation: closed, no ppl
     monkeypatch.delenv("WANDB_MODE", raising=False)
+
+
+def test_every_registered_encoding_lands_in_its_family_panel_as_the_bench_records_it():
+    """The bench records an encoding class's module as `family`; moving a class to a new
+    module must not send its runs to the report's "other" panel."""
+    from extrapos.bench.language_model import family_of
+    from extrapos.encodings import list_encodings
+    from extrapos.report.style import _BUILTIN_MODULE, panel_of
+
+    for method in list_encodings():
+        recorded = panel_of({"method": method, "family": family_of(method)})
+        assert recorded != "other", (method, family_of(method))
+        assert recorded == panel_of({"method": method}), method  # = results without `family`
+    assert set(_BUILTIN_MODULE) == set(list_encodings())

@@ -63,6 +63,11 @@ def evaluate(
     }
 
 
+def family_of(method: str) -> str:
+    """The encoding's module under `extrapos.encodings` (the report's panel key)."""
+    return encoding_class(method).__module__.rsplit(".", 1)[-1]
+
+
 def run_method(
     config: BenchConfig,
     method: str,
@@ -126,7 +131,7 @@ def _train_and_evaluate(
     )
     summary = {
         "method": method,
-        "family": encoding_class(method).__module__.rsplit(".", 1)[-1],
+        "family": family_of(method),
         "params": model_config.encoding_params,
         "seed": seed,
         **evaluate(

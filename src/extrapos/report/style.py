@@ -32,6 +32,7 @@ _MODULE_PANEL = {
     "hybrid": "rotary and extensions",
     "bias": "fixed and learned biases",
     "contextual": "contextual",
+    "transformer_xl": "contextual",
 }
 
 # the built-in encodings' modules, for results written before runs recorded `family`
