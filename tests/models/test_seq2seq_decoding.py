@@ -1,16 +1,18 @@
 """The fast Seq2Seq decoding (extrapos.models.seq2seq_decoding) against the first
-implementation (extrapos.models.decoding, per-step cache copies, no early exit): the same
+implementation (tests/models/seq2seq_reference.py, per-step cache copies, no early exit): the same
 outputs token for token; plus its cache handling. The semantic tests (beam 1 == greedy, greedy
 == argmax of full forwards, length limits, batch order) are in test_seq2seq.py and run on it."""
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 
-from extrapos.models import decoding as reference
 from extrapos.models.gpt import KVCache
-from extrapos.models.seq2seq import Seq2Seq, Seq2SeqConfig, reorder_cache
+from extrapos.models.seq2seq import Seq2Seq, Seq2SeqConfig
 from extrapos.models.seq2seq_decoding import (
     _gather_cache,
     _new_cache,
@@ -18,6 +20,18 @@ from extrapos.models.seq2seq_decoding import (
     greedy_decode,
     translate_ids,
 )
+
+
+def _load_reference():  # noqa: ANN202  (a module; tests run with --import-mode=importlib)
+    path = Path(__file__).with_name("seq2seq_reference.py")
+    spec = importlib.util.spec_from_file_location("seq2seq_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+reference = _load_reference()
+reorder_cache = reference.reorder_cache
 
 
 def _model(encoding: str, n_layer: int = 2, scale: float = 1.0) -> Seq2Seq:

@@ -293,14 +293,6 @@ class Seq2Seq(nn.Module):
         return KVCache(self.config.n_layer) if enc.cache != "none" else None
 
 
-def reorder_cache(cache: KVCache, index: Tensor) -> None:
-    """Keep rows `index` (b',) of every layer's cached keys/values (beam search), in place."""
-    for layer in range(len(cache.k)):
-        k, v = cache.k[layer], cache.v[layer]
-        if k is not None and v is not None:
-            cache.k[layer], cache.v[layer] = k.index_select(0, index), v.index_select(0, index)
-
-
 __all__ = [
     "NUM_SPECIALS",
     "CrossAttention",
@@ -308,5 +300,4 @@ __all__ = [
     "EncoderState",
     "Seq2Seq",
     "Seq2SeqConfig",
-    "reorder_cache",
 ]

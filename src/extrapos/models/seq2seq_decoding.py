@@ -12,8 +12,8 @@ Beam search (Sutskever et al. 2014; length penalty of Wu et al. 2016, GNMT):
 stays in the beam, extended only by padding at no cost, so it competes with the live ones; a
 sentence is done when every one of its (reachable) hypotheses is finished, and returns its best
 by `score`. With beam 1 this is exactly greedy decoding (tested). |y| counts the tokens up to and
-including EOS. These are the semantics of the first implementation (`extrapos.models.decoding`,
-kept as the reference the tests compare against); what differs is only the cost:
+including EOS. These are the semantics of the first implementation (kept as the
+reference the tests compare against, `tests/models/seq2seq_reference.py`); what differs is only the cost:
 
 - all sentences × beams of a batch are one (b·k)-row decoder step; sentences are sorted by
   source length into batches of about `batch_tokens` source tokens × beam, so padding is short;

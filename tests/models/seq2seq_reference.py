@@ -1,4 +1,6 @@
-"""Batched greedy and beam-search decoding for `Seq2Seq`.
+"""The first Seq2Seq decoder, kept as a test reference: batched greedy and beam search with a
+per-step copy of the whole cache and no early exit. `extrapos.models.seq2seq_decoding` must give
+the same outputs token for token (tests/models/test_seq2seq_decoding.py).
 
 Each source row i may produce at most `max_len_a · |src_i| + max_len_b` tokens (fairseq's
 `--max-len-a/--max-len-b`); a row that reaches its limit is ended with EOS. The decoder uses its
@@ -24,7 +26,16 @@ import torch
 from torch import Tensor
 
 from extrapos.core.errors import UserError
-from extrapos.models.seq2seq import Seq2Seq, reorder_cache
+from extrapos.models.gpt import KVCache
+from extrapos.models.seq2seq import Seq2Seq
+
+
+def reorder_cache(cache: KVCache, index: Tensor) -> None:
+    """Keep rows `index` (b',) of every layer's cached keys/values (beam search), in place."""
+    for layer in range(len(cache.k)):
+        k, v = cache.k[layer], cache.v[layer]
+        if k is not None and v is not None:
+            cache.k[layer], cache.v[layer] = k.index_select(0, index), v.index_select(0, index)
 
 
 def _limits(src: Tensor, pad_id: int, max_len_a: float, max_len_b: int) -> Tensor:
