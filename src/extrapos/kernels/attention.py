@@ -38,13 +38,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from extrapos.kernels import dispatch
-from extrapos.kernels import flex as flex_state
 from extrapos.kernels.blocks import bias_block, bias_dtype, is_range
 from extrapos.kernels.chunks import QueryChunk, blockwise_attention
 from extrapos.kernels.dispatch import flex_available
 from extrapos.kernels.flex import (
-    _disable_flex,
+    disable_flex,
     flex_bias_attention,
+    flex_failed,
     flex_failures,
     flex_key,
 )
@@ -279,7 +279,7 @@ def pick_backend(
         device=device,
         linear=linear,
         linear_ok=linear_ok,
-        flex_ok=dispatch.flex_available(device) and flex not in flex_state._flex_failures,
+        flex_ok=dispatch.flex_available(device) and not flex_failed(flex),
     ).path
 
 
@@ -382,13 +382,13 @@ def attention(
             # The same bug hits a table whose length n differs from KV_LEN (positions with gaps,
             # n > t): any size other than the one shared symbol breaks the generated C++.
             pass
-        elif key not in flex_state._flex_failures:
+        elif not flex_failed(key):
             try:
                 out = flex_bias_attention(q, k, v, bias_table, q_positions, k_positions, q_offset)
                 dispatch.record_taken("flex")
                 return out
             except Exception as exc:  # inductor's CPU codegen fails on some shapes (torch 2.13)
-                _disable_flex(key, exc)
+                disable_flex(key, exc)
     if chosen == "sdpa":
         raise ValueError("backend 'sdpa' cannot apply a score bias; use 'chunked' or 'flex'")
     if bias_table.requires_grad and needs_grad and q.device.type == "cpu":

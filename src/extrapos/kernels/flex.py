@@ -37,7 +37,12 @@ def flex_failures() -> dict[tuple, str]:
     return dict(_flex_failures)
 
 
-def _disable_flex(key: tuple, exc: BaseException) -> None:
+def flex_failed(key: tuple | None) -> bool:
+    """Whether FlexAttention failed to compile for `key` in this process."""
+    return key in _flex_failures
+
+
+def disable_flex(key: tuple, exc: BaseException) -> None:
     """FlexAttention compiles through inductor; on CPU (torch 2.13) its C++ codegen fails for
     some shapes and layouts (e.g. `cur_kvSplitSize7 was not declared`). Fall back to the exact
     chunked path for this key (score-mod kind, shapes, dtype, device) only, and say so once
