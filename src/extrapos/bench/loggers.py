@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from extrapos.core.errors import UserError
+from extrapos.training.log import TENSORBOARD_TAGS
 
 
 def _clock(seconds: float) -> str:
@@ -158,25 +159,16 @@ class Loggers:
         return self._summary_writer is not None or self._wandb is not None
 
 
-# log.csv column -> logged name, for the columns worth a live curve
-LIVE_TAGS = (
-    ("loss", "train/loss"),
-    ("lr", "train/lr"),
-    ("grad_norm", "train/grad_norm"),
-    ("tokens_per_s", "train/tokens_per_s"),
-    ("valid_loss", "valid/loss"),
-)
-
-
 class LiveRun:
-    """One bench run's TensorBoard writer and/or W&B run while it trains and is evaluated."""
+    """One bench run's TensorBoard writer and/or W&B run while it trains and is evaluated; the
+    per-step scalars are `train --tensorboard`'s (`training.log.TENSORBOARD_TAGS`)."""
 
     def __init__(self, writer: Any, run: Any) -> None:
         self._writer, self._run = writer, run
 
     def step(self, row: dict[str, Any]) -> None:
         """A training step's log row (`training.log.LOG_COLUMNS`), logged as it happens."""
-        values = {tag: row[key] for key, tag in LIVE_TAGS if row.get(key) is not None}
+        values = {tag: row[key] for key, tag in TENSORBOARD_TAGS if row.get(key) is not None}
         if self._writer is not None:
             for tag, value in values.items():
                 self._writer.add_scalar(tag, value, row["step"])
