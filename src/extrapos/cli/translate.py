@@ -226,7 +226,8 @@ def register(sub: Any) -> None:
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     """The flags `extrapos bench --suite translation` adds to the bench command (it shares
     --methods, --seeds, --steps, --data, --lr, --n-layer, --n-head, --d-model, --vocab-size
-    (joint BPE; default 8000 here) and --warmup-steps (default 400 here) with the LM suite)."""
+    (joint BPE; default 4000 here) and --warmup-steps (default 150 here) with the LM suite;
+    defaults: `extrapos.bench.translation.TranslationBenchConfig`)."""
     g = p.add_argument_group("translation suite (--suite translation)")
     g.add_argument("--src", default="en", help="source language (default en)")
     g.add_argument("--tgt", default="de", help="target language (default de)")
@@ -234,7 +235,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--test-split", default=None, help="default test_2016_flickr")
     g.add_argument("--eval-sentences", type=int, default=None, help="first N test pairs")
     g.add_argument("--beam", type=int, default=None, help="beam size (default 4)")
-    g.add_argument("--max-tokens", type=int, default=None, help="batch tokens (default 4096)")
+    g.add_argument("--max-tokens", type=int, default=None, help="batch tokens (default 2048)")
 
 
 #: LM-suite bench flags (args."bench.<field>") the translation suite also reads
