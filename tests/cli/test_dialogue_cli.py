@@ -74,11 +74,12 @@ def test_bad_input_exits_2(run_dir, tmp_path, capsys) -> None:
     assert "DailyDialog-format" in capsys.readouterr().err
 
 
-def test_bench_suite_dialogue_cli(folder, tmp_path) -> None:
+def test_bench_suite_dialogue_cli(folder, tmp_path, capsys) -> None:
     out = tmp_path / "bench"
     args = ["bench", "--suite", "dialogue", "--data", str(folder), "--methods", "nope",
             "--seeds", "0", "--steps", "2", "--train-len", "16", "--out", str(out)]  # fmt: skip
     assert main(args) == 0
+    assert "run 1/1 · dialogue nope (seed 0) · elapsed" in capsys.readouterr().err
     results = json.loads((out / "results.json").read_text())
     assert results["suite"] == "dialogue" and results["duplicates_removed"]["test"] == 2
     (run,) = results["runs"]

@@ -92,7 +92,7 @@ def test_bad_input_exits_2_with_one_line(env: Path, capsys: pytest.CaptureFixtur
     assert "languages found: de, en" in capsys.readouterr().err
 
 
-def test_bench_translation_suite(env: Path) -> None:
+def test_bench_translation_suite(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = env / "bench"
     args = ["bench", "--suite", "translation", "--data", str(env / "data"), "--src", "en",
             "--tgt", "de", "--methods", "sinusoidal,alibi", "--seeds", "0", "--steps", "6",
@@ -100,6 +100,13 @@ def test_bench_translation_suite(env: Path) -> None:
             "--max-src-tokens", "6", "--test-split", "test", "--beam", "1",
             "--warmup-steps", "3", "--out", str(out)]  # fmt: skip
     assert main(args) == 0
+    err = capsys.readouterr().err
+    # the plan line over each run, and the summary table at the end (rank by BLEU at k = 8)
+    assert "run 1/2 · translate sinusoidal (seed 0) · elapsed" in err
+    assert "run 2/2 · translate alibi (seed 0)" in err and "ETA" in err
+    summary = err[err.index("summary (mean over seeds; rank by BLEU on 8 joined") :].splitlines()
+    assert summary[1].split() == ["method", "seeds", "BLEU", "BLEU", "k=8", "ratio", "rank"]
+    assert {line.split()[0] for line in summary[2:4]} == {"sinusoidal", "alibi"}
     results = json.loads((out / "results.json").read_text())
     assert results["suite"] == "translation"
     records = results["translation"]

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from extrapos.bench.dialogue_config import DIALOGUE_METHODS, PROBE_FLAGS, DialogueBenchConfig
+from extrapos.bench.loggers import Plan
 from extrapos.bench.run import environment
 from extrapos.core.errors import UserError
 from extrapos.core.files import read_json, write_json
@@ -136,9 +137,12 @@ def run_dialogue_bench(
         old = read_json(path, "dialogue bench results")
         if all(old.get(k) == results[k] for k in ("version", "suite", "corpus_hash", "settings")):
             previous = {(r["method"], r["seed"]): r for r in old.get("runs", [])}
+    plan = Plan({"dialogue": len(config.seeds) * len(config.methods)}, enabled=progress)
     for seed in config.seeds:
         for method in config.methods:
+            plan.start("dialogue", f"dialogue {method} (seed {seed})")
             record = previous.get((method, seed))
+            plan_kept = record is not None
             if record is not None:
                 if progress:
                     print(f"dialogue {method} seed {seed}: kept from {path}", file=sys.stderr)
@@ -151,6 +155,7 @@ def run_dialogue_bench(
                     _say(record)
             results["runs"].append(record)
             write_json(path, results)
+            plan.finish(kept=plan_kept)
     return results
 
 

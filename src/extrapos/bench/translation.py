@@ -81,6 +81,7 @@ def run_translation_bench(
     config: TranslationBenchConfig, out_dir: str | Path, progress: bool = True
 ) -> dict[str, Any]:
     """Train and score every (method, seed); write and return results.json."""
+    from extrapos.bench.loggers import Plan
     from extrapos.bench.run import environment
     from extrapos.models.seq2seq import Seq2SeqConfig
     from extrapos.probes.translation import evaluate_translation
@@ -117,10 +118,13 @@ def run_translation_bench(
         "environment": environment(),
         "translation": [],
     }
+    plan = Plan({"translation": len(config.seeds) * len(config.methods)}, enabled=progress)
     for seed in config.seeds:
         for method in config.methods:
+            plan.start("translation", f"translate {method} (seed {seed})")
             if (method, seed) in done:
                 results["translation"].append(done[(method, seed)])
+                plan.finish(kept=True)
                 if progress:
                     print(f"{method} seed {seed}: kept from results.json", file=sys.stderr)
                 continue
@@ -165,6 +169,7 @@ def run_translation_bench(
             record = {"method": method, "seed": seed, "params": {}, **scores, **summary}
             results["translation"].append(record)
             write_json(out_dir / "results.json", results)
+            plan.finish(kept=False)
             if progress:
                 print(
                     f"{method} seed {seed}: BLEU {record['bleu']:.2f} chrF {record['chrf']:.1f} "

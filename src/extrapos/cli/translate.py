@@ -247,7 +247,7 @@ _SHARED = (
 
 def cmd_bench_translation(args: argparse.Namespace) -> None:
     from extrapos.bench.translation import TranslationBenchConfig, run_translation_bench
-    from extrapos.report.translation import write_translation_report
+    from extrapos.report.translation import translation_summary, write_translation_report
 
     shared = {k: getattr(args, f"bench.{k}", None) for k in _SHARED}
     if shared["data"] is None:
@@ -265,6 +265,7 @@ def cmd_bench_translation(args: argparse.Namespace) -> None:
     config = TranslationBenchConfig(**{k: v for k, v in overrides.items() if v is not None})
     results = run_translation_bench(config, args.out)
     write_translation_report(results, args.out)
+    print(translation_summary(results), file=sys.stderr)
     print(
         f"wrote {Path(args.out) / 'results.json'}, report.md, report.html, translation.csv, plots"
     )

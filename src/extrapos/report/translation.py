@@ -100,6 +100,43 @@ def summary_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def translation_summary(results: dict[str, Any]) -> str:
+    """The end-of-bench text table: per method (mean over seeds) corpus BLEU, BLEU and the
+    length ratio on the longest concatenation, ranked by that BLEU (1 = best)."""
+    records = results.get("translation", [])
+    ks = _ks(records)
+    longest = ks[-1] if ks else None
+    rows = []
+    for method, runs in _by_method(records).items():
+        bleu = _stat([r["bleu"] for r in runs])
+        far = _stat([r["concat"].get(longest, {}).get("bleu") for r in runs]) if longest else None
+        ratio = (
+            _stat([r["concat"].get(longest, {}).get("len_ratio") for r in runs])
+            if longest
+            else None
+        )
+        rows.append((method, len(runs), bleu, far, ratio))
+    ranked = sorted(rows, key=lambda r: -(r[3][0] if r[3] else float("-inf")))
+    width = max(12, *(len(r[0]) for r in rows)) if rows else 12
+    far_head = f"BLEU k={longest}" if longest else "BLEU k=-"
+
+    def num(entry: tuple[float, float | None] | None, digits: int) -> str:
+        return "n/a" if entry is None else f"{entry[0]:.{digits}f}"
+
+    if not rows:
+        return "summary: no translation records"
+    lines = [
+        f"summary (mean over seeds; rank by BLEU on {longest} joined sentences):",
+        f"{'method':<{width}} {'seeds':>5} {'BLEU':>6} {far_head:>10} {'ratio':>6} {'rank':>5}",
+    ]
+    for i, (method, n, bleu, far, ratio) in enumerate(ranked, start=1):
+        lines.append(
+            f"{method:<{width}} {n:>5} {num(bleu, 2):>6} {num(far, 2):>10} {num(ratio, 2):>6} "
+            f"{i if far else '-':>5}"
+        )
+    return "\n".join(lines)
+
+
 def _plot(results: dict[str, Any], xs: list[str], value: Any, xlabel: str, title: str) -> bytes:
     import matplotlib
 
@@ -242,5 +279,6 @@ __all__ = [
     "render_translation_markdown",
     "summary_table",
     "translation_csv",
+    "translation_summary",
     "write_translation_report",
 ]
