@@ -116,7 +116,14 @@ def test_bench_translation_suite(env: Path, capsys: pytest.CaptureFixture[str]) 
     for name in ("report.md", "report.html", "translation.csv", "translation_bleu_vs_k.png",
                  "translation_bleu_vs_bucket.png"):  # fmt: skip
         assert (out / name).stat().st_size > 0
-    assert "| alibi |" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "| alibi |" in report
+    # where the numbers came from and what the suite cost, in both reports
+    assert "- command: `extrapos bench --suite translation" in report
+    assert f"suite wall time {results['wall_seconds'] / 60:.1f} min" in report
+    page = (out / "report.html").read_text()
+    assert 'class="sortable"' in page and "<code>extrapos bench --suite translation" in page
+    assert "suite wall time" in page and "name='viewport'" in page
     # a rerun keeps the finished records (nothing retrained: the run dirs may even be gone)
     import shutil
 

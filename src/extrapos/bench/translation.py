@@ -9,7 +9,9 @@ buckets, concatenation k = 1, 2, 4, 8). Output in `out_dir`:
 
     results.json   {"version": 1, "suite": "translation", "settings": {...}, "environment": {...},
                     "translation": [{"method", "seed", "bleu", "chrf", "len_ratio", "concat",
-                    "buckets", "kept_pairs", "train_pairs", "train_seconds", ...}, ...]}
+                    "buckets", "kept_pairs", "train_pairs", "train_seconds", ...}, ...],
+                    "wall_seconds": this process's time (records kept from an earlier
+                    results.json took none)}
     runs/METHOD-sSEED/   each run directory (resumable; `extrapos translate eval` reads it)
 The CLI then writes the report (`extrapos.report.translation`): report.md, report.html,
 translation.csv, translation_bleu_vs_k.png, translation_bleu_vs_bucket.png.
@@ -21,6 +23,7 @@ the finished records and trains only what is missing.
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,6 +122,7 @@ def run_translation_bench(
         "translation": [],
     }
     plan = Plan({"translation": len(config.seeds) * len(config.methods)}, enabled=progress)
+    started = time.perf_counter()
     for seed in config.seeds:
         for method in config.methods:
             plan.start("translation", f"translate {method} (seed {seed})")
@@ -168,6 +172,7 @@ def run_translation_bench(
             scores.pop("hypotheses")
             record = {"method": method, "seed": seed, "params": {}, **scores, **summary}
             results["translation"].append(record)
+            results["wall_seconds"] = round(time.perf_counter() - started, 1)
             write_json(out_dir / "results.json", results)
             plan.finish(kept=False)
             if progress:
@@ -177,6 +182,7 @@ def run_translation_bench(
                     f"{record['train_seconds']:.0f} s)",
                     file=sys.stderr,
                 )
+    results["wall_seconds"] = round(time.perf_counter() - started, 1)  # this process's
     write_json(out_dir / "results.json", results)
     return results
 

@@ -38,8 +38,21 @@ def git_commit(where: str | Path | None = None) -> dict[str, Any] | None:
     return {"commit": sha, "dirty": bool(status.strip())} if sha else None
 
 
+_invocation: list[str] | None = None
+
+
+def record_invocation(args: list[str]) -> None:
+    """The arguments `extrapos.cli.main` was called with (what `command_line` reports when
+    the CLI runs inside another program, e.g. a test or a notebook, where sys.argv is that
+    program's)."""
+    global _invocation
+    _invocation = ["extrapos", *args]
+
+
 def command_line(argv: list[str] | None = None) -> str:
     """The command as a user would retype it: `extrapos …` when run through the CLI."""
+    if argv is None and _invocation is not None:
+        argv = _invocation
     argv = list(sys.argv if argv is None else argv)
     if argv and (argv[0].endswith(("extrapos", "__main__.py")) or argv[0] == "-m"):
         argv = ["extrapos", *argv[1:]]

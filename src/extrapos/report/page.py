@@ -75,6 +75,17 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     )
 
 
+def standalone_page(title: str, body: str) -> str:
+    """A self-contained page in the report's style (phone-width viewport, sortable
+    `table()`s): `body` is HTML, `title` plain text. Used by the suites' reports."""
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1>{body}<script>{_SORT_JS}</script></body></html>\n"
+    )
+
+
 def render_html(results: dict[str, Any], images: dict[str, bytes], content: dict[str, Any]) -> str:
     """The HTML page; `content` holds the report's text parts, made by `extrapos.report.lm`
     (keys provenance, ppl_tables {protocol: (header, rows)}, notes, probe_sections, settings,

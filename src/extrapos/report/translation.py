@@ -15,7 +15,9 @@ from typing import Any
 from extrapos.core.files import write_bytes, write_text
 from extrapos.core.plotting import figure_png
 from extrapos.core.stats import mean_ci95
-from extrapos.report.tables import markdown_table
+from extrapos.report.lm import provenance_lines
+from extrapos.report.page import inline, standalone_page, table
+from extrapos.report.tables import mark_best, markdown_table
 
 BLEU_VS_K_PLOT = "translation_bleu_vs_k.png"
 BLEU_VS_BUCKET_PLOT = "translation_bleu_vs_bucket.png"
@@ -58,7 +60,14 @@ def concat_table(
             _cell(_stat([r["concat"].get(k, {}).get(metric) for r in runs]), digits) for k in ks
         ]
         rows.append([method, *cells])
-    return header, rows
+    return header, _best(rows, metric)
+
+
+def _best(rows: list[list[str]], metric: str) -> list[list[str]]:
+    """BLEU and chrF: the highest per column in bold (a length ratio has no best side)."""
+    if metric not in ("bleu", "chrf") or not rows:
+        return rows
+    return mark_best(rows, range(1, len(rows[0])), lower=False)
 
 
 def bucket_table(
@@ -78,7 +87,7 @@ def bucket_table(
             for b in buckets
         ]
         rows.append([method, *cells])
-    return header, rows
+    return header, _best(rows, metric)
 
 
 def summary_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -97,7 +106,22 @@ def summary_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                 f"{runs[0].get('num_params', 0) / 1e6:.1f}M",
             ]
         )
-    return header, rows
+    return header, mark_best(rows, range(2, 4), lower=False) if rows else rows
+
+
+def suite_time(results: dict[str, Any]) -> str:
+    """How long the suite took: this process's wall time (results.json `wall_seconds`) and
+    the runs' own training + decoding seconds (which add up across resumed benches)."""
+    records = results.get("translation", [])
+    runs = sum(
+        (r.get("train_seconds") or 0) + sum((r.get("decode_seconds") or {}).values())
+        for r in records
+    )  # decode_seconds: {k: seconds} per concatenation factor
+    parts = []
+    if results.get("wall_seconds") is not None:
+        parts.append(f"suite wall time {results['wall_seconds'] / 60:.1f} min")
+    parts.append(f"training + decoding of the {len(records)} runs {runs / 60:.1f} min")
+    return "; ".join(parts)
 
 
 def translation_summary(results: dict[str, Any]) -> str:
@@ -201,7 +225,11 @@ def render_translation_markdown(results: dict[str, Any]) -> str:
         f"Data {s.get('data')} {s.get('src')}→{s.get('tgt')}; train pairs with source ≤ "
         f"{s.get('max_src_tokens')} tokens; {s.get('steps')} steps × {s.get('max_tokens')} "
         f"tokens; {s.get('n_layer')}+{s.get('n_layer')} layers, d_model {s.get('d_model')}; "
-        f"test {s.get('test_split')} (beam {s.get('beam')}). Mean ± 95% interval over seeds.",
+        f"test {s.get('test_split')} (beam {s.get('beam')}). Mean ± 95% interval over seeds; "
+        "the best BLEU / chrF per column in **bold**.",
+        "",
+        *[f"- {line}" for line in provenance_lines(results)],
+        f"- time: {suite_time(results)}",
         "",
         "## Summary (k = 1)",
         "",
@@ -254,20 +282,26 @@ def write_translation_report(results: dict[str, Any], out_dir: str | Path) -> No
     write_text(out_dir / "report.md", render_translation_markdown(results))
     sections = [
         ("Summary (k = 1)", summary_table(results)),
-        ("BLEU by k", concat_table(results, "bleu")),
-        ("Length ratio by k", concat_table(results, "len_ratio")),
-        ("BLEU by source length", bucket_table(results, "bleu")),
+        ("BLEU by concatenation factor k", concat_table(results, "bleu")),
+        ("Hypothesis / reference length ratio by k", concat_table(results, "len_ratio")),
+        ("BLEU by source length (tokens)", bucket_table(results, "bleu")),
         ("Length ratio by source length", bucket_table(results, "len_ratio")),
     ]
-    body = "".join(f"<h2>{html.escape(t)}</h2>{_html_table(*tab)}" for t, tab in sections)
-    images = "".join(
-        f'<p><img src="data:image/png;base64,{base64.b64encode(png).decode()}"></p>'
-        for png in plots.values()
+    intro = render_translation_markdown(results).split("\n")[2]  # the settings sentence
+    meta = [*provenance_lines(results), f"time: {suite_time(results)}"]
+    body = (
+        f"<p>{inline(intro)} Click a column header to sort.</p><ul class='meta'>"
+        + "".join(f"<li>{inline(line)}</li>" for line in meta)
+        + "</ul>"
+        + "".join(f"<h2>{html.escape(t)}</h2>{table(*tab)}" for t, tab in sections)
+        + "".join(
+            f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,'
+            f'{base64.b64encode(png).decode()}"/></figure>'
+            for name, png in plots.items()
+        )
     )
     write_text(
-        out_dir / "report.html",
-        f"<!doctype html><meta charset=utf-8><title>translation</title>"
-        f"<h1>Translation: train short, translate long</h1>{body}{images}",
+        out_dir / "report.html", standalone_page("Translation: train short, translate long", body)
     )
 
 
@@ -277,6 +311,7 @@ __all__ = [
     "plot_bleu_vs_bucket",
     "plot_bleu_vs_k",
     "render_translation_markdown",
+    "suite_time",
     "summary_table",
     "translation_csv",
     "translation_summary",
