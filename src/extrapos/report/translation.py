@@ -217,16 +217,23 @@ def translation_csv(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_translation_markdown(results: dict[str, Any]) -> str:
+def settings_sentence(results: dict[str, Any]) -> str:
+    """What every run shared, in one sentence (both reports open with it)."""
     s = results.get("settings", {})
-    parts = [
-        "# Translation: train short, translate long",
-        "",
+    return (
         f"Data {s.get('data')} {s.get('src')}→{s.get('tgt')}; train pairs with source ≤ "
         f"{s.get('max_src_tokens')} tokens; {s.get('steps')} steps × {s.get('max_tokens')} "
         f"tokens; {s.get('n_layer')}+{s.get('n_layer')} layers, d_model {s.get('d_model')}; "
         f"test {s.get('test_split')} (beam {s.get('beam')}). Mean ± 95% interval over seeds; "
-        "the best BLEU / chrF per column in **bold**.",
+        "the best BLEU / chrF per column in **bold**."
+    )
+
+
+def render_translation_markdown(results: dict[str, Any]) -> str:
+    parts = [
+        "# Translation: train short, translate long",
+        "",
+        settings_sentence(results),
         "",
         *[f"- {line}" for line in provenance_lines(results)],
         f"- time: {suite_time(results)}",
@@ -287,7 +294,7 @@ def write_translation_report(results: dict[str, Any], out_dir: str | Path) -> No
         ("BLEU by source length (tokens)", bucket_table(results, "bleu")),
         ("Length ratio by source length", bucket_table(results, "len_ratio")),
     ]
-    intro = render_translation_markdown(results).split("\n")[2]  # the settings sentence
+    intro = settings_sentence(results)
     meta = [*provenance_lines(results), f"time: {suite_time(results)}"]
     body = (
         f"<p>{inline(intro)} Click a column header to sort.</p><ul class='meta'>"
