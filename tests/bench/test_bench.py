@@ -319,3 +319,30 @@ def test_a_rerun_with_fewer_methods_keeps_the_other_finished_records(tmp_path):
     assert sorted(by_method) == ["alibi", "nope"]
     assert by_method == {r["method"]: r for r in first["runs"]}
     assert second["runs"] == saved["runs"]
+
+
+def test_jobs_in_worker_processes_give_the_one_job_numbers(tmp_path):
+    """`--jobs 2` runs language-model runs, the extension row, task models and passkey
+    fine-tunes in two single-thread workers; records, their order and every number equal a
+    one-job bench on one thread (the same float sums, so bitwise)."""
+    config = _probe_config(
+        steps=3, task_steps=3, passkey_steps=2, methods=["rope", "alibi", "nope"]
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = run_bench(config, tmp_path / "one", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    two = run_bench(config, tmp_path / "two", progress=False, jobs=2, threads_per_job=1)
+    assert _numbers(two) == _numbers(one)
+    assert [r["method"] for r in two["runs"]] == ["rope", "rope+linear", "alibi", "nope"]
+    assert two["environment"]["jobs"] == 2 and two["environment"]["threads_per_job"] == 1
+    assert (tmp_path / "two" / "runs" / "nope-seed0" / "config.json").is_file()
+
+
+def test_bad_jobs_are_refused(tmp_path):
+    with pytest.raises(UserError, match="--jobs must be >= 1"):
+        run_bench(_probe_config(), tmp_path / "a", progress=False, jobs=0)
+    with pytest.raises(UserError, match="needs the runs saved"):
+        run_bench(_probe_config(), tmp_path / "b", progress=False, save_runs=False, jobs=2)

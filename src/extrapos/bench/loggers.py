@@ -137,6 +137,10 @@ class Loggers:
                 ) from None
             self._wandb = wandb
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled by its settings (a `bench --jobs` worker reopens the packages itself)."""
+        return (Loggers, (self.tb_dir, self.wandb_project, self.out_dir, self.settings))
+
     def start_run(self, method: str, seed: int) -> LiveRun:
         """Open the run's TensorBoard writer / W&B run; feed `LiveRun.step` each training step."""
         name = f"{method}-seed{seed}"

@@ -36,8 +36,11 @@ from __future__ import annotations
 import datetime as dt
 import platform
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -59,6 +62,9 @@ from extrapos.core.provenance import provenance
 from extrapos.core.results import record_key
 from extrapos.data import build_tokenizer, load_corpus
 from extrapos.probes.perplexity import common_prefix
+
+if TYPE_CHECKING:
+    from extrapos.bench.workers import Workers
 
 
 def environment() -> dict[str, Any]:
@@ -88,6 +94,8 @@ def run_bench(
     progress: bool = True,
     save_runs: bool = True,
     loggers: Loggers | None = None,
+    jobs: int = 1,
+    threads_per_job: int | None = None,
 ) -> dict[str, Any]:
     """Run the comparison into out_dir/results.json (and out_dir/runs/), and return it.
 
@@ -95,15 +103,49 @@ def run_bench(
     language-model runs (and RoPE extension rows), synthetic tasks, passkey, cost. The report
     is the layer above: `extrapos.report.write_report(results, out_dir)` (what `extrapos
     bench` does next). With `progress`, a line per unit of work ("run i/N · … · elapsed · ETA") and a summary table at
-    the end; `loggers`: TensorBoard / W&B (`extrapos.bench.loggers`).
+    the end; `loggers`: TensorBoard / W&B (`extrapos.bench.loggers`). `jobs` > 1: the units
+    run in that many worker processes of `threads_per_job` threads (`extrapos.bench.workers`).
     """
+    if jobs < 1:
+        raise UserError(f"--jobs must be >= 1, got {jobs}")
+    if jobs > 1 and not save_runs:
+        raise UserError("--jobs > 1 needs the runs saved: workers load trained models from runs/")
     out_dir = check_dir_target(out_dir, "bench folder (--out)")
     with run_lock(out_dir, "bench folder (--out)"):  # a second bench on out_dir is refused
-        return _run_bench(config, out_dir, progress, save_runs, loggers)
+        workers = None
+        if jobs > 1:
+            from extrapos.bench.workers import Workers, worker_threads
+
+            workers = Workers(jobs, worker_threads(jobs, threads_per_job))
+        try:
+            return _run_bench(config, out_dir, progress, save_runs, loggers, workers)
+        finally:
+            if workers is not None:
+                workers.close()
+
+
+@dataclass
+class _Unit:
+    """One unit of bench work: `here()` runs it in this process (with progress shown);
+    `there`, a picklable call, runs it in a worker (None: always here), whose result goes
+    through `shown` here; `after`: the key of the run whose trained model it needs."""
+
+    stage: str
+    key: tuple[Any, ...]
+    here: Callable[[], Any]
+    there: Callable[[], Any] | None = None
+    after: tuple[Any, ...] | None = None
+    shown: Callable[[Any], Any] = lambda result: result
+    rows: set[str] | None = None
 
 
 def _run_bench(
-    config: BenchConfig, out_dir: Path, progress: bool, save_runs: bool, loggers: Loggers | None
+    config: BenchConfig,
+    out_dir: Path,
+    progress: bool,
+    save_runs: bool,
+    loggers: Loggers | None,
+    workers: Workers | None,
 ) -> dict[str, Any]:
     corpus = load_corpus(config.data)
     tokenizer = bench_tokenizer(config, corpus)
@@ -125,7 +167,10 @@ def _run_bench(
         "settings": config.settings(),
         "task_settings": config.task_settings(),
         "passkey_settings": config.passkey_settings(),
-        "environment": environment(),
+        "environment": {
+            **environment(),
+            **({"jobs": workers.jobs, "threads_per_job": workers.threads} if workers else {}),
+        },
         "runs": [],
         "task_runs": [],
         "passkey_runs": [],
@@ -145,17 +190,22 @@ def _run_bench(
             out[stage] = results[stage] + rest
         return out
 
-    def keep_or_run(
-        stage: str, key: tuple[Any, ...], run: Any, rows: set[str] | None = None
-    ) -> None:
-        """Keep the finished record(s) under `key`, else run(). `rows`: the methods a list of
-        records must hold (extra ones are dropped, a missing one means run again)."""
-        used[stage].add(key)
+    def kept_record(stage: str, key: tuple[Any, ...], rows: set[str] | None) -> Any:
+        """The finished record(s) under `key` from an earlier bench, else None. `rows`: the
+        methods a list of records must hold (extra ones are dropped, a missing one: None)."""
         done = previous[stage].get(key)
         if done is not None and rows is not None:
             done = [r for r in done if r["method"] in rows]
             if {r["method"] for r in done} != rows:
                 done = None
+        return done
+
+    def keep_or_run(
+        stage: str, key: tuple[Any, ...], run: Any, rows: set[str] | None = None
+    ) -> None:
+        """Keep the finished record(s) under `key`, else run()."""
+        used[stage].add(key)
+        done = kept_record(stage, key, rows)
         unit = "extensions" if stage == "runs" and "+" in str(key[0]) else stage
         plan.start(unit, _unit_label(stage, key))
         kept = done is not None
@@ -170,48 +220,49 @@ def _run_bench(
 
     def model_of(method: str, seed: int) -> Any:
         if (method, seed) not in models:
-            from extrapos.training.run_dir import load_model
+            from extrapos.bench.workers import load_run_model
 
-            run_dir = out_dir / "runs" / f"{method}-seed{seed}"
-            if not (run_dir / "config.json").is_file():
-                raise UserError(
-                    f"the {method} (seed {seed}) model is needed but was neither trained in "
-                    f"this bench nor saved in {run_dir}; rerun with a fresh --out"
-                )
-            models[(method, seed)] = load_model(run_dir)
+            models[(method, seed)] = load_run_model(run_dir_of(method, seed))
         return models[(method, seed)]
 
-    assert config.methods is not None
-    for seed in config.seeds:
-        for method in config.methods:
+    def run_dir_of(method: str, seed: int) -> Path:
+        return out_dir / "runs" / f"{method}-seed{seed}"
 
-            def train_and_evaluate(method: str = method, seed: int = seed) -> Any:
-                summary, models[(method, seed)] = run_method(
-                    config,
-                    method,
-                    seed,
-                    corpus,
-                    tokenizer,
-                    test_tokens,
-                    out_dir,
-                    progress,
-                    save_runs,
-                    loggers,
-                )
-                return summary
+    units = _lm_units(config, corpus, tokenizer, test_tokens, out_dir, progress, save_runs,
+                      loggers, models, model_of, run_dir_of)  # fmt: skip
+    units += _probe_units(config, tokenizer, progress, model_of, run_dir_of)
+    consumed: set[tuple[Any, ...]] = set()
 
-            keep_or_run("runs", (method, seed), train_and_evaluate)
-            if method != "rope":
-                continue
-            for ext in config.extensions:
-                keep_or_run(
-                    "runs",
-                    (f"rope+{ext}", seed),
-                    lambda ext=ext, seed=seed: run_extension(
-                        config, ext, seed, model_of("rope", seed), tokenizer, test_tokens, progress
-                    ),
-                )
-    _run_probes(config, results, keep_or_run, model_of, tokenizer, progress)
+    def submit_ahead(start: int) -> None:
+        """Keep every worker busy: submit the next ready units in plan order (a unit whose
+        model's run has not finished waits), `jobs` + 1 in flight at most."""
+        assert workers is not None
+        in_flight = sum(workers.submitted((u.stage, u.key)) for u in units[start:])
+        for u in units[start:]:
+            if in_flight > workers.jobs:
+                break
+            ready = u.after is None or ("runs", u.after) in consumed
+            todo = u.there is not None and kept_record(u.stage, u.key, u.rows) is None
+            if ready and todo and not workers.submitted((u.stage, u.key)):
+                workers.submit((u.stage, u.key), u.there)
+                in_flight += 1
+
+    for i, u in enumerate(units):
+        if workers is not None and u.there is None:
+            workers.close()  # cost probes time a forward: nothing else may run meanwhile
+            workers = None
+
+        def run(u: _Unit = u, pool: Workers | None = workers) -> Any:
+            if pool is None or u.there is None:
+                return u.here()
+            if not pool.submitted((u.stage, u.key)):
+                pool.submit((u.stage, u.key), u.there)
+            return u.shown(pool.result((u.stage, u.key)))
+
+        if workers is not None:
+            submit_ahead(i)
+        keep_or_run(u.stage, u.key, run, u.rows)
+        consumed.add((u.stage, u.key))
     results = with_earlier()
     write_json(out_dir / "results.json", results)
     return results
@@ -268,75 +319,121 @@ def _unit_label(stage: str, key: tuple[Any, ...]) -> str:
     return f"{_STAGE_WORDS[stage]} {method} (seed {key[-1]})"
 
 
-def _run_probes(
+def _lm_units(
     config: BenchConfig,
-    results: dict[str, Any],
-    keep_or_run: Any,
-    model_of: Any,
+    corpus: Any,
+    tokenizer: Any,
+    test_tokens: Any,
+    out_dir: Path,
+    progress: bool,
+    save_runs: bool,
+    loggers: Loggers | None,
+    models: dict[tuple[str, int], Any],
+    model_of: Callable[[str, int], Any],
+    run_dir_of: Callable[[str, int], Path],
+) -> list[_Unit]:
+    """Language-model runs, each `rope` run followed by its extension rows."""
+    from extrapos.bench.language_model import _say
+    from extrapos.bench.workers import extension_unit, train_unit
+
+    assert config.methods is not None
+    units: list[_Unit] = []
+    for seed in config.seeds:
+        for method in config.methods:
+            train_args = (config, method, seed, corpus, tokenizer, test_tokens, out_dir)
+
+            def here(method: str = method, seed: int = seed, args: tuple = train_args) -> Any:
+                summary, models[(method, seed)] = run_method(*args, progress, save_runs, loggers)
+                return summary
+
+            units.append(_Unit(
+                "runs", (method, seed), here,
+                there=partial(train_unit, *train_args, False, save_runs, loggers),
+                shown=lambda summary: (_say(summary, progress), summary)[1],
+            ))  # fmt: skip
+            if method != "rope":
+                continue
+            for ext in config.extensions:
+                units.append(_Unit(
+                    "runs", (f"rope+{ext}", seed),
+                    lambda ext=ext, seed=seed: run_extension(
+                        config, ext, seed, model_of("rope", seed), tokenizer, test_tokens, progress
+                    ),
+                    there=partial(extension_unit, config, ext, seed, run_dir_of("rope", seed),
+                                  tokenizer, test_tokens, False),
+                    after=("rope", seed),
+                    shown=lambda summary: (_say(summary, progress), summary)[1],
+                ))  # fmt: skip
+    return units
+
+
+def _probe_units(
+    config: BenchConfig,
     tokenizer: Any,
     progress: bool,
-) -> None:
+    model_of: Callable[[str, int], Any],
+    run_dir_of: Callable[[str, int], Path],
+) -> list[_Unit]:
     """The task, passkey and cost stages (see `extrapos.bench.stages`)."""
     from extrapos.bench.stages import cost_probe, passkey_probe, task_probe
+    from extrapos.bench.workers import passkey_unit
 
     assert config.methods is not None and config.eval_lens is not None
+    units: list[_Unit] = []
     for seed in config.seeds:
         for task in config.tasks:
             for method in config.methods:
-                keep_or_run(
-                    "task_runs",
-                    (method, task, seed),
-                    lambda method=method, task=task, seed=seed: _said(
-                        task_probe(
-                            method,
-                            task,
-                            seed,
-                            train_len=config.task_train_len,
-                            eval_lens=config.task_eval_lens or [],
-                            steps=config.task_steps,
-                            samples=config.task_samples,
-                            progress=progress,
-                        ),
-                        progress,
-                    ),
+                task_call = partial(
+                    task_probe,
+                    method,
+                    task,
+                    seed,
+                    train_len=config.task_train_len,
+                    eval_lens=config.task_eval_lens or [],
+                    steps=config.task_steps,
+                    samples=config.task_samples,
                 )
+                units.append(_Unit(
+                    "task_runs", (method, task, seed),
+                    lambda call=task_call: _said(call(progress=progress), progress),
+                    there=task_call,
+                    shown=lambda record: _said(record, progress),
+                ))  # fmt: skip
     if config.passkey_steps:
         for seed in config.seeds:
             for method in config.methods:
-                keep_or_run(
-                    "passkey_runs",
-                    (method, seed),
-                    lambda method=method, seed=seed: [
+                passkey_args = (tokenizer, method, seed)
+                passkey_kwargs = {
+                    "train_len": config.train_len,
+                    "lengths": config.eval_lens or [],
+                    "depths": config.passkey_depths,
+                    "trials": config.passkey_trials,
+                    "steps": config.passkey_steps,
+                    "extensions": config.extensions,
+                }
+                units.append(_Unit(
+                    "passkey_runs", (method, seed),
+                    lambda method=method, seed=seed, args=passkey_args, kw=passkey_kwargs: [
                         _said(row, progress)
-                        for row in passkey_probe(
-                            model_of(method, seed),
-                            tokenizer,
-                            method,
-                            seed,
-                            train_len=config.train_len,
-                            lengths=config.eval_lens or [],
-                            depths=config.passkey_depths,
-                            trials=config.passkey_trials,
-                            steps=config.passkey_steps,
-                            extensions=config.extensions,
-                            progress=progress,
-                        )
+                        for row in passkey_probe(model_of(method, seed), *args, **kw,
+                                                 progress=progress)
                     ],
+                    there=partial(passkey_unit, run_dir_of(method, seed), *passkey_args,
+                                  **passkey_kwargs),
+                    after=(method, seed),
+                    shown=lambda rows: [_said(row, progress) for row in rows],
                     rows={method, *(f"rope+{e}" for e in config.extensions if method == "rope")},
-                )
+                ))  # fmt: skip
     if config.memory:
         for method in config.methods:
-            keep_or_run(
-                "costs",
-                (method,),
+            units.append(_Unit(
+                "costs", (method,),
                 lambda method=method: cost_probe(
-                    method,
-                    max(config.eval_lens or [1]),
-                    n_layer=config.n_layer,
-                    n_head=config.n_head,
-                    d_model=config.d_model,
+                    method, max(config.eval_lens or [1]), n_layer=config.n_layer,
+                    n_head=config.n_head, d_model=config.d_model,
                 ),
-            )
+            ))  # fmt: skip
+    return units
 
 
 def _said(record: dict[str, Any], progress: bool) -> dict[str, Any]:

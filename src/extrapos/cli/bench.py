@@ -8,6 +8,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from extrapos.cli.args import add_command, add_dataclass_flags, dataclass_flags
+from extrapos.core.errors import UserError
 from extrapos.core.settings import field_default
 
 
@@ -23,6 +24,8 @@ def _bench(args: argparse.Namespace) -> None:
 
     if args.suite != "dialogue":
         refuse_dialogue_flags(args)
+    if args.suite != "lm" and (args.jobs != 1 or args.threads_per_job is not None):
+        raise UserError(f"--jobs/--threads-per-job apply to --suite lm, not --suite {args.suite}")
     if args.suite == "translation":
         from extrapos.cli.translate import cmd_bench_translation
 
@@ -39,7 +42,9 @@ def _bench(args: argparse.Namespace) -> None:
 
     config = BenchConfig.from_sources(args.preset, args.config, **dataclass_flags(args, "bench"))
     loggers = Loggers(args.tensorboard, args.wandb, args.out, config.settings())
-    results = run_bench(config, args.out, loggers=loggers)
+    results = run_bench(
+        config, args.out, loggers=loggers, jobs=args.jobs, threads_per_job=args.threads_per_job
+    )
     write_report(results, args.out)
     print(summary_table(results), file=sys.stderr)
     print(f"wrote {Path(args.out) / 'results.json'}, report.md, report.html, results.csv, plots")
@@ -111,6 +116,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     from extrapos.cli.dialogue import add_bench_arguments as add_dialogue_bench_arguments
 
     add_dialogue_bench_arguments(p)
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run the units (training, tasks, passkey) in N worker processes, the cores shared "
+        "among them; cost probes still run alone (default 1)",
+    )
+    p.add_argument(
+        "--threads-per-job",
+        type=int,
+        default=None,
+        metavar="T",
+        help="intra-op threads of each worker (default: this process's threads / N)",
+    )
     p.add_argument(
         "--tensorboard", metavar="DIR", default=None, help="also log each run to TensorBoard in DIR"
     )

@@ -15,10 +15,22 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from extrapos.core.errors import UserError
+from extrapos.core.settings import field_default
+from extrapos.models.seq2seq_config import Seq2SeqConfig
+from extrapos.training.translation_config import TranslationTrainConfig
+
+#: the true defaults the flags show (the config measured to reach BLEU >= 30 in 30 min; README),
+#: read from the fields (creating a Seq2SeqConfig validates its encoding, which imports torch)
+TRAIN_DEFAULTS = SimpleNamespace(
+    **{f.name: field_default(f) for f in fields(TranslationTrainConfig)}
+)
+MODEL_DEFAULTS = SimpleNamespace(**{f.name: field_default(f) for f in fields(Seq2SeqConfig)})
 
 
 def _ints(text: str) -> list[int]:
@@ -62,7 +74,7 @@ def cmd_translate_train(args: argparse.Namespace) -> None:
 
         steps = load_config(args.out)["train"]["steps"]
     train_cfg = TranslationTrainConfig(
-        steps=steps or 3000,
+        steps=steps or TRAIN_DEFAULTS.steps,
         max_tokens=args.max_tokens,
         lr=args.lr,
         warmup_steps=args.warmup_steps,
@@ -183,16 +195,44 @@ def register(sub: Any) -> None:
         help="train only on pairs with a source this short",
     )
     p.add_argument(
-        "--steps", type=int, default=None, help="optimizer steps (default 3000; resume: the run's)"
+        "--steps",
+        type=int,
+        default=None,
+        help=f"optimizer steps (default {TRAIN_DEFAULTS.steps}; resume: the run's)",
     )
-    p.add_argument("--max-tokens", type=int, default=4096, help="padded tokens per batch side")
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
-    p.add_argument("--warmup-steps", type=int, default=400, help="inverse-sqrt warmup (400)")
-    p.add_argument("--vocab-size", type=int, default=8000, help="joint BPE size (default 8000)")
-    p.add_argument("--n-layer", type=int, default=3, help="layers per stack (default 3)")
-    p.add_argument("--n-head", type=int, default=4, help="default 4")
-    p.add_argument("--d-model", type=int, default=256, help="default 256")
-    p.add_argument("--dropout", type=float, default=0.1, help="default 0.1")
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=TRAIN_DEFAULTS.max_tokens,
+        help=f"padded tokens per batch side (default {TRAIN_DEFAULTS.max_tokens})",
+    )
+    p.add_argument(
+        "--lr", type=float, default=TRAIN_DEFAULTS.lr, help=f"peak LR (default {TRAIN_DEFAULTS.lr})"
+    )
+    p.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=TRAIN_DEFAULTS.warmup_steps,
+        help=f"inverse-sqrt warmup (default {TRAIN_DEFAULTS.warmup_steps})",
+    )
+    p.add_argument(
+        "--vocab-size",
+        type=int,
+        default=TRAIN_DEFAULTS.vocab_size,
+        help=f"joint BPE size (default {TRAIN_DEFAULTS.vocab_size})",
+    )
+    for flag, value, what in (
+        ("--n-layer", MODEL_DEFAULTS.n_layer, "layers per stack"),
+        ("--n-head", MODEL_DEFAULTS.n_head, "attention heads"),
+        ("--d-model", MODEL_DEFAULTS.d_model, "model width"),
+    ):
+        p.add_argument(flag, type=int, default=value, help=f"{what} (default {value})")
+    p.add_argument(
+        "--dropout",
+        type=float,
+        default=MODEL_DEFAULTS.dropout,
+        help=f"default {MODEL_DEFAULTS.dropout}",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=1000, help="checkpoint every N steps")
     p.add_argument("--eval-every", type=int, default=500, help="validation loss every N steps")
