@@ -24,7 +24,7 @@ def _bench(args: argparse.Namespace) -> None:
 
     if args.suite != "dialogue":
         refuse_dialogue_flags(args)
-    if args.suite != "lm" and (args.jobs != 1 or args.threads_per_job is not None):
+    if args.suite != "lm" and (args.jobs != "auto" or args.threads_per_job is not None):
         raise UserError(f"--jobs/--threads-per-job apply to --suite lm, not --suite {args.suite}")
     if args.suite == "translation":
         from extrapos.cli.translate import cmd_bench_translation
@@ -39,11 +39,16 @@ def _bench(args: argparse.Namespace) -> None:
         bench_dialogue(args)
         return
     from extrapos.bench.loggers import Loggers
+    from extrapos.bench.workers import parse_jobs
 
     config = BenchConfig.from_sources(args.preset, args.config, **dataclass_flags(args, "bench"))
     loggers = Loggers(args.tensorboard, args.wandb, args.out, config.settings())
     results = run_bench(
-        config, args.out, loggers=loggers, jobs=args.jobs, threads_per_job=args.threads_per_job
+        config,
+        args.out,
+        loggers=loggers,
+        jobs=parse_jobs(args.jobs),
+        threads_per_job=args.threads_per_job,
     )
     write_report(results, args.out)
     print(summary_table(results), file=sys.stderr)
@@ -118,11 +123,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_dialogue_bench_arguments(p)
     p.add_argument(
         "--jobs",
-        type=int,
-        default=1,
+        default="auto",
         metavar="N",
         help="run the units (training, tasks, passkey) in N worker processes, the cores shared "
-        "among them; cost probes still run alone (default 1)",
+        "among them; cost probes still run alone (default auto: 2 on a CPU-only machine with "
+        ">= 2 threads, else 1)",
     )
     p.add_argument(
         "--threads-per-job",
