@@ -237,15 +237,13 @@ def _run_bench(
         """Keep every worker busy: submit the next ready units in plan order (a unit whose
         model's run has not finished waits), `jobs` + 1 in flight at most."""
         assert workers is not None
-        in_flight = sum(workers.submitted((u.stage, u.key)) for u in units[start:])
         for u in units[start:]:
-            if in_flight > workers.jobs:
+            if workers.in_flight > workers.jobs:
                 break
             ready = u.after is None or ("runs", u.after) in consumed
             todo = u.there is not None and kept_record(u.stage, u.key, u.rows) is None
-            if ready and todo and not workers.submitted((u.stage, u.key)):
-                workers.submit((u.stage, u.key), u.there)
-                in_flight += 1
+            if ready and todo:
+                workers.submit((u.stage, u.key), u.there)  # a no-op when already submitted
 
     for i, u in enumerate(units):
         if workers is not None and u.there is None:
@@ -255,8 +253,7 @@ def _run_bench(
         def run(u: _Unit = u, pool: Workers | None = workers) -> Any:
             if pool is None or u.there is None:
                 return u.here()
-            if not pool.submitted((u.stage, u.key)):
-                pool.submit((u.stage, u.key), u.there)
+            pool.submit((u.stage, u.key), u.there)  # a no-op when submitted ahead
             return u.shown(pool.result((u.stage, u.key)))
 
         if workers is not None:
@@ -336,6 +333,10 @@ def _lm_units(
     from extrapos.bench.language_model import _say
     from extrapos.bench.workers import extension_unit, train_unit
 
+    def said(summary: dict[str, Any]) -> dict[str, Any]:
+        _say(summary, progress)
+        return summary
+
     assert config.methods is not None
     units: list[_Unit] = []
     for seed in config.seeds:
@@ -349,7 +350,7 @@ def _lm_units(
             units.append(_Unit(
                 "runs", (method, seed), here,
                 there=partial(train_unit, *train_args, False, save_runs, loggers),
-                shown=lambda summary: (_say(summary, progress), summary)[1],
+                shown=said,
             ))  # fmt: skip
             if method != "rope":
                 continue
@@ -362,7 +363,7 @@ def _lm_units(
                     there=partial(extension_unit, config, ext, seed, run_dir_of("rope", seed),
                                   tokenizer, test_tokens, False),
                     after=("rope", seed),
-                    shown=lambda summary: (_say(summary, progress), summary)[1],
+                    shown=said,
                 ))  # fmt: skip
     return units
 

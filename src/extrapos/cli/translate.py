@@ -200,43 +200,21 @@ def register(sub: Any) -> None:
         default=None,
         help=f"optimizer steps (default {TRAIN_DEFAULTS.steps}; resume: the run's)",
     )
-    p.add_argument(
-        "--max-tokens",
-        type=int,
-        default=TRAIN_DEFAULTS.max_tokens,
-        help=f"padded tokens per batch side (default {TRAIN_DEFAULTS.max_tokens})",
-    )
-    p.add_argument(
-        "--lr", type=float, default=TRAIN_DEFAULTS.lr, help=f"peak LR (default {TRAIN_DEFAULTS.lr})"
-    )
-    p.add_argument(
-        "--warmup-steps",
-        type=int,
-        default=TRAIN_DEFAULTS.warmup_steps,
-        help=f"inverse-sqrt warmup (default {TRAIN_DEFAULTS.warmup_steps})",
-    )
-    p.add_argument(
-        "--vocab-size",
-        type=int,
-        default=TRAIN_DEFAULTS.vocab_size,
-        help=f"joint BPE size (default {TRAIN_DEFAULTS.vocab_size})",
-    )
-    for flag, value, what in (
-        ("--n-layer", MODEL_DEFAULTS.n_layer, "layers per stack"),
-        ("--n-head", MODEL_DEFAULTS.n_head, "attention heads"),
-        ("--d-model", MODEL_DEFAULTS.d_model, "model width"),
+    for flag, kind, value, what in (
+        ("--max-tokens", int, TRAIN_DEFAULTS.max_tokens, "padded tokens per batch side"),
+        ("--lr", float, TRAIN_DEFAULTS.lr, "peak learning rate"),
+        ("--warmup-steps", int, TRAIN_DEFAULTS.warmup_steps, "inverse-sqrt warmup"),
+        ("--vocab-size", int, TRAIN_DEFAULTS.vocab_size, "joint BPE size"),
+        ("--n-layer", int, MODEL_DEFAULTS.n_layer, "layers per stack"),
+        ("--n-head", int, MODEL_DEFAULTS.n_head, "attention heads"),
+        ("--d-model", int, MODEL_DEFAULTS.d_model, "model width"),
+        ("--dropout", float, MODEL_DEFAULTS.dropout, "residual and embedding dropout"),
+        ("--seed", int, TRAIN_DEFAULTS.seed, "random seed"),
+        ("--save-every", int, TRAIN_DEFAULTS.save_every, "checkpoint every N steps"),
+        ("--eval-every", int, TRAIN_DEFAULTS.eval_every, "validation loss every N steps"),
     ):
-        p.add_argument(flag, type=int, default=value, help=f"{what} (default {value})")
-    p.add_argument(
-        "--dropout",
-        type=float,
-        default=MODEL_DEFAULTS.dropout,
-        help=f"default {MODEL_DEFAULTS.dropout}",
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--save-every", type=int, default=1000, help="checkpoint every N steps")
-    p.add_argument("--eval-every", type=int, default=500, help="validation loss every N steps")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda")
+        p.add_argument(flag, type=kind, default=value, help=f"{what} (default {value})")
+    p.add_argument("--device", default=TRAIN_DEFAULTS.device, help="auto (default), cpu, cuda")
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
 
