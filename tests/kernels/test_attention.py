@@ -287,6 +287,43 @@ def test_causal_sdpa_with_offsets(s: int, t: int) -> None:
     torch.testing.assert_close(attention(q, k, v, q_offset=q_offset), expected)
 
 
+@pytest.mark.parametrize("s", [dispatch.SPLIT_MIN + 1, 400, dispatch.CPU_KEY_TILE])
+def test_causal_sdpa_in_two_halves_equals_the_dense_reference(s: int) -> None:
+    """SPLIT_MIN < s <= CPU_KEY_TILE on CPU runs as two query halves; outputs and gradients
+    equal the dense causal softmax (an off-by-one in the second half's mask would show)."""
+    assert dispatch.split_rows(s, s, torch.device("cpu")) == (s + 1) // 2
+    q, k, v = (3 * x for x in _qkv(s, s))
+    weight = torch.randn(B, H, s, D, generator=torch.Generator().manual_seed(7), dtype=q.dtype)
+    indices = torch.arange(s)
+
+    def run(fn):  # noqa: ANN001, ANN202
+        leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+        out = fn(*leaves)
+        (out * weight).sum().backward()
+        return [out.detach(), *(x.grad for x in leaves)]
+
+    ours = run(lambda q, k, v: causal_sdpa(q, k, v))
+    theirs = run(lambda q, k, v: dense_reference(q, k, v, None, indices, indices, 0))
+    for name, a, b in zip(("out", "q", "k", "v"), ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, msg=lambda m, name=name: f"{name}: {m}")
+    with torch.inference_mode():  # a mask made under inference mode is not reused for autograd
+        torch.testing.assert_close(causal_sdpa(q, k, v), ours[0])
+    assert run(lambda q, k, v: causal_sdpa(q, k, v))[1].abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    ("s", "t", "device"),
+    [
+        (dispatch.SPLIT_MIN, dispatch.SPLIT_MIN, "cpu"),
+        (dispatch.CPU_KEY_TILE + 1, dispatch.CPU_KEY_TILE + 1, "cpu"),
+        (400, 401, "cpu"),
+        (400, 400, "cuda"),
+    ],
+)
+def test_causal_calls_outside_the_split_range_run_whole(s: int, t: int, device: str) -> None:
+    assert dispatch.split_rows(s, t, torch.device(device)) is None
+
+
 def test_use_backend_sets_and_restores_the_default() -> None:
     s = 5
     q, k, v = _qkv(s, s)

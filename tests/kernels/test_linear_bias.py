@@ -94,7 +94,7 @@ def test_fold_equals_dense(s: int, q_offset: int, block: int, gaps: bool) -> Non
 
 
 def test_attention_routes_alibi_through_the_fold_with_the_same_numbers() -> None:
-    h, s, d = 4, 96, 8  # >= LINEAR_MIN_QUERIES queries
+    h, s, d = 4, dispatch.CPU_KEY_TILE + 88, 8  # more keys than one tile of the fused kernel
     q, k, v = _qkv(1, h, s, s, d, dtype=torch.float32)
     table = _alibi(h, s)
     pos = torch.arange(s)
@@ -107,6 +107,22 @@ def test_attention_routes_alibi_through_the_fold_with_the_same_numbers() -> None
     torch.testing.assert_close(auto.double(), dense(q.double(), k.double(), v.double(), table.double(), pos, pos, 0), atol=2e-5, rtol=1e-5)  # fmt: skip
     with pytest.raises(ValueError, match="linear"):
         attention(q, k, v, bias_table=torch.randn(h, s), backend="linear")
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_alibi_within_one_key_tile_takes_the_mask_path(grad: bool) -> None:
+    """Up to CPU_KEY_TILE keys the fused kernel computes every pair anyway: ALiBi runs as a mask
+    (in two query halves past SPLIT_MIN), not the fold, with the dense reference's numbers."""
+    h, d = 4, 8
+    for s in (96, dispatch.SPLIT_MIN + 1, dispatch.CPU_KEY_TILE):
+        q, k, v = (x.requires_grad_(grad) for x in _qkv(1, h, s, s, d, dtype=torch.float32))
+        table, pos = _alibi(h, s), torch.arange(s)
+        dispatch.paths_taken(reset=True)
+        with torch.set_grad_enabled(grad):
+            out = attention(q, k, v, bias_table=table)
+        assert dispatch.paths_taken(reset=True) == {"chunked": 1}, s
+        expected = dense(q.double(), k.double(), v.double(), table.double(), pos, pos, 0)
+        torch.testing.assert_close(out.double(), expected, atol=2e-5, rtol=1e-5)
 
 
 def test_fold_gradients_equal_dense() -> None:

@@ -9,7 +9,9 @@ explicit positions (offsets, randomized positions) work through the same path.
 
 Paths (measured on 2 CPU cores in ../shared/MEASUREMENTS.md and benchmarks/RESULTS.md):
 
-- `sdpa`: no bias; `F.scaled_dot_product_attention` with `is_causal` (its flash kernel).
+- `sdpa`: no bias; `F.scaled_dot_product_attention` with `is_causal` (its flash kernel); on
+  CPU, s == t calls of 321-512 queries run as two query halves, because the kernel skips masked
+  keys only by whole tiles of 512 (`dispatch.split_rows`; the chunked path uses the same halves).
 - `linear`: a table that is exactly -m_h·k (ALiBi) folded into q and k as extra head-dim
   columns: bias-free SDPA, no mask (`extrapos.kernels.linear_bias`; float rounding only).
 - `chunked`: queries in chunks of `chunk_size`; each chunk takes only its own (h, c, t) bias
@@ -93,13 +95,32 @@ def causal_mask(s: int, t: int, q_offset: int, device: torch.device) -> Tensor:
 
 
 def causal_sdpa(q: Tensor, k: Tensor, v: Tensor, q_offset: int = 0) -> Tensor:
-    """Bias-free causal attention through SDPA; q (b, h, s, d), k/v (b, h, t, d)."""
+    """Bias-free causal attention through SDPA; q (b, h, s, d), k/v (b, h, t, d). Calls of
+    `dispatch.SPLIT_MIN` < s <= `dispatch.CPU_KEY_TILE` on CPU run as two query halves (the fused
+    kernel computes all pairs of one key tile): the same numbers up to float rounding."""
     s, t = q.shape[-2], k.shape[-2]
+    half = dispatch.split_rows(s, t, q.device)
+    if half is not None:
+        first = F.scaled_dot_product_attention(
+            q[..., :half, :], k[..., :half, :], v[..., :half, :], is_causal=True
+        )
+        key = (s, half, q.dtype, q.device, torch.is_inference_mode_enabled())
+        mask = _split_mask_memo.get((), key, lambda: _split_mask(s, half, q.dtype, q.device))
+        second = F.scaled_dot_product_attention(q[..., half:, :], k, v, attn_mask=mask)
+        return torch.cat((first, second), dim=-2)
     if s == t:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
     if s == 1:  # one new token sees every cached key
         return F.scaled_dot_product_attention(q, k, v)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(s, t, q_offset, q.device))
+
+
+def _split_mask(s: int, half: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """(s - half, s) additive causal mask of queries half .. s - 1 over keys 0 .. s - 1."""
+    visible = causal_mask(s - half, s, half, device)
+    return torch.zeros(visible.shape, dtype=dtype, device=device).masked_fill_(
+        ~visible, float("-inf")
+    )
 
 
 def toeplitz_source(table: Tensor, t: int) -> Tensor:
@@ -151,6 +172,7 @@ class _PerForward:
 _toeplitz_memo = _PerForward()
 _source_memo = _PerForward()
 _slopes_memo = _PerForward()
+_split_mask_memo = _PerForward()  # keyed by shape only: one mask serves every layer and step
 
 
 def is_toeplitz(q_positions: Tensor, k_positions: Tensor, q_offset: int, n: int) -> bool:
@@ -400,6 +422,9 @@ def attention(
             bias_dtype(q),
         )  # fmt: skip
     dispatch.record_taken("chunked")
+    half = dispatch.split_rows(s, t, q.device)
+    if half is not None:
+        chunk_size = min(chunk_size, half)
     return chunked_bias_attention(
         q, k, v, bias_table, q_positions, k_positions, q_offset, chunk_size
     )

@@ -7,9 +7,14 @@ the same kind, in another compile state, that was the slowest path (issue 16: 4.
 - `linear`: tables that are exactly -m_h·k (ALiBi; `linear_bias.linear_slopes`) fold the bias
   into q and k — bias-free SDPA by construction, with one or four extra head-dim columns
   (`linear_bias`). Used on CPU when the call has at least `LINEAR_MIN_QUERIES` queries (below
-  that, decoding, copying the cache into the extended buffer costs more than the mask), except
-  for inference at t >= `FLEX_CANDIDATE_LEN` where the calibration measured the mask path
-  (`chunked`, ALiBi table) faster than the fold.
+  that, decoding, copying the cache into the extended buffer costs more than the mask) and more
+  than `CPU_KEY_TILE` keys (up to that, the fused kernel computes all pairs of its one key tile
+  either way, so the mask costs nothing and the fold's extra column ~1.2×: measured at 512,
+  fwd+bwd h 4 d 32: mask path in two query halves 0.85×, fold 1.24× bias-free `is_causal`;
+  inference h 8 d 64: 0.88× vs 1.23×), except for inference at t >= `FLEX_CANDIDATE_LEN` where
+  the calibration measured the mask path (`chunked`, ALiBi table) faster than the fold.
+- causal calls of `SPLIT_MIN` < s <= `CPU_KEY_TILE` queries on CPU (bias-free or not) run as two
+  query halves (`split_rows`), because the fused kernel skips masked keys only by whole tiles.
 - `flex` vs `chunked` for other tables in CPU inference: decided by `calibration()`, a timing of
   both on this machine (n = `CALIBRATION_LEN`, h 8, d 64, a random table, interleaved repeats,
   median; also chunked vs linear on an ALiBi table), run once the first time a call could use
@@ -41,6 +46,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+#: torch's fused CPU attention kernel (2.13, `_scaled_dot_product_flash_attention_for_cpu`) walks
+#: the keys in tiles of this many and skips only whole tiles above the diagonal: a causal call
+#: of s <= 512 queries computes every one of its s² pairs and masks half of them.
+CPU_KEY_TILE = 512
+#: causal s == t calls on CPU with SPLIT_MIN < s <= CPU_KEY_TILE run as two query halves, the
+#: first `is_causal` on its own keys, the second with a mask over the keys it sees: a quarter of
+#: the pairs fewer. Measured fwd+bwd vs one `is_causal` call (b·s = 2048 tokens, h 4, d 32; 2
+#: threads / 1 thread): s 384: 0.89 / 0.90, 448: 0.90, 512: 0.87 / 0.83; s 256-320 gained
+#: under 5 % (0.96-0.99) and s 640-768 lost (the kernel then skips the upper tile itself).
+SPLIT_MIN = 320
+
+
+def split_rows(s: int, t: int, device: torch.device) -> int | None:
+    """Rows of the first query chunk when a causal call should run as two halves (see
+    `SPLIT_MIN`), else None: CPU, s == t (no cache offset), SPLIT_MIN < s <= CPU_KEY_TILE."""
+    if device.type != "cpu" or s != t or not SPLIT_MIN < s <= CPU_KEY_TILE:
+        return None
+    return (s + 1) // 2
+
 
 #: CPU inference with at least this many keys may use FlexAttention, if calibration says so.
 FLEX_CANDIDATE_LEN = 2048
@@ -230,6 +255,13 @@ def decide(
     from extrapos.kernels.linear_bias import LINEAR_MIN_QUERIES
 
     if linear and linear_ok and s >= LINEAR_MIN_QUERIES:
+        if device.type == "cpu" and s == t and t <= CPU_KEY_TILE:
+            return Decision(
+                "chunked",
+                f"linear table, <= {CPU_KEY_TILE} keys: the fused CPU kernel computes the masked "
+                "pairs of its one key tile anyway, so the bias as a mask is free (the fold's "
+                "extra head-dim column is not)",
+            )
         if needs_grad or s != t or t < FLEX_CANDIDATE_LEN or device.type != "cpu":
             return Decision("linear", "linear table: bias folded into q/k, bias-free SDPA")
         record = calibration(run=run_calibration)
@@ -316,4 +348,8 @@ def describe(t: int = 8192) -> list[str]:
         run_calibration=False,
     )
     lines.append(f"  training, learned tables: {d.path} ({d.reason})")
+    lines.append(
+        f"  causal calls of {SPLIT_MIN + 1}-{CPU_KEY_TILE} queries on CPU (any encoding): two "
+        f"query halves (the fused kernel skips masked keys only by tiles of {CPU_KEY_TILE})"
+    )
     return lines
