@@ -54,3 +54,31 @@ def test_memo_made_in_inference_mode_does_not_leak_into_training() -> None:
     out, _ = enc.rotate_qk(x, x, pos, pos)
     out.sum().backward()
     assert x.grad is not None
+
+
+def test_one_position_rotation_by_matrix_equals_the_buffer_rotation() -> None:
+    """Decoding rotates one position by `rotation_matrix` (one mm); the same numbers as the
+    six-op rotation up to float32 rounding, for RoPE and xPos (both signs, a far centre), and
+    bf16 inputs come back in bf16."""
+    gen = torch.Generator().manual_seed(1)
+    for name in ("rope", "xpos"):
+        enc = build_encoding(name, head_dim=16)
+        x = 3 * torch.randn(2, 3, 1, 16, generator=gen)
+        k = 3 * torch.randn(2, 3, 1, 16, generator=gen)
+        pos = torch.tensor([777])
+        with torch.no_grad():
+            fast = enc.rotate_qk(x, k, pos, pos)
+            # the same call with a second, far position forces the multi-position path
+            both = torch.tensor([777, 3])
+            slow = enc.rotate_qk(
+                torch.cat((x, x), -2), torch.cat((k, k), -2), both, both,
+                **({"center": 400.0} if name == "xpos" else {}),
+            )  # fmt: skip
+            if name == "xpos":
+                fast = enc.rotate_qk(x, k, pos, pos, center=400.0)
+        for a, b in zip(fast, slow, strict=True):
+            torch.testing.assert_close(a[..., 0, :], b[..., 0, :], rtol=1e-6, atol=1e-6)
+        assert not torch.allclose(fast[0], x, atol=1e-3)  # position 777 does rotate
+        with torch.no_grad():
+            half = enc.rotate_qk(x.bfloat16(), k.bfloat16(), pos, pos)[0]
+        assert half.dtype == torch.bfloat16

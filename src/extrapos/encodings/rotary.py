@@ -77,6 +77,41 @@ def rotate_half_split(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return _rotate_float32(x, cos, sin).to(x.dtype)  # the same numbers, no autograd node
 
 
+def rotation_matrix(cos: Tensor, sin: Tensor) -> Tensor:
+    """(r, r) float32 R with x @ R = `rotate_half_split`(x) for one position: cos, sin (1, r/2).
+
+        R[i, i] = R[i + r/2, i + r/2] = cos_i,   R[i + r/2, i] = -sin_i,   R[i, i + r/2] = sin_i
+
+    A decoding step rotates one query and one key per layer: one matmul instead of the six
+    small ops of the buffer rotation (7 vs 25 µs for (1, 4, 1, 32) here), the same numbers up
+    to rounding (the sum runs over the zeros too)."""
+    half = cos.shape[-1]
+    i = torch.arange(half, device=cos.device)
+    rot = torch.zeros(2 * half, 2 * half, dtype=torch.float32, device=cos.device)
+    c, sn = cos.reshape(half).float(), sin.reshape(half).float()
+    rot[i, i] = c
+    rot[i + half, i + half] = c
+    rot[i + half, i] = -sn
+    rot[i, i + half] = sn
+    return rot
+
+
+def rotate_by_matrix(x: Tensor, rot: Tensor) -> Tensor:
+    """x (..., 1, r) @ rot (r, r) as one 2-d mm (a 4-d matmul dispatches ~13 ops, this 7),
+    in float32 and cast back to x's dtype."""
+    flat = x.reshape(-1, x.shape[-1])
+    if flat.dtype != torch.float32:
+        flat = flat.float()
+    out = torch.mm(flat, rot).view(x.shape)
+    return out if x.dtype == torch.float32 else out.to(x.dtype)
+
+
+def one_position(x: Tensor) -> bool:
+    """Whether x (..., s, r) is a single position without autograd: a decoding step, which
+    takes the `rotation_matrix` path."""
+    return x.shape[-2] == 1 and not (torch.is_grad_enabled() and x.requires_grad)
+
+
 class PositionsMemo:
     """Values derived from a positions tensor, kept while that very tensor object lives
     unchanged (same object, same in-place version): every layer of one forward passes the
@@ -203,6 +238,9 @@ class RoPE(PositionalEncoding):
         """Rotate x (b, h, s, d) at positions (s,)."""
         cos, sin = self.cos_sin(positions, seq_len)
         r = self.rotary_dim
+        if r == x.shape[-1] and one_position(x):
+            rot = self._memo.get(positions, ("matrix", seq_len), lambda: rotation_matrix(cos, sin))
+            return rotate_by_matrix(x, rot)
         if r == x.shape[-1]:
             return rotate_half_split(x, cos, sin)
         return torch.cat((rotate_half_split(x[..., :r], cos, sin), x[..., r:]), dim=-1)

@@ -47,7 +47,13 @@ from torch import Tensor
 
 from extrapos.core.errors import UserError
 from extrapos.encodings.registry import register
-from extrapos.encodings.rotary import RoPE, rotate_half_split
+from extrapos.encodings.rotary import (
+    RoPE,
+    one_position,
+    rotate_by_matrix,
+    rotate_half_split,
+    rotation_matrix,
+)
 
 #: headroom left for the magnitudes of q and k entries (up to 2^10) when sizing the exponent range.
 _HEADROOM = math.log(2.0**10)
@@ -104,14 +110,18 @@ class XPos(RoPE):
         self.gamma = float(gamma)
         self.center = center
         self.zeta = xpos_zeta(head_dim, self.gamma)  # (d/2,) float64, a constant
+        self._max_distances: dict[torch.dtype, int] = {}
         # rotated, scaled keys are cached; the cache holds their centre (`decode_center`)
         self.cache = "rotated"
 
     def max_distance(self, dtype: torch.dtype = torch.float32) -> int:
         """How far (in positions) any position may be from the call's centre: the factors
         ζ_0^(±distance/scale_base) stay within dtype's range with 2^10 of headroom for q and k."""
-        limit = math.log(torch.finfo(dtype).max) - _HEADROOM  # allowed |exponent|, natural log
-        return int(limit * self.scale_base / -math.log(float(self.zeta[0])))
+        if dtype not in self._max_distances:  # asked per layer per decoding step: kept
+            limit = math.log(torch.finfo(dtype).max) - _HEADROOM  # allowed |exponent|, ln
+            zeta0 = float(self.zeta[0])
+            self._max_distances[dtype] = int(limit * self.scale_base / -math.log(zeta0))
+        return self._max_distances[dtype]
 
     def max_span(self, dtype: torch.dtype = torch.float32) -> int:
         """The widest range of positions (max - min) one call may hold with per-call centring."""
@@ -170,6 +180,25 @@ class XPos(RoPE):
     def _scaled_rotation(
         self, x: Tensor, positions: Tensor, center: float, sign: int, seq_len: int
     ) -> Tensor:
+        def column_scale() -> Tensor:  # (r,): ζ^((pos - c)/s) for both dims of each pair
+            scale = xpos_scale(positions, self.zeta, self.scale_base, center, +1)
+            return torch.cat((scale, scale), dim=-1).reshape(-1).float()
+
+        if one_position(x):
+            # decoding: the RoPE matrix (shared with the rotation's cache) with its columns
+            # scaled by ζ^(±(pos - c)/s): one matmul per q or k, both signs from one scale
+            def matrix() -> Tensor:
+                rot = self._memo.get(
+                    positions,
+                    ("matrix", seq_len),
+                    lambda: rotation_matrix(*self.cos_sin(positions, seq_len)),
+                )
+                scale = self._memo.get(positions, ("xpos-scale", seq_len, center), column_scale)
+                return rot * scale if sign > 0 else rot / scale
+
+            key = ("xpos-matrix", seq_len, center, sign)
+            return rotate_by_matrix(x, self._memo.get(positions, key, matrix))
+
         def tables() -> tuple[Tensor, Tensor]:  # cos·ζ^(±(pos - c)/s), sin·ζ^(±(pos - c)/s)
             cos, sin = self.cos_sin(positions, seq_len)
             scale = xpos_scale(positions, self.zeta, self.scale_base, center, sign).float()

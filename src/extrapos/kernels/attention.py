@@ -172,6 +172,7 @@ class _PerForward:
 _toeplitz_memo = _PerForward()
 _source_memo = _PerForward()
 _slopes_memo = _PerForward()
+_decode_row_memo = _PerForward()
 _split_mask_memo = _PerForward()  # keyed by shape only: one mask serves every layer and step
 
 
@@ -188,6 +189,17 @@ def is_toeplitz(q_positions: Tensor, k_positions: Tensor, q_offset: int, n: int)
         )
 
     return _toeplitz_memo.get((q_positions, k_positions), (q_offset, n), compute)
+
+
+def decode_bias_row(
+    table: Tensor, q_positions: Tensor, k_positions: Tensor, q_offset: int, q: Tensor
+) -> Tensor:
+    """(1, h, 1, t) contiguous additive bias of one query (sequence index q_offset) over t keys:
+    what `chunked_bias_attention` builds for s == 1, made once per decoding step and shared by
+    every layer (the per-layer Toeplitz view, checks and dispatch cost more than the SDPA call's
+    difference from bias-free at 4k keys, measured)."""
+    index = torch.tensor([q_offset], device=table.device)
+    return bias_block(table, q_positions, k_positions, index, bias_dtype(q))[None]
 
 
 def chunked_bias_attention(
@@ -365,6 +377,15 @@ def attention(
         q.requires_grad or k.requires_grad or v.requires_grad or bias_table.requires_grad
     )
     requested = backend or _default_backend
+    if s == 1 and not needs_grad and q.device.type == "cpu" and requested in ("auto", "chunked"):
+        # decoding: one query per call; every layer of the step shares its (1, h, 1, t) row
+        dispatch.record_taken("chunked")
+        row = _decode_row_memo.get(
+            (bias_table, q_positions, k_positions),
+            (q_offset, t, q.dtype),
+            lambda: decode_bias_row(bias_table, q_positions, k_positions, q_offset, q),
+        )
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=row)
     slopes = None
     if requested == "linear" or (requested == "auto" and s >= LINEAR_MIN_QUERIES):
         slopes = _slopes_memo.get((bias_table,), (), lambda: linear_slopes(bias_table))
