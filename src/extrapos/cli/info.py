@@ -35,6 +35,7 @@ def cmd_profile(args: argparse.Namespace) -> None:
         n_layer=args.n_layer,
         n_head=args.n_head,
         d_model=args.d_model,
+        train_lengths=args.train_lengths,
     )
     out = Path(args.out)
     table = markdown(result)
@@ -56,7 +57,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--methods", type=name_list, default=["nope", "rope", "alibi", "t5", "kerple_log"]
     )
-    p.add_argument("--lengths", type=length_list, default=[512, 1024, 2048, 4096])
+    p.add_argument(
+        "--lengths",
+        type=length_list,
+        default=[512, 1024, 2048, 4096],
+        help="inference forward lengths (comma-separated)",
+    )
+    p.add_argument(
+        "--train-lengths",
+        type=length_list,
+        default=[],
+        help="training-step (forward + backward) lengths, e.g. 512,1024,2048,4096 (default: none)",
+    )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--n-layer", type=int, default=4)
     p.add_argument("--n-head", type=int, default=4)
