@@ -185,12 +185,13 @@ def _alarm(signum, frame):
     raise TimeoutError("a fuzzed command ran past 30 s")
 
 
-def _measure_here(method, n, repeats, n_layer, n_head, d_model):
+def _measure_here(method, n, repeats, n_layer, n_head, d_model, train=False):
     """`profile` measures each point in a fresh interpreter (seconds of torch import each);
     here in this process, through the same validation and model building."""
     from extrapos.probes import cost
 
-    return cost.measure(cost._build(method, n, n_layer, n_head, d_model), n, repeats)
+    model = cost._build(method, n, n_layer, n_head, d_model)
+    return cost.measure(model, n, repeats, train=train)
 
 
 @pytest.mark.parametrize("path", sorted(COMMANDS), ids=" ".join)

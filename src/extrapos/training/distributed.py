@@ -5,6 +5,7 @@ the process group (NCCL on CUDA, gloo on CPU)."""
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +35,28 @@ def distributed_info() -> DistInfo:
     return DistInfo()
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def oversubscription(processes: int, threads: int, cores: int) -> str | None:
+    """Why `processes` ranks on one machine with `threads` intra-op threads each oversubscribe
+    `cores` cores (None when they fit). OpenMP threads spin while they wait for work; two
+    processes whose pools together exceed the cores made training up to 10× slower here (issue
+    16), so each rank should have at most cores // processes threads."""
+    if processes * threads <= cores:
+        return None
+    fair = max(1, cores // processes)
+    return (
+        f"{processes} processes x {threads} threads on {cores} cores oversubscribe the CPU "
+        f"(spinning OpenMP threads can make training several times slower); set "
+        f"OMP_NUM_THREADS={fair} for torchrun (it sets 1 when OMP_NUM_THREADS is unset)"
+    )
+
+
 def init_distributed() -> DistInfo:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1): NCCL when CUDA is
     available, else gloo. A no-op for a single process."""
@@ -46,6 +69,11 @@ def init_distributed() -> DistInfo:
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(local)
+    else:  # CPU ranks share the machine's cores: warn once per job when they oversubscribe it
+        ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        reason = oversubscription(ranks_here, torch.get_num_threads(), usable_cores())
+        if reason is not None and local == 0:
+            warnings.warn(reason, stacklevel=2)
     dist.init_process_group(backend=backend)
     return distributed_info()
 
