@@ -5,7 +5,7 @@ help text travels with it, so command-line flags generated from the dataclass
 from __future__ import annotations
 
 import copy
-from dataclasses import MISSING, Field, field
+from dataclasses import MISSING, Field, field, fields
 from typing import Any
 
 
@@ -25,3 +25,16 @@ def field_default(f: Field) -> Any:
     if f.default_factory is not MISSING:
         return f.default_factory()
     return MISSING
+
+
+def check_known_fields(cls: type, data: dict[str, Any], what: str) -> None:
+    """Raise a `UserError` naming the fields of `data` that dataclass `cls` does not have, and
+    the ones it does (`what`: how the message names the config, e.g. "model config")."""
+    from extrapos.core.errors import UserError
+
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise UserError(
+            f"{what} has unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )

@@ -238,10 +238,11 @@ class RoPE(PositionalEncoding):
         """Rotate x (b, h, s, d) at positions (s,)."""
         cos, sin = self.cos_sin(positions, seq_len)
         r = self.rotary_dim
-        if r == x.shape[-1] and one_position(x):
-            rot = self._memo.get(positions, ("matrix", seq_len), lambda: rotation_matrix(cos, sin))
-            return rotate_by_matrix(x, rot)
         if r == x.shape[-1]:
+            if one_position(x):  # decoding: one mm by the step's cached matrix
+                key = ("matrix", seq_len)
+                rot = self._memo.get(positions, key, lambda: rotation_matrix(cos, sin))
+                return rotate_by_matrix(x, rot)
             return rotate_half_split(x, cos, sin)
         return torch.cat((rotate_half_split(x[..., :r], cos, sin), x[..., r:]), dim=-1)
 

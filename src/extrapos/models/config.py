@@ -7,11 +7,11 @@ instant; the encoding name is checked against the registry on creation.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from extrapos.core.errors import UserError
-from extrapos.core.settings import setting
+from extrapos.core.settings import check_known_fields, setting
 
 
 @dataclass
@@ -75,10 +75,5 @@ class GPTConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GPTConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserError(
-                f"model config has unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
+        check_known_fields(cls, data, "model config")
         return cls(**data)

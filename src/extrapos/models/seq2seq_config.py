@@ -6,10 +6,11 @@ true defaults without importing torch; the model is `models.seq2seq.Seq2Seq`.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from extrapos.core.errors import UserError
+from extrapos.core.settings import check_known_fields
 from extrapos.models.config import GPTConfig
 
 #: special tokens appended after the tokenizer's vocabulary (see `Seq2SeqConfig`)
@@ -82,11 +83,5 @@ class Seq2SeqConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Seq2SeqConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserError(
-                f"seq2seq config has unknown field(s) {', '.join(unknown)}; known: "
-                f"{', '.join(sorted(known))}"
-            )
+        check_known_fields(cls, data, "seq2seq config")
         return cls(**data)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from extrapos.core.errors import UserError
-from extrapos.core.settings import setting
+from extrapos.core.settings import check_known_fields, setting
 from extrapos.models.config import GPTConfig
 
 Precision = Literal["fp32", "bf16"]
@@ -322,12 +322,7 @@ def _model_for_objective(model: dict[str, Any], objective: str) -> dict[str, Any
 
 
 def _from_dict(cls: type, data: dict[str, Any], section: str) -> Any:
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise UserError(
-            f"{section} has unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-        )
+    check_known_fields(cls, data, section)
     if cls is GPTConfig:  # not ours to change; check its field types before it computes
         check_values(cls, data, section)
     try:
