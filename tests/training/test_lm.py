@@ -8,6 +8,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,9 +26,13 @@ from extrapos.training.lm import LOG_COLUMNS, TrainConfig, lr_factor, train, val
 from extrapos.training.run_dir import (
     TRAIN_STATE,
     WEIGHTS,
+    foreign_entries,
     list_checkpoints,
+    load_config,
     load_model,
     load_run,
+    remove_partial_checkpoints,
+    save_checkpoint,
     step_dir,
 )
 
@@ -123,6 +128,33 @@ def test_keep_last_and_step_checkpoints(tmp_path, corpus):
         overwrite=True,
     )
     assert [s for s, _ in list_checkpoints(tmp_path)] == [2, 4, 6]
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL: nothing after it runs."""
+
+
+def test_killed_while_pruning_an_old_checkpoint_leaves_a_resumable_run(
+    tmp_path, corpus, monkeypatch
+):
+    """`rmtree` deletes file by file: a run killed inside it must not leave a half-deleted
+    step folder under its own name (resume would refuse it as someone else's files)."""
+    tok = build_tokenizer("byte")
+    train(tiny(), config(steps=4, save_every=2), corpus, tok, run_dir=tmp_path, progress=False)
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [4]
+
+    def killed_midway(path, *args, **kwargs):
+        (path / TRAIN_STATE).unlink()  # the first file gone, then the kill
+        raise _Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(shutil, "rmtree", killed_midway)
+        with pytest.raises(_Killed):
+            save_checkpoint(tmp_path, 6, load_model(tmp_path), load_config(tmp_path), tok, {})
+    assert foreign_entries(tmp_path) == []
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [6]
+    remove_partial_checkpoints(tmp_path)
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_00000006"]
 
 
 def test_fresh_run_in_an_old_folder_is_refused_unless_overwrite(tmp_path, corpus):

@@ -262,12 +262,7 @@ def atomic_dir(
         yield tmp
         old = None
         if path.exists():  # checked above; an empty or earlier folder of ours
-            old = Path(
-                tempfile.mkdtemp(
-                    prefix=f".{path.name}.{TMP_MARK}old-", suffix=".tmp", dir=path.parent
-                )
-            )
-            os.replace(path, old)  # over the empty folder just made
+            old = set_aside(path)
         try:
             os.rename(tmp, path)
         except OSError:
@@ -284,6 +279,24 @@ def atomic_dir(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def set_aside(folder: Path) -> Path:
+    """Rename `folder` to `.NAME.extrapos-old-XXXX.tmp` beside it (one atomic rename over an
+    empty folder made for the purpose) and return the new path: from then on it is a leftover
+    `is_our_temporary` recognises, never a half-deleted original."""
+    aside = Path(
+        tempfile.mkdtemp(prefix=f".{folder.name}.{TMP_MARK}old-", suffix=".tmp", dir=folder.parent)
+    )
+    os.replace(folder, aside)
+    return aside
+
+
+def remove_folder(folder: Path) -> None:
+    """Delete a folder so that a process killed meanwhile leaves it whole or as a temporary
+    leftover (`set_aside`, then `shutil.rmtree`), never a partial copy under its own name —
+    `rmtree` alone deletes file by file."""
+    shutil.rmtree(set_aside(folder), ignore_errors=True)
 
 
 def is_our_temporary(path: Path) -> bool:

@@ -17,6 +17,8 @@ atomic rename), so a killed run leaves only complete checkpoints; resume takes t
 root files are then replaced one by one (each atomically) by hard links to the checkpoint's (a
 copy where links are not supported), so `load_model(RUN_DIR)` reads the latest weights without
 storing them twice. Every step folder is itself a run directory `load_model` accepts.
+An old checkpoint is deleted by first renaming it to a temporary name (`core.files.remove_folder`),
+so a kill mid-delete never leaves a partial step folder that resume would refuse as foreign.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from extrapos.core.files import (
     current_umask,
     is_our_temporary,
     read_json,
+    remove_folder,
     write_json,
     write_safetensors,
     write_torch,
@@ -141,7 +144,7 @@ def save_checkpoint(
                     f"{final} exists and is not an extrapos checkpoint; move it away or pick "
                     "another --out"
                 )
-            shutil.rmtree(final)
+            remove_folder(final)
         os.rename(tmp, final)
         _fsync_dir(root)
     except UserError as exc:
@@ -162,7 +165,8 @@ def save_checkpoint(
         _publish(final / name, run_dir / name)
     if keep_last > 0:
         for _, old in list_checkpoints(run_dir)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+            with contextlib.suppress(OSError):  # a folder that cannot go stays whole
+                remove_folder(old)
     return final
 
 
@@ -201,7 +205,7 @@ def clear_checkpoints(run_dir: str | Path) -> None:
     if root.is_dir() and not root.is_symlink():
         for p in root.iterdir():
             if _is_our_checkpoint(p):
-                shutil.rmtree(p)
+                remove_folder(p)
         with contextlib.suppress(OSError):
             root.rmdir()  # only when empty
     legacy = run_dir / TRAIN_STATE
