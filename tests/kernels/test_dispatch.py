@@ -99,3 +99,25 @@ def test_linear_tables_follow_the_calibration_too(fresh, monkeypatch) -> None:  
     monkeypatch.setattr(dispatch, "_calibration", None)
     (fresh / dispatch.CACHE_FILE).unlink()
     assert dispatch.decide(needs_grad=False, s=8192, t=8192, **common).path == "linear"
+
+
+def test_a_tie_at_calibration_goes_to_the_fold(fresh, monkeypatch) -> None:  # noqa: ANN001
+    """The 2026-12-03 calibration here: mask path 0.152 s vs fold 0.156 s at 4k. The fold's cost
+    is bias-free SDPA's at every length, the mask path's grows faster, so a tie is no reason to
+    leave the fold; a cache written under the old rule ("linear_from_calibration": false) is
+    decided again from its seconds."""
+    seconds = {"chunked": 0.151, "flex": 0.214, "chunked_alibi": 0.152, "linear": 0.156}
+    stale = {
+        "linear_from_calibration": False,
+        "flex_from": None,
+        "key": dispatch.machine_key(),
+        "n": 4096,
+        "seconds": seconds,
+        "measured_at": "2026-12-03 07:38:00",
+    }
+    (fresh / dispatch.CACHE_FILE).write_text(json.dumps({stale["key"]: stale}))
+    common = {"device": torch.device("cpu"), "linear": True, "linear_ok": True, "flex_ok": True}
+    d = dispatch.decide(needs_grad=False, s=8192, t=8192, **common)
+    assert d.path == "linear" and "chunked 0.152 s" in d.reason
+    monkeypatch.setattr(dispatch, "_time_paths", lambda n, r: seconds)
+    assert dispatch.calibrate()["linear_from_calibration"] is True

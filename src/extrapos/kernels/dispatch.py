@@ -12,7 +12,8 @@ the same kind, in another compile state, that was the slowest path (issue 16: 4.
   either way, so the mask costs nothing and the fold's extra column ~1.2×: measured at 512,
   fwd+bwd h 4 d 32: mask path in two query halves 0.85×, fold 1.24× bias-free `is_causal`;
   inference h 8 d 64: 0.88× vs 1.23×), except for inference at t >= `FLEX_CANDIDATE_LEN` where
-  the calibration measured the mask path (`chunked`, ALiBi table) faster than the fold.
+  the calibration measured the mask path (`chunked`, ALiBi table) `MASK_MARGIN` faster than
+  the fold (a tie goes to the fold).
 - causal calls of `SPLIT_MIN` < s <= `CPU_KEY_TILE` queries on CPU (bias-free or not) run as two
   query halves (`split_rows`), because the fused kernel skips masked keys only by whole tiles.
 - `flex` vs `chunked` for other tables in CPU inference: decided by `calibration()`, a timing of
@@ -73,6 +74,13 @@ FLEX_CANDIDATE_LEN = 2048
 CALIBRATION_LEN = 4096
 #: flex is chosen only when it measured at least this much faster than chunked.
 FLEX_MARGIN = 0.9
+#: for a linear table the fold is the default; the mask path (`chunked`) is chosen only when it
+#: measured at least this much faster. A tie must go to the fold: its cost is bias-free SDPA's
+#: at every length, while the mask path's grows faster with n — the 2026-12-03 calibration at
+#: 4,096 keys read chunked 0.152 s vs fold 0.156 s, and under the old "faster wins" rule `auto`
+#: took chunked at 8k-16k too, where it measured 1.27-1.30x bias-free against the fold's
+#: 1.11-1.18x.
+MASK_MARGIN = 0.9
 CACHE_FILE = "attention-dispatch.json"
 
 _calibration: dict[str, Any] | None = None
@@ -173,10 +181,8 @@ def calibrate(n: int = CALIBRATION_LEN, repeats: int = 3) -> dict[str, Any]:
     except Exception as exc:  # inductor's CPU codegen fails on some setups: flex unusable
         seconds, error = {}, f"{type(exc).__name__}: {str(exc).strip()[:200]}"
     flex_ok = "flex" in seconds and seconds["flex"] < FLEX_MARGIN * seconds["chunked"]
-    # the fold is the default for linear tables; the mask path only where it measured faster
-    linear_ok = "linear" not in seconds or seconds["linear"] <= seconds["chunked_alibi"]
     return {
-        "linear_from_calibration": linear_ok,
+        "linear_from_calibration": _fold_preferred(seconds),
         "key": machine_key(),
         "n": n,
         "repeats": repeats,
@@ -185,6 +191,13 @@ def calibrate(n: int = CALIBRATION_LEN, repeats: int = 3) -> dict[str, Any]:
         "flex_from": FLEX_CANDIDATE_LEN if flex_ok else None,
         "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+
+
+def _fold_preferred(seconds: dict[str, float]) -> bool:
+    """The fold for linear tables unless the mask path measured `MASK_MARGIN` faster."""
+    if "linear" not in seconds or "chunked_alibi" not in seconds:
+        return True
+    return not seconds["chunked_alibi"] < MASK_MARGIN * seconds["linear"]
 
 
 def _load_cached(key: str) -> dict[str, Any] | None:
@@ -265,14 +278,18 @@ def decide(
         if needs_grad or s != t or t < FLEX_CANDIDATE_LEN or device.type != "cpu":
             return Decision("linear", "linear table: bias folded into q/k, bias-free SDPA")
         record = calibration(run=run_calibration)
-        if record is None or record.get("linear_from_calibration", True):
-            return Decision("linear", "linear table: bias folded into q/k, bias-free SDPA")
-        secs = record["seconds"]
-        return Decision(
-            "chunked",
-            f"linear table, measured at n={record['n']}: chunked {secs['chunked_alibi']:.3f} s, "
-            f"linear {secs['linear']:.3f} s",
+        secs = (record or {}).get("seconds") or {}
+        measured = (
+            f"measured at n={record['n']}: chunked {secs['chunked_alibi']:.3f} s, "
+            f"linear {secs['linear']:.3f} s"
+            if record is not None and "linear" in secs and "chunked_alibi" in secs
+            else ""
         )
+        # decided from the stored seconds, so a cache written under an older rule follows this one
+        if _fold_preferred(secs):
+            reason = "linear table: bias folded into q/k, bias-free SDPA"
+            return Decision("linear", f"{reason} ({measured})" if measured else reason)
+        return Decision("chunked", f"linear table, the mask path measured faster: {measured}")
     if device.type == "cuda" and flex_ok:
         return Decision("flex", "cuda: FlexAttention (has a backward there; not calibrated)")
     if needs_grad:
