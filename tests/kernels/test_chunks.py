@@ -7,7 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from extrapos.kernels.chunks import blockwise_attention, prefix_views, query_chunks
+from extrapos.kernels.chunks import (
+    blockwise_attention,
+    masked_softmax,
+    prefix_views,
+    query_chunks,
+)
 
 B, H, S, D = 2, 3, 11, 4
 
@@ -90,3 +95,26 @@ def test_prefix_views_gradient_is_the_sum_of_the_slices_gradients() -> None:
         grads.append(leaf.grad)
     torch.testing.assert_close(grads[0], grads[1], atol=1e-12, rtol=1e-12)
     assert grads[0][..., 7:, :].abs().sum() == 0  # only the unused prefix reached keys 7..10
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_masked_softmax_is_masked_fill_then_softmax_bit_for_bit(dtype) -> None:
+    """Its backward skips the mask (dx = P ∘ (dP - Σ dP ∘ P) is 0 where P is): the same values
+    and gradients as autograd through masked_fill and softmax, to the bit."""
+    g = torch.Generator().manual_seed(1)
+    visible = torch.arange(9)[None, :] <= torch.arange(2, 9)[:, None]  # (7, 9), offset 2
+    x = (3 * torch.randn(B, H, 7, 9, generator=g)).to(dtype).requires_grad_()
+    upstream = torch.randn(B, H, 7, 9, generator=g).to(dtype)
+    reference = x.masked_fill(~visible, float("-inf")).softmax(-1)
+    (expected,) = torch.autograd.grad(reference, x, upstream)
+    probs = masked_softmax(x, visible)
+    (got,) = torch.autograd.grad(probs, x, upstream)
+    assert torch.equal(probs, reference)
+    assert torch.equal(got, expected)
+    assert bool((got[..., ~visible] == 0).all())
+
+
+def test_masked_softmax_gradcheck() -> None:
+    visible = torch.arange(5)[None, :] <= torch.arange(1, 5)[:, None]
+    x = torch.randn(2, 4, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: masked_softmax(x, visible), (x,))

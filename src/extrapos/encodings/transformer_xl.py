@@ -6,6 +6,8 @@ machinery of `extrapos.encodings.contextual` (see there for the notation and the
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -32,6 +34,32 @@ def txl_sinusoids(distances: Tensor, dim: int, base: float = 10000.0) -> Tensor:
     )
     angles = distances.double()[:, None] * inv_freq[None, :]
     return torch.cat((angles.sin(), angles.cos()), dim=-1).float()
+
+
+class _RelativeShift(torch.autograd.Function):
+    """The relative shift of Transformer-XL as a view: position (b, h, c, n) contiguous with
+    n = t + 1 -> (b, h, c, t), row i starting at column c-1-i (see `chunk_logits`). Those c rows
+    of t are one contiguous run of each (c, n) plane, offsets [c-1, c-1+c·t), so the backward
+    writes the gradient there and zeroes only the c elements around it; autograd through
+    `as_strided` zero-filled the whole plane first (a full extra pass per chunk)."""
+
+    @staticmethod
+    def forward(ctx: Any, position: Tensor, t: int) -> Tensor:
+        b, h, c, n = position.shape
+        if n != t + 1 or not position.is_contiguous():
+            raise ValueError("relative shift needs a contiguous (b, h, c, t + 1) tensor")
+        ctx.shape = position.shape
+        return position.view(b, h, c * n)[..., c - 1 : c - 1 + c * t].view(b, h, c, t)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        b, h, c, n = ctx.shape
+        t = n - 1
+        out = grad.new_empty(b, h, c * n)
+        out[..., : c - 1].zero_()
+        out[..., c - 1 + c * t :].zero_()
+        out[..., c - 1 : c - 1 + c * t].view(b, h, c, t).copy_(grad)
+        return out.view(b, h, c, n), None
 
 
 #: query rows per block. Measured (benchmarks/train_step.py's bench model, seq 512, 2,048 tokens,
@@ -181,16 +209,15 @@ class TransformerXL(_BlockwiseAttention):
             # The relative shift as a strided view (as the reference's _rel_shift, without its
             # pad and copy): column m of P holds distance `top - m`, so query i's distance to
             # key j, top - (c-1-i) - j, sits at column (c-1-i) + j, i.e. at flat offset
-            # i·(n-1) + j + (c-1) of the (c, n) plane. With n = t'+1 columns the rows are
-            # disjoint and every visible pair's column is < n (masked pairs, j > i + t'-c,
-            # may read the next row: any finite value, the mask removes them).
+            # i·(n-1) + j + (c-1) of the (c, n) plane. With n = t'+1 columns the c rows are
+            # one contiguous run of the plane (`_RelativeShift`) and every visible pair's
+            # column is < n (masked pairs, j > i + t'-c, may read the next row: any finite
+            # value, the mask removes them).
             top = int(q_positions[-1] - k_positions[0])  # the chunk's largest distance
             n = t + 1
             needed = top - torch.arange(n, device=q.device)  # descending; the last is < 0
             position = qv @ self._chunk_relative(needed, b, q.dtype, layer)  # (b, h, c, n)
-            shifted = position.as_strided(
-                (b, h, c, t), (h * c * n, c * n, n - 1, 1), position.storage_offset() + c - 1
-            )
+            shifted = _RelativeShift.apply(position, t)
             # content + position in one op: P + (q + u)·kᵀ, all scaled by 1/√d already
             out = torch.baddbmm(
                 shifted.reshape(b * h, c, t),

@@ -84,6 +84,31 @@ class _Prefixes(torch.autograd.Function):
         return (out, *(None for _ in ctx.stops))
 
 
+class _MaskedSoftmax(torch.autograd.Function):
+    """softmax(x + M) along the last dim, M = -inf where `visible` is False, saving only the
+    probabilities P. Backward is softmax's, dx = P ∘ (dP - Σ dP ∘ P), which is exactly 0 where
+    P is: the mask needs no pass of its own, where autograd through `masked_fill` zeroes the
+    gradient once more (and keeps the mask). Same numbers; fwd+bwd of TXL's 4 chunks at 512
+    keys (b 4, h 4) 19.3 -> 13.9 ms in one-process A/B."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, visible: Tensor) -> Tensor:
+        probs = x.masked_fill(~visible, float("-inf")).softmax(dim=-1)
+        ctx.save_for_backward(probs)
+        return probs
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        (probs,) = ctx.saved_tensors
+        return torch.ops.aten._softmax_backward_data(grad, probs, -1, probs.dtype), None
+
+
+def masked_softmax(x: Tensor, visible: Tensor) -> Tensor:
+    """softmax(x + M), M = -inf where not `visible` (broadcast over x's leading dims): every row
+    must see at least one entry (a causal row sees itself). Differentiable in x."""
+    return _MaskedSoftmax.apply(x, visible)
+
+
 def prefix_views(x: Tensor, stops: list[int]) -> tuple[Tensor, ...]:
     """The prefixes x[..., :stop, :] (x (..., t, d)) that chunks of queries see, with one
     gradient buffer for all of them (see `_Prefixes`); plain slices when x needs no grad."""
@@ -136,11 +161,18 @@ def blockwise_attention(
             scores = (qc.to(dtype) @ keys.to(dtype).transpose(-1, -2)) * q.shape[-1] ** -0.5
             if bias is not None:
                 scores = scores + bias(chunk).to(dtype)
-        weights = scores.masked_fill(~chunk.visible, float("-inf")).softmax(dim=-1)
+        weights = masked_softmax(scores, chunk.visible)
         if probe is not None:
             probe(chunk.start, weights)
         outs.append(weights.to(v.dtype) @ values)
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-2)
 
 
-__all__ = ["Probe", "QueryChunk", "blockwise_attention", "prefix_views", "query_chunks"]
+__all__ = [
+    "Probe",
+    "QueryChunk",
+    "blockwise_attention",
+    "masked_softmax",
+    "prefix_views",
+    "query_chunks",
+]
