@@ -353,18 +353,26 @@ class DAPE(_BlockwiseAttention):
         layer: int,
     ) -> Tensor:
         h = self.num_heads
+        b, c, t = q.shape[0], q.shape[-2], k.shape[-2]
         scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # S (b, h, c, t')
         bias = self.static_bias(q_positions[:, None] - k_positions[None, :], layer, q.dtype)
         first, act, last = self.mlps[layer]
         w1, b1 = first.weight.to(q.dtype), first.bias.to(q.dtype)  # (width, 2h), (width,)
-        # Linear([S; B]) = W1[:, :h]·S + (W1[:, h:]·B + b1): the B half has no batch dimension.
-        # Heads as the trailing dim of permuted views, each Linear one matmul over all pairs
-        # (pairs, h) @ (h, width): no copies of the per-pair activations (1.4x faster fwd+bwd
-        # than the einsums at b 4, h 4, c 256, t' 512, measured).
-        hidden = scores.permute(0, 2, 3, 1) @ w1[:, :h].T  # (b, c, t', width)
-        hidden = hidden + (bias.permute(1, 2, 0) @ w1[:, h:].T + b1)
+        # Linear([S; B]) = W1[:, :h]·S + (W1[:, h:]·B + b1): the B half has no batch dimension,
+        # so it is one (c·t', width) matmul, broadcast over the batch as the `baddbmm` input of
+        # the S half. Heads are the trailing dim of permuted views ((b, c·t', h) without a copy),
+        # each Linear one matmul over all pairs: no copies and no separate add pass over the
+        # (pairs, width) activations (one DAPE layer fwd+bwd at b 4, h 4, 512 keys: 128 -> 110
+        # ms against matmul + add; 1.4x faster than the einsums before that, measured).
+        fixed = torch.addmm(b1, bias.permute(1, 2, 0).reshape(c * t, h), w1[:, h:].T)
+        hidden = torch.baddbmm(
+            fixed[None],
+            scores.permute(0, 2, 3, 1).reshape(b, c * t, h),
+            w1[:, :h].T.expand(b, h, -1),
+        )  # (b, c·t', width)
         hidden = F.leaky_relu_(hidden, act.negative_slope)  # in place: a fresh temporary
-        adaptive = (hidden @ last.weight.to(q.dtype).T).permute(0, 3, 1, 2)  # (b, h, c, t')
+        adaptive = hidden @ last.weight.to(q.dtype).T  # (b, c·t', h)
+        adaptive = adaptive.view(b, c, t, h).permute(0, 3, 1, 2)  # (b, h, c, t')
         return scores + bias + adaptive + last.bias.to(q.dtype)[:, None, None]
 
     def extra_repr(self) -> str:
