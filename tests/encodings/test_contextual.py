@@ -18,6 +18,7 @@ from extrapos.encodings.base import Positions
 from extrapos.encodings.contextual import (
     CoPE,
     contextual_positions,
+    cope_logits,
     interpolate_at,
 )
 from extrapos.encodings.transformer_xl import txl_sinusoids
@@ -553,3 +554,46 @@ def test_cope_scale_on_q_equals_scaling_the_logits() -> None:
 
     for new, old_ in zip(run(True), run(False), strict=True):
         torch.testing.assert_close(new, old_, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("npos_max", [64, 5])
+def test_cope_logits_node_is_bitwise_the_autograd_composition(npos_max: int) -> None:
+    """`cope_logits` (one autograd node) = S + interpolate_at(q·e, contextual_positions(σ(S)
+    masked, npos_max)) differentiated by autograd: the logits and the gradients of S and of the
+    table bit for bit in float32 (zeros up to sign), with inputs that reach every branch —
+    saturated gates (σ = 1 exactly) and gates of exactly 1/2 (integer positions, where ⌈p⌉ =
+    ⌊p⌋, whose gradient must be 0 even where σ' is not), a clamp that binds
+    (npos_max 5) or not (64), a causal mask, and a table with distinct rows."""
+    gen = torch.Generator().manual_seed(11)
+    c, t, n = 9, 40, npos_max + 1
+    scores = torch.randn(2, 3, c, t, generator=gen) * 3
+    scores[0, 0, :, ::3] = 30.0  # σ(30) == 1 in float32
+    scores[1, 2] = 40.0  # a whole head of open gates: p_ij = i - j + 1, integers
+    scores[1, 1] = 0.0  # σ(0) = 0.5 exactly: integer p (where ⌈p⌉ = ⌊p⌋) beside fractional
+    table = torch.randn(2, 3, c, n, generator=gen)
+    visible = torch.arange(t)[None, :] <= torch.arange(t - c, t)[:, None]
+    upstream = torch.randn(2, 3, c, t, generator=gen).masked_fill(~visible, 0.0)
+
+    def composed(s: Tensor, v: Tensor) -> Tensor:
+        gates = torch.sigmoid(s).masked_fill(~visible, 0.0)
+        return s + interpolate_at(v, contextual_positions(gates, npos_max))
+
+    results = []
+    for fn in (lambda s, v: cope_logits(s, v, visible, npos_max), composed):
+        s, v = scores.clone().requires_grad_(), table.clone().requires_grad_()
+        out = fn(s, v)
+        out.backward(upstream)
+        results.append((out.masked_fill(~visible, 0.0).detach(), s.grad, v.grad))
+    assert scores[1, 2].sigmoid().eq(1).all()  # the integer-position branches are exercised
+    for new, old in zip(*results, strict=True):
+        assert torch.equal(new, old)
+
+
+def test_cope_logits_node_passes_gradcheck() -> None:
+    """The hand-written backward of `cope_logits` against finite differences (float64), away
+    from the kinks (no integer positions: fractional gates, a clamp that binds)."""
+    gen = torch.Generator().manual_seed(12)
+    scores = torch.randn(1, 2, 4, 9, generator=gen, dtype=torch.float64).requires_grad_()
+    table = torch.randn(1, 2, 4, 4, generator=gen, dtype=torch.float64).requires_grad_()
+    visible = torch.arange(9)[None, :] <= torch.arange(5, 9)[:, None]
+    assert torch.autograd.gradcheck(lambda s, v: cope_logits(s, v, visible, 3), (scores, table))

@@ -1,5 +1,5 @@
 """Bias blocks shared by the attention paths: the (h, c, t) block of a chunk of queries, the
-dtype a bias reaches SDPA in, and whether positions are consecutive."""
+dtype a bias reaches SDPA in, the additive causal mask, and whether positions are consecutive."""
 
 from __future__ import annotations
 
@@ -26,7 +26,17 @@ def bias_block(
     distances = (q_positions[:, None] - k_positions[None, :]).clamp(0, n - 1)
     block = table[:, distances].to(dtype)
     visible = torch.arange(k_positions.shape[0], device=table.device)[None, :] <= q_index[:, None]
-    return block.masked_fill(~visible, float("-inf"))
+    return block + additive_mask(visible, dtype)
+
+
+def additive_mask(visible: Tensor, dtype: torch.dtype) -> Tensor:
+    """M (visible's shape, (c, t)): 0 where visible, -inf elsewhere. Masks are added to finite
+    scores as M (x + 0 = x, x - inf = -inf: `masked_fill`'s numbers) broadcast over the leading
+    dims: on CPU, `masked_fill` with a broadcast bool mask is ~6-10x slower than the add
+    (255-413 vs 41 µs at (4, 4, 64, 512), 2 threads, measured)."""
+    return torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill_(
+        ~visible, float("-inf")
+    )
 
 
 def is_range(positions: Tensor) -> bool:
