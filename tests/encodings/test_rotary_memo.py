@@ -82,3 +82,24 @@ def test_one_position_rotation_by_matrix_equals_the_buffer_rotation() -> None:
         with torch.no_grad():
             half = enc.rotate_qk(x.bfloat16(), k.bfloat16(), pos, pos)[0]
         assert half.dtype == torch.bfloat16
+
+
+def test_a_decoding_step_rotates_query_and_key_in_one_bmm_with_the_same_numbers() -> None:
+    """Query and key of one decoding step at one position (the same positions tensor) are
+    rotated together by `rotate_pair`; bit for bit what one `rotate_by_matrix`
+    each gives (keys at an equal but distinct positions tensor take that path), for RoPE and
+    xPos (a centre far from the position: large factors of both signs), float32 and bf16."""
+    gen = torch.Generator().manual_seed(3)
+    for name, extra in (("rope", {}), ("xpos", {"center": 300.0})):
+        enc = build_encoding(name, head_dim=16)
+        for dtype in (torch.float32, torch.bfloat16):
+            q, k = (3 * torch.randn(1, 4, 1, 16, generator=gen) for _ in range(2))
+            q, k = q.to(dtype), k.to(dtype)
+            pos = torch.tensor([777])
+            with torch.no_grad():
+                paired = enc.rotate_qk(q, k, pos, pos, **extra)
+                apart = enc.rotate_qk(q, k, pos, pos.clone(), **extra)
+            for a, b in zip(paired, apart, strict=True):
+                assert a.dtype == dtype and a.shape == q.shape
+                assert torch.equal(a, b)
+            assert not torch.equal(paired[0], paired[1])  # q and k got their own matrices

@@ -528,6 +528,34 @@ def test_single_query_toeplitz_block_equals_dense_for_any_table_layout() -> None
         torch.testing.assert_close(out, scores.softmax(-1) @ v)
 
 
+@pytest.mark.parametrize(
+    ("q_pos", "k_pos", "q_offset"),
+    [
+        (torch.tensor([39]), torch.arange(40), 39),  # consecutive: the flipped-table row
+        (torch.tensor([57]), torch.arange(40) + 18, 39),  # consecutive, not from 0
+        (torch.tensor([50]), torch.arange(40) * 1 + (torch.arange(40) > 20) * 3, 39),  # a gap
+        (torch.tensor([30]), torch.arange(40), 30),  # keys past the query: masked
+    ],
+)
+def test_decode_bias_row_is_the_bias_block_of_the_one_query(
+    q_pos: torch.Tensor, k_pos: torch.Tensor, q_offset: int
+) -> None:
+    """The decoding row (1, h, 1, t) equals, bit for bit, the general (h, 1, t) block of
+    `bias_block` (table gather by distance, causal -inf) for consecutive positions (where it is
+    a reversed copy of the table) and for positions it must not take that path for; the table
+    column-major (FIRE's layout) and longer than the keys."""
+    from extrapos.kernels.attention import decode_bias_row
+    from extrapos.kernels.blocks import bias_block
+
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randn(1, 3, 1, 8, generator=gen)
+    for table in (torch.randn(3, 64, generator=gen), torch.randn(64, 3, generator=gen).T):
+        row = decode_bias_row(table, q_pos, k_pos, q_offset, q)
+        block = bias_block(table, q_pos, k_pos, torch.tensor([q_offset]), torch.float32)
+        assert row.shape == (1, 3, 1, 40) and row.is_contiguous()
+        assert torch.equal(row, block[None])
+
+
 def test_bidirectional_bias_attention_through_the_one_chunk_loop_is_bitwise_the_old() -> None:
     """The encoder path now runs through `blockwise_attention`; the old inline loop (copied
     here) gives bitwise the same output, with ragged chunks, gapped positions and padding."""

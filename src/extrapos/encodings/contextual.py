@@ -194,9 +194,8 @@ class _CoPELogits(torch.autograd.Function):
         keep = visible.to(scores.dtype)
         gates = torch.sigmoid(scores).mul_(keep)
         positions = gates.flip(-1).cumsum_(dim=-1).flip(-1).clamp_(max=npos_max)
-        floor = positions.floor()
-        index = floor.long()
-        weight = positions.sub_(floor)  # p - ⌊p⌋, in p's buffer
+        index = positions.long()  # ⌊p⌋ (p >= 0: truncation)
+        weight = positions.frac_()  # p - ⌊p⌋, in p's buffer (frac: p - trunc(p), one pass)
         shifted = torch.cat((integer_logits[..., 1:], integer_logits[..., -1:]), dim=-1)
         low = integer_logits.gather(-1, index)
         logits = torch.lerp(low, shifted.gather(-1, index), weight, out=low)

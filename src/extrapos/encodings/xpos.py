@@ -49,9 +49,11 @@ from extrapos.core.errors import UserError
 from extrapos.encodings.registry import register
 from extrapos.encodings.rotary import (
     RoPE,
+    one_pair,
     one_position,
     rotate_by_matrix,
     rotate_half_split,
+    rotate_pair,
     rotation_matrix,
 )
 
@@ -177,27 +179,31 @@ class XPos(RoPE):
         factor = torch.exp((new - old) / self.scale_base * self.zeta.log()).to(k.device)
         k.copy_(k.double() * torch.cat((factor, factor)))
 
-    def _scaled_rotation(
-        self, x: Tensor, positions: Tensor, center: float, sign: int, seq_len: int
-    ) -> Tensor:
+    def _step_matrix(self, positions: Tensor, center: float, sign: int, seq_len: int) -> Tensor:
+        """A decoding step's (r, r) matrix: the RoPE matrix (shared with the rotation's cache)
+        with its columns scaled by ζ^(±(pos - c)/s), both signs from one scale."""
+
         def column_scale() -> Tensor:  # (r,): ζ^((pos - c)/s) for both dims of each pair
             scale = xpos_scale(positions, self.zeta, self.scale_base, center, +1)
             return torch.cat((scale, scale), dim=-1).reshape(-1).float()
 
-        if one_position(x):
-            # decoding: the RoPE matrix (shared with the rotation's cache) with its columns
-            # scaled by ζ^(±(pos - c)/s): one matmul per q or k, both signs from one scale
-            def matrix() -> Tensor:
-                rot = self._memo.get(
-                    positions,
-                    ("matrix", seq_len),
-                    lambda: rotation_matrix(*self.cos_sin(positions, seq_len)),
-                )
-                scale = self._memo.get(positions, ("xpos-scale", seq_len, center), column_scale)
-                return rot * scale if sign > 0 else rot / scale
+        rot = self._memo.get(
+            positions,
+            ("matrix", seq_len),
+            lambda: rotation_matrix(*self.cos_sin(positions, seq_len)),
+        )
+        scale = self._memo.get(positions, ("xpos-scale", seq_len, center), column_scale)
+        return rot * scale if sign > 0 else rot / scale
 
+    def _scaled_rotation(
+        self, x: Tensor, positions: Tensor, center: float, sign: int, seq_len: int
+    ) -> Tensor:
+        if one_position(x):
             key = ("xpos-matrix", seq_len, center, sign)
-            return rotate_by_matrix(x, self._memo.get(positions, key, matrix))
+            matrix = self._memo.get(
+                positions, key, lambda: self._step_matrix(positions, center, sign, seq_len)
+            )
+            return rotate_by_matrix(x, matrix)
 
         def tables() -> tuple[Tensor, Tensor]:  # cos·ζ^(±(pos - c)/s), sin·ζ^(±(pos - c)/s)
             cos, sin = self.cos_sin(positions, seq_len)
@@ -219,17 +225,45 @@ class XPos(RoPE):
     ) -> tuple[Tensor, Tensor]:
         """q at q_positions times ζ^((n - c)/s), k at k_positions times ζ^(-(m - c)/s), both
         rotated; c = `center` (a KV cache's, see `decode_center`) or `call_center`."""
+        if one_pair(q, k, q_positions, k_positions):
+            # decoding: one bmm rotates q and k; the checked matrices once per step, not per
+            # layer (the key holds everything the checks read)
+            mats = self._memo.get(
+                q_positions,
+                ("xpos-step", center, q.dtype),
+                lambda: self._step_matrices(q_positions, center, q.dtype),
+            )
+            return rotate_pair(q, k, mats)
+        center, seq_len = self._checked_center(q_positions, k_positions, center, q.dtype, k.dtype)
+        return (
+            self._scaled_rotation(q, q_positions, center, +1, seq_len),
+            self._scaled_rotation(k, k_positions, center, -1, seq_len),
+        )
+
+    def _checked_center(
+        self,
+        q_positions: Tensor,
+        k_positions: Tensor,
+        center: float | None,
+        *dtypes: torch.dtype,
+    ) -> tuple[float, int]:
+        """The call's centre and length (max position + 1), after checking that every
+        position's factors stay finite in the narrowest of float32 and `dtypes`."""
         low = min(self._min_position(q_positions), self._min_position(k_positions))
         high = max(self.max_position(q_positions), self.max_position(k_positions))
         if center is None:
             center = self.call_center(low, high)
-        # the factors are float32 here and then cast: the narrower range of the two decides
-        narrowest = min((torch.float32, q.dtype, k.dtype), key=lambda t: torch.finfo(t).max)
+        # the factors are float32 here and then cast: the narrower range decides
+        narrowest = min((torch.float32, *dtypes), key=lambda t: torch.finfo(t).max)
         self._check_range(center, low, high, narrowest)
-        seq_len = high + 1
-        return (
-            self._scaled_rotation(q, q_positions, center, +1, seq_len),
-            self._scaled_rotation(k, k_positions, center, -1, seq_len),
+        return center, high + 1
+
+    def _step_matrices(self, positions: Tensor, center: float | None, dtype: torch.dtype) -> Tensor:
+        """(2, r, r): a decoding step's matrices for q (+) and k (-), queries and keys at the
+        same single position."""
+        center, seq_len = self._checked_center(positions, positions, center, dtype)
+        return torch.stack(
+            [self._step_matrix(positions, center, sign, seq_len) for sign in (1, -1)]
         )
 
     def extra_repr(self) -> str:

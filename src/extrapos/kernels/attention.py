@@ -197,9 +197,18 @@ def decode_bias_row(
     """(1, h, 1, t) contiguous additive bias of one query (sequence index q_offset) over t keys:
     what `chunked_bias_attention` builds for s == 1, made once per decoding step and shared by
     every layer (the per-layer Toeplitz view, checks and dispatch cost more than the SDPA call's
-    difference from bias-free at 4k keys, measured)."""
-    index = torch.tensor([q_offset], device=table.device)
-    return bias_block(table, q_positions, k_positions, index, bias_dtype(q))[None]
+    difference from bias-free at 4k keys, measured).
+
+    With consecutive positions (`is_toeplitz`) the query is at distance t - 1 - j from key j,
+    every key visible: the row is the table's first t entries reversed, one copy (a step's row
+    at 4k keys: 155-175 -> ~25 µs against the general gather of `bias_block`, measured)."""
+    t = k_positions.shape[0]
+    if q_offset == t - 1 and is_toeplitz(q_positions, k_positions, q_offset, table.shape[-1]):
+        row = table[:, :t].flip(-1).to(bias_dtype(q))[None, :, None, :]
+    else:
+        index = torch.tensor([q_offset], device=table.device)
+        row = bias_block(table, q_positions, k_positions, index, bias_dtype(q))[None]
+    return row.contiguous()  # a column-major table (FIRE's) gives a strided one
 
 
 def chunked_bias_attention(
