@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from extrapos.encodings import build_encoding, list_encodings, t5_buckets
+from extrapos.encodings import build_encoding, encoding_class, list_encodings, t5_buckets
 from extrapos.encodings.base import Positions
 from extrapos.encodings.bias import (
     FIRE,
@@ -354,3 +354,49 @@ def test_t5_bidirectional_buckets_match_transformers(num_buckets: int, max_dista
     # the causal default is unchanged
     assert torch.equal(t5_buckets(distance.clamp(min=0), num_buckets, max_distance),
                        t5_buckets(distance, num_buckets, max_distance))  # fmt: skip
+
+
+def _bias_site_encodings() -> list[str]:
+    """Every registered encoding with a distance table of its own."""
+    own = [n for n in list_encodings() if "distance_bias" in encoding_class(n).__dict__]
+    return sorted({*own, "kerple_log", "kerple_power"})  # KERPLE's lives in their base class
+
+
+@pytest.mark.parametrize("name", _bias_site_encodings())
+def test_a_prefix_stable_table_is_bitwise_every_prefix_of_a_longer_one(name: str) -> None:
+    """Encodings that declare `prefix_stable_table` compute each entry alone: the first n
+    entries of an N-distance table equal the n-distance table bit for bit, n past vector
+    widths and tails (1, 17, 129, 1000 of 3000), with random parameters; so inference may keep
+    one table across calls. (KERPLE's log/pow declare no such thing; nothing is asserted.)"""
+    torch.manual_seed(0)
+    enc = build_encoding(name, num_heads=H)
+    with torch.no_grad():
+        for p in enc.parameters():
+            p.uniform_(0.05, 1.5)
+        long = enc.distance_bias(3000)
+        for n in (1, 17, 129, 1000):
+            if enc.prefix_stable_table:
+                assert torch.equal(long[:, :n], enc.distance_bias(n))
+
+
+@pytest.mark.parametrize("name", ["alibi", "t5", "kerple_log", "sandwich"])
+def test_inference_reuses_one_table_until_a_parameter_changes(name: str) -> None:
+    """`stable_distance_bias` (what inference calls per forward) equals `distance_bias`; for a
+    prefix-stable encoding the second call of a longer length within the kept size is a view
+    of the same storage (a decoding step builds no table); an in-place parameter update (an
+    optimizer step, `load_state_dict`) is seen at once."""
+    torch.manual_seed(1)
+    enc = build_encoding(name, num_heads=H)
+    with torch.no_grad():
+        first = enc.stable_distance_bias(40)
+        second = enc.stable_distance_bias(41)
+        assert torch.equal(first, enc.distance_bias(40))
+        assert torch.equal(second, enc.distance_bias(41))
+        if enc.prefix_stable_table:
+            assert second.data_ptr() == first.data_ptr()
+        for p in enc.parameters():
+            p.mul_(2.0).add_(0.5)
+        again = enc.stable_distance_bias(41)
+        assert torch.equal(again, enc.distance_bias(41))
+        if list(enc.parameters()):
+            assert not torch.equal(again, second)

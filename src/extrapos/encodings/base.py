@@ -121,12 +121,18 @@ class PositionalEncoding(nn.Module):
             `attention` site cache "raw" (their `attend` gets all raw keys) or "none".
         bidirectional_attend: for `attention`-site encodings, whether `attend` also takes
             `causal=False, key_mask=...` (an encoder form); the others are refused in encoders.
+        prefix_stable_table: for `bias`-site encodings, whether `distance_bias(N)[:, :n]`
+            equals `distance_bias(n)` bit for bit for every n <= N (each entry computed
+            alone, by exact operations: ALiBi's products, T5's gather), so that inference may
+            reuse one table across calls (`stable_distance_bias`). Not KERPLE: its log/pow
+            may round an entry differently in a vectorised loop's body and its scalar tail.
     """
 
     name: str = "?"
     max_len: int | None = None
     cache: CacheMode = "rotated"
     bidirectional_attend: bool = False
+    prefix_stable_table: bool = False
 
     @property
     def sites(self) -> frozenset[str]:
@@ -167,6 +173,28 @@ class PositionalEncoding(nn.Module):
     def distance_bias(self, num_distances: int) -> Tensor:
         """-> (h, n) float32 table: entry [h, k] is the score bias for pos_i - pos_j = k >= 0."""
         raise NotImplementedError
+
+    def stable_distance_bias(self, num_distances: int) -> Tensor:
+        """`distance_bias(num_distances)` without autograd, as a prefix of a table kept across
+        calls while the encoding's parameters and buffers are unchanged (same tensors, same
+        in-place versions) and grown by doubling: a decoding step otherwise rebuilds the whole
+        (h, t) table per token. Only for `prefix_stable_table` encodings (the same numbers);
+        the others get a fresh table."""
+        if not self.prefix_stable_table:
+            with torch.no_grad():
+                return self.distance_bias(num_distances)
+        kept = self.__dict__.get("_stable_table")
+        if kept is None or kept[0] != self._table_state() or kept[1].shape[-1] < num_distances:
+            size = max(num_distances, 2 * (kept[1].shape[-1] if kept is not None else 0), 256)
+            with torch.no_grad():
+                table = self.distance_bias(size)
+            # the state after building: a table cached in a buffer (Sandwich) is replaced then
+            self.__dict__["_stable_table"] = kept = (self._table_state(), table)
+        return kept[1][:, :num_distances]
+
+    def _table_state(self) -> tuple[tuple[int, int], ...]:
+        """What a kept table depends on: every parameter and buffer, by storage and version."""
+        return tuple((t.data_ptr(), t._version) for t in (*self.parameters(), *self.buffers()))
 
     def signed_distance_bias(self, num_distances: int) -> Tensor:
         """Bias table for an encoder (non-causal) model: (h, 2n - 1) float32 whose entry

@@ -47,7 +47,10 @@ def bias_table(enc: PositionalEncoding, positions: Positions, causal: bool = Tru
     if "bias" not in enc.sites:
         return None
     if causal:
-        return enc.distance_bias(int(positions.q.max() - positions.k.min()) + 1)
+        n = int(positions.q.max() - positions.k.min()) + 1
+        if enc.prefix_stable_table and not torch.is_grad_enabled():
+            return enc.stable_distance_bias(n)  # inference: one table kept across calls
+        return enc.distance_bias(n)
     return enc.signed_distance_bias(int(positions.q.max() - positions.q.min()) + 1)
 
 

@@ -45,6 +45,8 @@ class ALiBi(PositionalEncoding):
         num_heads: attention heads h (set by the model).
     """
 
+    prefix_stable_table = True  # -m·k: one exact product per entry
+
     def __init__(self, num_heads: int) -> None:
         super().__init__()
         self.register_buffer("slopes", alibi_slopes(num_heads), persistent=False)
@@ -63,6 +65,8 @@ class T5Bias(PositionalEncoding):
         num_buckets: learned buckets (32 in T5).
         max_distance: distance where the last bucket starts; farther distances share it (128 in T5).
     """
+
+    prefix_stable_table = True  # a gather of w by the buckets of 0 .. n-1
 
     def __init__(self, num_heads: int, num_buckets: int = 32, max_distance: int = 128) -> None:
         super().__init__()
@@ -201,6 +205,8 @@ class Sandwich(PositionalEncoding):
         base: wavelength base of the sinusoids (10000, as in Vaswani et al.).
     Table: (h, n) float32, cached and grown on demand.
     """
+
+    prefix_stable_table = True  # already a prefix of a table grown by doubling
 
     def __init__(self, num_heads: int, dim: int = 128, base: float = 10000.0) -> None:
         super().__init__()
