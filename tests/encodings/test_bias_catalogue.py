@@ -379,15 +379,17 @@ def test_a_prefix_stable_table_is_bitwise_every_prefix_of_a_longer_one(name: str
                 assert torch.equal(long[:, :n], enc.distance_bias(n))
 
 
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
 @pytest.mark.parametrize("name", ["alibi", "t5", "kerple_log", "sandwich"])
-def test_inference_reuses_one_table_until_a_parameter_changes(name: str) -> None:
+def test_inference_reuses_one_table_until_a_parameter_changes(name: str, mode) -> None:  # noqa: ANN001
     """`stable_distance_bias` (what inference calls per forward) equals `distance_bias`; for a
     prefix-stable encoding the second call of a longer length within the kept size is a view
     of the same storage (a decoding step builds no table); an in-place parameter update (an
-    optimizer step, `load_state_dict`) is seen at once."""
+    optimizer step, `load_state_dict`) is seen at once. Under `no_grad` and `inference_mode`
+    (where Sandwich's own table cache is an inference tensor, without a version counter)."""
     torch.manual_seed(1)
     enc = build_encoding(name, num_heads=H)
-    with torch.no_grad():
+    with mode():
         first = enc.stable_distance_bias(40)
         second = enc.stable_distance_bias(41)
         assert torch.equal(first, enc.distance_bias(40))

@@ -193,8 +193,13 @@ class PositionalEncoding(nn.Module):
         return kept[1][:, :num_distances]
 
     def _table_state(self) -> tuple[tuple[int, int], ...]:
-        """What a kept table depends on: every parameter and buffer, by storage and version."""
-        return tuple((t.data_ptr(), t._version) for t in (*self.parameters(), *self.buffers()))
+        """What a kept table depends on: every parameter and buffer, by storage and in-place
+        version (inference tensors, e.g. a cache buffer made under `inference_mode`, have no
+        version: their storage alone)."""
+        return tuple(
+            (t.data_ptr(), -1 if t.is_inference() else t._version)
+            for t in (*self.parameters(), *self.buffers())
+        )
 
     def signed_distance_bias(self, num_distances: int) -> Tensor:
         """Bias table for an encoder (non-causal) model: (h, 2n - 1) float32 whose entry
