@@ -183,13 +183,13 @@ class PositionalEncoding(nn.Module):
         if not self.prefix_stable_table:
             with torch.no_grad():
                 return self.distance_bias(num_distances)
-        kept = self.__dict__.get("_stable_table")
+        kept = getattr(self, "_stable_table", None)  # (state, table), set below
         if kept is None or kept[0] != self._table_state() or kept[1].shape[-1] < num_distances:
             size = max(num_distances, 2 * (kept[1].shape[-1] if kept is not None else 0), 256)
             with torch.no_grad():
                 table = self.distance_bias(size)
             # the state after building: a table cached in a buffer (Sandwich) is replaced then
-            self.__dict__["_stable_table"] = kept = (self._table_state(), table)
+            self._stable_table = kept = (self._table_state(), table)
         return kept[1][:, :num_distances]
 
     def _table_state(self) -> tuple[tuple[int, int], ...]:

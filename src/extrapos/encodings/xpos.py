@@ -179,7 +179,9 @@ class XPos(RoPE):
         factor = torch.exp((new - old) / self.scale_base * self.zeta.log()).to(k.device)
         k.copy_(k.double() * torch.cat((factor, factor)))
 
-    def _step_matrix(self, positions: Tensor, center: float, sign: int, seq_len: int) -> Tensor:
+    def _scaled_step_matrix(
+        self, positions: Tensor, center: float, sign: int, seq_len: int
+    ) -> Tensor:
         """A decoding step's (r, r) matrix: the RoPE matrix (shared with the rotation's cache)
         with its columns scaled by ζ^(±(pos - c)/s), both signs from one scale."""
 
@@ -201,7 +203,7 @@ class XPos(RoPE):
         if one_position(x):
             key = ("xpos-matrix", seq_len, center, sign)
             matrix = self._memo.get(
-                positions, key, lambda: self._step_matrix(positions, center, sign, seq_len)
+                positions, key, lambda: self._scaled_step_matrix(positions, center, sign, seq_len)
             )
             return rotate_by_matrix(x, matrix)
 
@@ -263,7 +265,7 @@ class XPos(RoPE):
         same single position."""
         center, seq_len = self._checked_center(positions, positions, center, dtype)
         return torch.stack(
-            [self._step_matrix(positions, center, sign, seq_len) for sign in (1, -1)]
+            [self._scaled_step_matrix(positions, center, sign, seq_len) for sign in (1, -1)]
         )
 
     def extra_repr(self) -> str:
