@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from extrapos.encodings.base import Positions
-from extrapos.models.gpt import GPT, GPTConfig
+from extrapos.models.gpt import GPT, GPTConfig, KVCache
 
 
 def model(encoding: str, **params) -> GPT:
@@ -57,3 +57,51 @@ def test_each_layer_attends_with_its_own_encoding() -> None:
 def test_bad_hybrids_are_refused(params: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         model("hybrid", **params)
+
+
+def test_a_decoding_step_rotates_only_the_new_key_in_rope_layers() -> None:
+    """A hybrid's RoPE layers cache rotated keys, as a RoPE model does: a decoding step
+    rotates one key per layer, not the whole cache (raw keys re-rotated every step cost
+    O(t) per layer); its xPos layers, whose keys need the model's scaling centre, still get
+    all raw keys."""
+    m = model("hybrid", layers=["rope", "xpos"])
+    seen: dict[str, list[int]] = {"rope": [], "xpos": []}
+    for name, enc in m.encoding.inner.items():
+        original = enc.rotate_qk
+
+        def spy(q, k, *args, _name=name, _original=original, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+            seen[_name].append(k.shape[-2])
+            return _original(q, k, *args, **kwargs)
+
+        enc.rotate_qk = spy
+    idx = torch.randint(0, 64, (1, 12))
+    cache = KVCache(m.config.n_layer)
+    with torch.no_grad():
+        m(idx[:, :8], cache=cache)
+        for name in seen:
+            seen[name].clear()
+        m(idx[:, 8:9], cache=cache)
+    assert seen["rope"] == [1, 1]  # layers 0 and 2: the new key only
+    assert seen["xpos"] == [9, 9]  # layers 1 and 3: every raw key
+
+
+@pytest.mark.parametrize(
+    "layers", [["rope", "rope", "rope", "nope"], ["rope", "alibi", "xpos", "t5"]]
+)
+def test_hybrid_kv_cache_decoding_equals_the_full_forward(layers: list[str]) -> None:
+    """Prefill, token-by-token steps and a multi-token piece through one cache give the
+    one-pass logits, with rotated-key layers, bias layers and xPos's raw-key layers mixed;
+    weights scaled up so that an error in any layer would show (init-scale models hide it)."""
+    m = model("hybrid", layers=layers)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.mul_(4.0)
+    idx = torch.randint(0, 64, (2, 40), generator=torch.Generator().manual_seed(3))
+    cache = KVCache(m.config.n_layer)
+    with torch.no_grad():
+        full = m(idx)
+        pieces = [m(idx[:, :9], cache=cache)]
+        pieces += [m(idx[:, t : t + 1], cache=cache) for t in range(9, 30)]
+        pieces.append(m(idx[:, 30:], cache=cache))
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(full[:, -1], full[:, -2], atol=1e-2)  # the logits are not flat

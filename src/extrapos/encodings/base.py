@@ -215,6 +215,12 @@ class PositionalEncoding(nn.Module):
         """(s,) positions -> (s, d_ff) term added to the FFN's hidden pre-activation."""
         raise NotImplementedError
 
+    def acting_encoding(self, layer: int) -> PositionalEncoding:
+        """The encoding that acts at `layer`, its KV cache included: this one. A composite
+        that hands whole layers to an inner encoding (`hybrid`) names it, and the dispatch then
+        runs that encoding there, caching keys as it does (rotated keys stay rotated)."""
+        return self
+
     def attend(
         self,
         q: Tensor,

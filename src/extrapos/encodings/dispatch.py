@@ -74,6 +74,21 @@ def encoded_attention(
     docstring. `table`: the bias table when the caller built it once for every layer (default:
     built here). `key_mask` (b, t) bool, non-causal only: False keys (padding of an encoder
     batch) get no attention. Returns (b, h, s, d)."""
+    acting = enc.acting_encoding(layer)
+    if acting is not enc:  # a composite's layer (hybrid): the inner encoding, with the cache
+        return encoded_attention(
+            acting,
+            q,
+            k,
+            v,
+            positions,
+            layer,
+            causal=causal,
+            append=append,
+            probe=probe,
+            probe_chunk=probe_chunk,
+            key_mask=key_mask,
+        )
     raw = enc.cache == "raw"
     if append is not None and raw:  # cache keys before any rotation
         k, v = append(k, v)

@@ -6,9 +6,14 @@ Attention Strategy"; Llama 4's interleaved NoPE layers).
 
 Each named encoding is built once and shared by the layers that use it. Only encodings that
 act inside attention can differ per layer (q/k rotation, distance bias, none, or their own
-`attend`); input-site and FFN-site encodings act once per model and are refused. The hybrid
-uses the `attention` site (`cache = "raw"`), so the model caches raw keys and each layer hands
-them to the one dispatch, `extrapos.encodings.dispatch.encoded_attention`, with its own encoding.
+`attend`); input-site and FFN-site encodings act once per model and are refused.
+
+Each layer's attention runs as its own encoding's, KV cache included (`acting_encoding`, which
+the one dispatch, `extrapos.encodings.dispatch.encoded_attention`, asks first): a RoPE layer
+caches rotated keys and rotates only the new one per decoding step, as a RoPE model does. The
+exception is an encoding whose cached keys carry a model-wide scaling centre (xPos,
+`decode_center`), which the hybrid does not keep: its layers get raw keys (`cache = "raw"`) and
+rotate all of them at every step, each call with its own centre.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ class Hybrid(PositionalEncoding):
     """
 
     shift_invariant = True  # every allowed inner encoding is relative (checked below)
-    cache = "raw"  # each layer's encoding rotates the raw keys itself
+    cache = "raw"  # for the layers it attends itself (see the module docstring)
 
     def __init__(
         self,
@@ -76,6 +81,12 @@ class Hybrid(PositionalEncoding):
 
     def layer_encoding(self, layer: int) -> PositionalEncoding:
         return self.inner[self.layers[layer % len(self.layers)]]
+
+    def acting_encoding(self, layer: int) -> PositionalEncoding:
+        """The layer's encoding, caching keys its own way; the hybrid itself (raw keys, `attend`)
+        for an encoding whose cached keys need the model's scaling centre (xPos)."""
+        inner = self.layer_encoding(layer)
+        return self if hasattr(inner, "decode_center") else inner
 
     def attend(
         self,
