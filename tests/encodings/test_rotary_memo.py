@@ -103,3 +103,36 @@ def test_a_decoding_step_rotates_query_and_key_in_one_bmm_with_the_same_numbers(
                 assert a.dtype == dtype and a.shape == q.shape
                 assert torch.equal(a, b)
             assert not torch.equal(paired[0], paired[1])  # q and k got their own matrices
+
+
+def test_decoding_step_matrices_come_in_blocks_with_the_per_position_numbers() -> None:
+    """Decoding steps take their rotation matrices from blocks of consecutive positions built
+    at once (`step_block`): bit for bit the per-position `rotation_matrix` of the gathered
+    cos/sin, for steps that cross a block's end and the cos/sin table's growth (256 rows);
+    xPos's blocks (`xpos_step_block`) are that matrix with its columns times and divided by
+    the per-position ζ scale, bitwise at head_dim 32 (the scale's float64 exp fully vectorised
+    either way, with AVX2 or AVX-512) and to float rounding at head_dim 12 (a scalar tail per
+    position vs vectorised in the block; bitwise on the machine it was written on, where the
+    float32 cast hid any difference, at 12, 16, 24 and 40)."""
+    from extrapos.encodings.rotary import STEP_BLOCK, rotation_matrix
+    from extrapos.encodings.xpos import xpos_scale
+
+    rope = build_encoding("rope", head_dim=32)
+    for p in (3, 3 + STEP_BLOCK - 1, 3 + STEP_BLOCK, 255, 256, 700):
+        start, block = rope.step_block(p, torch.device("cpu"))
+        assert start <= p < start + block.shape[0]
+        expected = rotation_matrix(*rope.cos_sin(torch.tensor([p]), p + 1))
+        assert torch.equal(block[p - start], expected)
+    for head_dim, exact in ((32, True), (12, False)):
+        xpos = build_encoding("xpos", head_dim=head_dim)
+        for p in (5, 300):
+            start, block = xpos.xpos_step_block(p, 100.0, torch.device("cpu"))
+            pos = torch.tensor([p])
+            rot = rotation_matrix(*xpos.cos_sin(pos, p + 1))
+            scale = xpos_scale(pos, xpos.zeta, xpos.scale_base, 100.0, +1)
+            scale = torch.cat((scale, scale), dim=-1).reshape(-1).float()
+            for got, want in zip(block[p - start], (rot * scale, rot / scale), strict=True):
+                if exact:
+                    assert torch.equal(got, want)
+                else:
+                    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)

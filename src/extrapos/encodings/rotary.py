@@ -93,6 +93,19 @@ def rotation_matrix(cos: Tensor, sin: Tensor) -> Tensor:
     return rot.view(2 * half, 2 * half)
 
 
+def rotation_matrices(cos: Tensor, sin: Tensor) -> Tensor:
+    """(B, r, r) float32: `rotation_matrix` of each row of cos, sin (B, r/2), in one build (the
+    same entries: a copy of the same values)."""
+    rows, half = cos.shape
+    rot = torch.zeros(rows, 4 * half * half, dtype=torch.float32, device=cos.device)
+    c, sn = cos.float(), sin.float()
+    rot[:, _rotation_entries(half, cos.device)] = torch.cat((c, c, sn.neg(), sn), dim=-1)
+    return rot.view(rows, 2 * half, 2 * half)
+
+
+#: decoding steps (consecutive positions) whose rotation matrices are built at once
+STEP_BLOCK = 64
+
 _ROTATION_ENTRIES: dict[tuple[int, torch.device], Tensor] = {}
 
 
@@ -235,6 +248,7 @@ class RoPE(PositionalEncoding):
         self._sin = torch.empty(0, rotary_dim // 2)
         self._cache_key: int | None = None  # seq_len the cached tables were built for
         self._memo = PositionsMemo()  # per forward: gathered cos/sin, maxima of positions
+        self._step_block: tuple[int, int, Tensor, Tensor] | None = None  # see `step_block`
 
     def frequencies(self, seq_len: int | None = None) -> tuple[Tensor, float]:
         """(inv_freq (r/2,) float32, attention_factor) for a sequence of `seq_len` positions."""
@@ -261,20 +275,34 @@ class RoPE(PositionalEncoding):
         return self._memo.get(positions, "max", lambda: int(positions.max()))
 
     def _gather(self, positions: Tensor, seq_len: int | None) -> tuple[Tensor, Tensor]:
-        needed = max(self.max_position(positions) + 1, seq_len or 0)
+        self._ensure_tables(max(self.max_position(positions) + 1, seq_len or 0), positions.device)
+        return self._cos[positions], self._sin[positions]
+
+    def _ensure_tables(self, needed: int, device: torch.device) -> None:
+        """The cos/sin tables cover positions 0 .. needed - 1 on `device` (grown by doubling;
+        rebuilt per length for length-dependent scalings)."""
         key = needed if self.length_dependent else None
-        if (
-            self._cos.shape[0] < needed
-            or key != self._cache_key
-            or self._cos.device != positions.device
-        ):
+        if self._cos.shape[0] < needed or key != self._cache_key or self._cos.device != device:
             size = needed if self.length_dependent else max(needed, 2 * self._cos.shape[0], 256)
             inv_freq, attention_factor = self.frequencies(seq_len=needed)
             angles = torch.arange(size, dtype=torch.float64)[:, None] * inv_freq.double()[None, :]
-            self._cos = (angles.cos() * attention_factor).float().to(positions.device)
-            self._sin = (angles.sin() * attention_factor).float().to(positions.device)
+            self._cos = (angles.cos() * attention_factor).float().to(device)
+            self._sin = (angles.sin() * attention_factor).float().to(device)
             self._cache_key = key
-        return self._cos[positions], self._sin[positions]
+
+    def step_block(self, position: int, device: torch.device) -> tuple[int, Tensor]:
+        """(start, (B, r, r) `rotation_matrix`es of positions start .. start + B - 1), a block
+        holding `position`: decoding steps are consecutive positions, so their matrices are
+        built `STEP_BLOCK` at a time (one batched build instead of ~10 ops per step), from the
+        rows of the cos/sin tables the per-step gather reads (the same numbers). Kept while
+        those tables are; not for length-dependent scalings (their tables change per length)."""
+        self._ensure_tables(position + 1, device)
+        kept = self._step_block
+        if kept is None or kept[2] is not self._cos or not kept[0] <= position < kept[1]:
+            stop = min(position + STEP_BLOCK, self._cos.shape[0])
+            mats = rotation_matrices(self._cos[position:stop], self._sin[position:stop])
+            self._step_block = kept = (position, stop, self._cos, mats)
+        return kept[0], kept[3]
 
     def rotate(self, x: Tensor, positions: Tensor, seq_len: int | None = None) -> Tensor:
         """Rotate x (b, h, s, d) at positions (s,)."""
@@ -290,13 +318,12 @@ class RoPE(PositionalEncoding):
 
     def _step_matrix(self, positions: Tensor) -> Tensor:
         """(r, r): the one position's `rotation_matrix` (a decoding step: queries and keys at
-        the same positions, so the length is the position + 1)."""
+        the same positions, so the length is the position + 1), from its `step_block`."""
         seq_len = self.max_position(positions) + 1
-        return self._memo.get(
-            positions,
-            ("matrix", seq_len),
-            lambda: rotation_matrix(*self.cos_sin(positions, seq_len)),
-        )
+        if self.length_dependent:
+            return rotation_matrix(*self.cos_sin(positions, seq_len))
+        start, block = self.step_block(seq_len - 1, positions.device)
+        return block[seq_len - 1 - start]
 
     def rotate_at(self, x: Tensor, positions: Tensor, seq_len: int | None = None) -> Tensor:
         """Rotate x (b, h, s, d) at real-valued positions (s,) (e.g. the fractional positions

@@ -54,7 +54,6 @@ from extrapos.encodings.rotary import (
     rotate_by_matrix,
     rotate_half_split,
     rotate_pair,
-    rotation_matrix,
 )
 
 #: headroom left for the magnitudes of q and k entries (up to 2^10) when sizing the exponent range.
@@ -113,6 +112,7 @@ class XPos(RoPE):
         self.center = center
         self.zeta = xpos_zeta(head_dim, self.gamma)  # (d/2,) float64, a constant
         self._max_distances: dict[torch.dtype, int] = {}
+        self._xpos_block: tuple[Tensor, float, Tensor] | None = None  # see `xpos_step_block`
         # rotated, scaled keys are cached; the cache holds their centre (`decode_center`)
         self.cache = "rotated"
 
@@ -182,20 +182,28 @@ class XPos(RoPE):
     def _scaled_step_matrix(
         self, positions: Tensor, center: float, sign: int, seq_len: int
     ) -> Tensor:
-        """A decoding step's (r, r) matrix: the RoPE matrix (shared with the rotation's cache)
-        with its columns scaled by ζ^(±(pos - c)/s), both signs from one scale."""
+        """A decoding step's (r, r) matrix for q (sign +1) or k (-1), from `xpos_step_block`."""
+        pair = self._step_pair(seq_len - 1, center, positions.device)
+        return pair[0] if sign > 0 else pair[1]
 
-        def column_scale() -> Tensor:  # (r,): ζ^((pos - c)/s) for both dims of each pair
+    def _step_pair(self, position: int, center: float, device: torch.device) -> Tensor:
+        start, block = self.xpos_step_block(position, center, device)
+        return block[position - start]
+
+    def xpos_step_block(
+        self, position: int, center: float, device: torch.device
+    ) -> tuple[int, Tensor]:
+        """(start, (B, 2, r, r)): for each position of RoPE's `step_block` holding `position`,
+        the RoPE matrix with its columns scaled by ζ^(+(pos - c)/s) (for q) and divided by it
+        (for k), built at once and kept while that block and the centre c are."""
+        start, rot = self.step_block(position, device)
+        kept = self._xpos_block
+        if kept is None or kept[0] is not rot or kept[1] != center:
+            positions = torch.arange(start, start + rot.shape[0], device=device)
             scale = xpos_scale(positions, self.zeta, self.scale_base, center, +1)
-            return torch.cat((scale, scale), dim=-1).reshape(-1).float()
-
-        rot = self._memo.get(
-            positions,
-            ("matrix", seq_len),
-            lambda: rotation_matrix(*self.cos_sin(positions, seq_len)),
-        )
-        scale = self._memo.get(positions, ("xpos-scale", seq_len, center), column_scale)
-        return rot * scale if sign > 0 else rot / scale
+            scale = torch.cat((scale, scale), dim=-1).float()[:, None, :]  # (B, 1, r) columns
+            self._xpos_block = kept = (rot, center, torch.stack((rot * scale, rot / scale), 1))
+        return start, kept[2]
 
     def _scaled_rotation(
         self, x: Tensor, positions: Tensor, center: float, sign: int, seq_len: int
@@ -264,9 +272,7 @@ class XPos(RoPE):
         """(2, r, r): a decoding step's matrices for q (+) and k (-), queries and keys at the
         same single position."""
         center, seq_len = self._checked_center(positions, positions, center, dtype)
-        return torch.stack(
-            [self._scaled_step_matrix(positions, center, sign, seq_len) for sign in (1, -1)]
-        )
+        return self._step_pair(seq_len - 1, center, positions.device)
 
     def extra_repr(self) -> str:
         return (
