@@ -402,3 +402,22 @@ def test_inference_reuses_one_table_until_a_parameter_changes(name: str, mode) -
         assert torch.equal(again, enc.distance_bias(41))
         if list(enc.parameters()):
             assert not torch.equal(again, second)
+
+
+def test_a_kept_table_sees_writes_through_data_and_does_not_grow_with_updates() -> None:
+    """A parameter written through `.data` (no version bump) or updated every step (a
+    train/eval loop) gives a fresh table, and rebuilding for a changed parameter keeps the
+    kept size: it grows only when a longer length is asked (it had doubled per update)."""
+    torch.manual_seed(2)
+    enc = build_encoding("t5", num_heads=H)
+    with torch.no_grad():
+        enc.weight.normal_()
+        enc.stable_distance_bias(32)
+        enc.weight.data.copy_(torch.randn_like(enc.weight))
+        assert torch.equal(enc.stable_distance_bias(32), enc.distance_bias(32))
+        for _ in range(12):
+            enc.weight.add_(0.1)
+            assert torch.equal(enc.stable_distance_bias(32), enc.distance_bias(32))
+        assert enc._stable_table[1].shape[-1] == 256
+        enc.stable_distance_bias(300)
+        assert enc._stable_table[1].shape[-1] == 512

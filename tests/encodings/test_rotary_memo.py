@@ -92,8 +92,9 @@ def test_a_decoding_step_rotates_query_and_key_in_one_bmm_with_the_same_numbers(
     gen = torch.Generator().manual_seed(3)
     for name, extra in (("rope", {}), ("xpos", {"center": 300.0})):
         enc = build_encoding(name, head_dim=16)
-        for dtype in (torch.float32, torch.bfloat16):
-            q, k = (3 * torch.randn(1, 4, 1, 16, generator=gen) for _ in range(2))
+        for dtype, heads in ((torch.float32, 4), (torch.float32, 2), (torch.bfloat16, 2)):
+            # 2 heads: a stacked mm over 4 rows rounds differently from 2-row ones; bmm not
+            q, k = (3 * torch.randn(1, heads, 1, 16, generator=gen) for _ in range(2))
             q, k = q.to(dtype), k.to(dtype)
             pos = torch.tensor([777])
             with torch.no_grad():
@@ -136,3 +137,17 @@ def test_decoding_step_matrices_come_in_blocks_with_the_per_position_numbers() -
                     assert torch.equal(got, want)
                 else:
                     torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+
+
+def test_one_position_xpos_query_before_its_keys_uses_its_own_position() -> None:
+    """xPos's one-position matrices (a lone query or key, outside a decoding step) are those
+    of that position, not of the call's last one: a query at 3 against keys 0..7 equals the
+    multi-position rotation of position 3 (to float rounding)."""
+    enc = build_encoding("xpos", head_dim=8)
+    gen = torch.Generator().manual_seed(4)
+    q, k = torch.randn(1, 2, 1, 8, generator=gen), torch.randn(1, 2, 8, 8, generator=gen)
+    with torch.no_grad():
+        got, _ = enc.rotate_qk(q, k, torch.tensor([3]), torch.arange(8), center=4.0)
+        both = torch.cat((q, q), dim=-2)
+        want, _ = enc.rotate_qk(both, k, torch.tensor([3, 3]), torch.arange(8), center=4.0)
+    torch.testing.assert_close(got, want[..., :1, :], rtol=1e-6, atol=1e-6)

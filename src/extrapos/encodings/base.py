@@ -51,7 +51,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -176,30 +176,50 @@ class PositionalEncoding(nn.Module):
 
     def stable_distance_bias(self, num_distances: int) -> Tensor:
         """`distance_bias(num_distances)` without autograd, as a prefix of a table kept across
-        calls while the encoding's parameters and buffers are unchanged (same tensors, same
-        in-place versions) and grown by doubling: a decoding step otherwise rebuilds the whole
+        calls while the encoding's parameters and buffers are unchanged (compared by value, or
+        for large buffers by storage and in-place version) and grown by doubling: a decoding step otherwise rebuilds the whole
         (h, t) table per token. Only for `prefix_stable_table` encodings (the same numbers);
         the others get a fresh table."""
         if not self.prefix_stable_table:
             with torch.no_grad():
                 return self.distance_bias(num_distances)
         kept = getattr(self, "_stable_table", None)  # (state, table), set below
-        if kept is None or kept[0] != self._table_state() or kept[1].shape[-1] < num_distances:
-            size = max(num_distances, 2 * (kept[1].shape[-1] if kept is not None else 0), 256)
+        if kept is None or kept[1].shape[-1] < num_distances or not self._same_state(kept[0]):
+            old = kept[1].shape[-1] if kept is not None else 0
+            # grow by doubling only when the length outgrows the kept table; a parameter change
+            # alone rebuilds it at its size (train/eval loops rebuild it after every step)
+            size = max(num_distances, 2 * old, 256) if num_distances > old else old
             with torch.no_grad():
                 table = self.distance_bias(size)
             # the state after building: a table cached in a buffer (Sandwich) is replaced then
             self._stable_table = kept = (self._table_state(), table)
         return kept[1][:, :num_distances]
 
-    def _table_state(self) -> tuple[tuple[int, int], ...]:
-        """What a kept table depends on: every parameter and buffer, by storage and in-place
-        version (inference tensors, e.g. a cache buffer made under `inference_mode`, have no
-        version: their storage alone)."""
-        return tuple(
-            (t.data_ptr(), -1 if t.is_inference() else t._version)
+    #: parameters and buffers up to this many elements are compared by value (a write through
+    #: `.data`, or into an inference tensor, moves no version counter); larger ones (derived
+    #: caches, e.g. Sandwich's table) by storage and version
+    _STATE_BY_VALUE = 4096
+
+    def _table_state(self) -> list[Any]:
+        """What a kept table depends on: every parameter and buffer (see `_STATE_BY_VALUE`)."""
+        return [
+            t.detach().clone()
+            if t.numel() <= self._STATE_BY_VALUE
+            else (t.data_ptr(), -1 if t.is_inference() else t._version)
             for t in (*self.parameters(), *self.buffers())
-        )
+        ]
+
+    def _same_state(self, kept: list[Any]) -> bool:
+        now = [*self.parameters(), *self.buffers()]
+        if len(now) != len(kept):
+            return False
+        for t, was in zip(now, kept, strict=True):
+            if isinstance(was, Tensor):
+                if was.shape != t.shape or was.device != t.device or not torch.equal(was, t):
+                    return False
+            elif was != (t.data_ptr(), -1 if t.is_inference() else t._version):
+                return False
+        return True
 
     def signed_distance_bias(self, num_distances: int) -> Tensor:
         """Bias table for an encoder (non-causal) model: (h, 2n - 1) float32 whose entry

@@ -182,8 +182,9 @@ class XPos(RoPE):
     def _scaled_step_matrix(
         self, positions: Tensor, center: float, sign: int, seq_len: int
     ) -> Tensor:
-        """A decoding step's (r, r) matrix for q (sign +1) or k (-1), from `xpos_step_block`."""
-        pair = self._step_pair(seq_len - 1, center, positions.device)
+        """The (r, r) matrix of the one position in `positions` for q (sign +1) or k (-1), from
+        `xpos_step_block` (its own position, not the call's last: a query before the keys)."""
+        pair = self._step_pair(self.max_position(positions), center, positions.device)
         return pair[0] if sign > 0 else pair[1]
 
     def _step_pair(self, position: int, center: float, device: torch.device) -> Tensor:
