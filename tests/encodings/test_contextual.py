@@ -597,3 +597,20 @@ def test_cope_logits_node_passes_gradcheck() -> None:
     table = torch.randn(1, 2, 4, 4, generator=gen, dtype=torch.float64).requires_grad_()
     visible = torch.arange(9)[None, :] <= torch.arange(5, 9)[:, None]
     assert torch.autograd.gradcheck(lambda s, v: cope_logits(s, v, visible, 3), (scores, table))
+
+
+def test_the_hand_written_backwards_refuse_double_backward() -> None:
+    """`cope_logits` and `masked_softmax` have hand-written backwards that autograd cannot
+    differentiate again: asking for a second derivative raises instead of being silently
+    wrong."""
+    from extrapos.kernels.chunks import masked_softmax
+
+    visible = torch.ones(3, 3, dtype=torch.bool).tril()
+    for fn in (
+        lambda s: cope_logits(s, torch.randn(1, 1, 3, 4), visible, 3),
+        lambda s: masked_softmax(s, visible),
+    ):
+        s = torch.randn(1, 1, 3, 3, dtype=torch.float32, requires_grad=True)
+        (grad,) = torch.autograd.grad(fn(s).square().sum(), s, create_graph=True)
+        with pytest.raises(RuntimeError):
+            grad.sum().backward()

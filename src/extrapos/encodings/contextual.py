@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from extrapos.core.errors import UserError
 from extrapos.encodings.base import PositionalEncoding, Positions
@@ -203,6 +204,7 @@ class _CoPELogits(torch.autograd.Function):
         return logits.add_(scores)
 
     @staticmethod
+    @once_differentiable  # a hand-written backward: no double backward
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, None, None]:
         gates, weight, index, keep, step = ctx.saved_tensors
         table = step.new_zeros(step.shape).scatter_add_(-1, index, grad * (1 - weight))

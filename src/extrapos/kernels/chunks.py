@@ -31,6 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from extrapos.kernels.blocks import additive_mask
 
@@ -104,6 +105,7 @@ class _MaskedSoftmax(torch.autograd.Function):
         return probs
 
     @staticmethod
+    @once_differentiable  # a hand-written backward: no double backward
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         (probs,) = ctx.saved_tensors
         return torch.ops.aten._softmax_backward_data(grad, probs, -1, probs.dtype), None
