@@ -108,6 +108,11 @@ class Positions:
         return self.k[self.k.shape[0] - t :]
 
 
+def _storage_key(t: Tensor) -> tuple[int, int]:
+    """A tensor's storage and in-place version (inference tensors have none: -1)."""
+    return t.data_ptr(), -1 if t.is_inference() else t._version
+
+
 class PositionalEncoding(nn.Module):
     """Base class. Subclasses override the hooks of the sites they use (see module docstring).
 
@@ -177,9 +182,9 @@ class PositionalEncoding(nn.Module):
     def stable_distance_bias(self, num_distances: int) -> Tensor:
         """`distance_bias(num_distances)` without autograd, as a prefix of a table kept across
         calls while the encoding's parameters and buffers are unchanged (compared by value, or
-        for large buffers by storage and in-place version) and grown by doubling: a decoding step otherwise rebuilds the whole
-        (h, t) table per token. Only for `prefix_stable_table` encodings (the same numbers);
-        the others get a fresh table."""
+        for large buffers by storage and in-place version) and grown by doubling: a decoding
+        step otherwise rebuilds the whole (h, t) table per token. Only for
+        `prefix_stable_table` encodings (the same numbers); the others get a fresh table."""
         if not self.prefix_stable_table:
             with torch.no_grad():
                 return self.distance_bias(num_distances)
@@ -203,9 +208,7 @@ class PositionalEncoding(nn.Module):
     def _table_state(self) -> list[Any]:
         """What a kept table depends on: every parameter and buffer (see `_STATE_BY_VALUE`)."""
         return [
-            t.detach().clone()
-            if t.numel() <= self._STATE_BY_VALUE
-            else (t.data_ptr(), -1 if t.is_inference() else t._version)
+            t.detach().clone() if t.numel() <= self._STATE_BY_VALUE else _storage_key(t)
             for t in (*self.parameters(), *self.buffers())
         ]
 
@@ -217,7 +220,7 @@ class PositionalEncoding(nn.Module):
             if isinstance(was, Tensor):
                 if was.shape != t.shape or was.device != t.device or not torch.equal(was, t):
                     return False
-            elif was != (t.data_ptr(), -1 if t.is_inference() else t._version):
+            elif was != _storage_key(t):
                 return False
         return True
 

@@ -179,9 +179,7 @@ class XPos(RoPE):
         factor = torch.exp((new - old) / self.scale_base * self.zeta.log()).to(k.device)
         k.copy_(k.double() * torch.cat((factor, factor)))
 
-    def _scaled_step_matrix(
-        self, positions: Tensor, center: float, sign: int, seq_len: int
-    ) -> Tensor:
+    def _scaled_step_matrix(self, positions: Tensor, center: float, sign: int) -> Tensor:
         """The (r, r) matrix of the one position in `positions` for q (sign +1) or k (-1), from
         `xpos_step_block` (its own position, not the call's last: a query before the keys)."""
         pair = self._step_pair(self.max_position(positions), center, positions.device)
@@ -212,7 +210,7 @@ class XPos(RoPE):
         if one_position(x):
             key = ("xpos-matrix", seq_len, center, sign)
             matrix = self._memo.get(
-                positions, key, lambda: self._scaled_step_matrix(positions, center, sign, seq_len)
+                positions, key, lambda: self._scaled_step_matrix(positions, center, sign)
             )
             return rotate_by_matrix(x, matrix)
 

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from extrapos.kernels import dispatch
-from extrapos.kernels.blocks import bias_block, bias_dtype, is_range
+from extrapos.kernels.blocks import additive_mask, bias_block, bias_dtype, is_range
 from extrapos.kernels.chunks import QueryChunk, blockwise_attention
 from extrapos.kernels.dispatch import flex_available
 from extrapos.kernels.flex import (
@@ -117,10 +117,7 @@ def causal_sdpa(q: Tensor, k: Tensor, v: Tensor, q_offset: int = 0) -> Tensor:
 
 def _split_mask(s: int, half: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     """(s - half, s) additive causal mask of queries half .. s - 1 over keys 0 .. s - 1."""
-    visible = causal_mask(s - half, s, half, device)
-    return torch.zeros(visible.shape, dtype=dtype, device=device).masked_fill_(
-        ~visible, float("-inf")
-    )
+    return additive_mask(causal_mask(s - half, s, half, device), dtype)
 
 
 def toeplitz_source(table: Tensor, t: int) -> Tensor:
