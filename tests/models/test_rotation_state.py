@@ -25,11 +25,17 @@ SCALINGS = {
 }
 
 
-def _model(scaling: dict[str, Any], n_layer: int = 3) -> GPT:
+def _model(scaling: dict[str, Any] | None, n_layer: int = 3, hybrid: bool = False) -> GPT:
+    """RoPE with `scaling` (trained length 16); or, `hybrid`, per-layer RoPE-with-`scaling`,
+    NoPE, ALiBi layers."""
     torch.manual_seed(0)
+    rope = {"scaling": scaling, "max_position_embeddings": 16} if scaling else {}
+    encoding, params = "rope", rope
+    if hybrid:
+        encoding, params = "hybrid", {"layers": ["rope", "nope", "alibi"], "params": {"rope": rope}}
     config = GPTConfig(
         vocab_size=64, n_layer=n_layer, n_head=2, d_model=16,
-        encoding="rope", encoding_params={"scaling": scaling, "max_position_embeddings": 16},
+        encoding=encoding, encoding_params=params,
     )  # fmt: skip
     model = GPT(config).eval()
     with torch.no_grad():  # far from the init scale: stale keys of deeper layers would show
@@ -58,9 +64,12 @@ def _step_logits(model: GPT, prompt: torch.Tensor, n: int) -> tuple[torch.Tensor
     return out, seen
 
 
+@pytest.mark.parametrize("hybrid", [False, True], ids=["rope", "hybrid"])
 @pytest.mark.parametrize("kind", list(SCALINGS))
-def test_cached_generation_equals_the_full_forward_past_the_trained_length(kind):
-    model = _model(SCALINGS[kind])
+def test_cached_generation_equals_the_full_forward_past_the_trained_length(kind, hybrid):
+    """Also for a per-layer hybrid whose RoPE layers are length-dependent: its cache goes
+    stale the same way (its deeper layers' keys come from earlier frequencies)."""
+    model = _model(SCALINGS[kind], n_layer=4 if hybrid else 3, hybrid=hybrid)
     prompt = torch.randint(0, 64, (2, 6), generator=torch.Generator().manual_seed(1))
     out, seen = _step_logits(model, prompt, 40)  # to 46 positions, ~3x the trained length
     with torch.no_grad():
@@ -71,13 +80,15 @@ def test_cached_generation_equals_the_full_forward_past_the_trained_length(kind)
     assert torch.equal(out, model.generate(prompt, 40, temperature=0, use_cache=False))
 
 
+@pytest.mark.parametrize("hybrid", [False, True], ids=["rope", "hybrid"])
 @pytest.mark.parametrize("kind", list(SCALINGS))
-def test_re_rotating_raw_keys_alone_is_not_exact_here(kind):
+def test_re_rotating_raw_keys_alone_is_not_exact_here(kind, hybrid):
     """The test above could fail: decoding token by token through the cache without
-    recomputing (what generate did before) differs from the full forward on this model."""
+    recomputing (what generate did before; for the hybrid, until 2026-12-07) differs from the
+    full forward on this model."""
     from extrapos.models.gpt import KVCache
 
-    model = _model(SCALINGS[kind])
+    model = _model(SCALINGS[kind], n_layer=4 if hybrid else 3, hybrid=hybrid)
     idx = torch.randint(0, 64, (1, 40), generator=torch.Generator().manual_seed(2))
     cache = KVCache(model.config.n_layer)
     with torch.no_grad():
@@ -97,6 +108,32 @@ def test_rotation_keys():
     past = [decoding.rotation_key(long, n) for n in (17, 40)]
     assert decoding.same_rotation(*past)  # LongRoPE switches once
     assert not decoding.same_rotation(decoding.rotation_key(long, 16), past[0])
+
+
+def test_a_hybrids_rotation_is_its_length_dependent_layers():
+    plain, dynamic = _model(None, hybrid=True).encoding, _model(SCALINGS["dynamic"], hybrid=True)
+    assert not decoding.changes_with_length(plain)
+    assert decoding.same_rotation(decoding.rotation_key(plain, 4), decoding.rotation_key(plain, 99))
+    dynamic = dynamic.encoding
+    assert decoding.changes_with_length(dynamic)
+    keys = [decoding.rotation_key(dynamic, n) for n in (4, 16, 17)]
+    assert decoding.same_rotation(keys[0], keys[1])
+    assert not decoding.same_rotation(keys[1], keys[2])
+
+
+@pytest.mark.parametrize("name", ["rope", "rerope", "self_extend", "string", "alibi", "cope"])
+def test_generation_recomputes_nothing_where_the_rotation_ignores_the_length(name):
+    """Encodings whose cached keys stay exact at any length (the KV-cache parity tests of
+    test_gpt.py show it) decode one token per step: before 2026-12-07 the raw-key q/k
+    encodings (ReRoPE, Self-Extend, STRING) recomputed the whole sequence at every step."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=64, n_layer=2, n_head=2, d_model=16, encoding=name)).eval()
+    widths: list[int] = []
+    model.register_forward_pre_hook(lambda m, args: widths.append(args[0].shape[1]))
+    prompt = torch.randint(0, 64, (1, 5), generator=torch.Generator().manual_seed(4))
+    out = model.generate(prompt, 12, temperature=0)
+    assert widths == [5] + [1] * 11
+    assert torch.equal(out, model.generate(prompt, 12, temperature=0, use_cache=False))
 
 
 def test_non_finite_weights_and_tiny_temperatures():

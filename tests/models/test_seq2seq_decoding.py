@@ -112,3 +112,56 @@ def test_cache_is_preallocated_time_major_and_gathered_in_place() -> None:
     reorder_cache(plain, shrink)
     assert cache.k[0].shape[0] == 1
     torch.testing.assert_close(cache.k[1][:, :, :4], plain.k[1][:, :, :4])
+
+
+def _dynamic_ntk_model() -> Seq2Seq:
+    """Dynamic-NTK RoPE trained to 4 positions: decoding past it changes the frequencies at
+    every new length. Weights x10 (sharp attention) and embeddings x50 (peaked outputs) so
+    that stale deeper layers would show: at x3 they moved the log-probs by only 1e-4."""
+    torch.manual_seed(0)
+    cfg = Seq2SeqConfig(
+        vocab_size=40, n_layer=3, n_head=2, d_model=32, encoding="rope", dropout=0.0,
+        encoding_params={"scaling": {"rope_type": "dynamic", "factor": 8.0},
+                         "max_position_embeddings": 4},
+    )  # fmt: skip
+    model = Seq2Seq(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim >= 2:
+                p.mul_(50.0 if name.startswith("embed") else 10.0)
+    return model
+
+
+def _step_logps(model: Seq2Seq, src: torch.Tensor, tokens: torch.Tensor, cache) -> torch.Tensor:  # noqa: ANN001
+    from extrapos.models.seq2seq_decoding import _next_logp
+
+    state = model.encode(src)
+    with torch.no_grad():
+        return torch.stack([_next_logp(model, tokens, t, state, cache) for t in range(12)])
+
+
+def test_a_length_dependent_decoder_refills_its_cache_when_the_rotation_changes(monkeypatch):
+    """Each step's log-probs through the cache equal recomputing the whole prefix (no cache),
+    past the trained length; without the refill they would not (the check could fail)."""
+    from extrapos.models import seq2seq_decoding
+
+    model = _dynamic_ntk_model()
+    src = _src(model.config, [7, 5], seed=2)
+    tokens = torch.randint(
+        0, model.config.pad_id, (2, 13), generator=torch.Generator().manual_seed(6)
+    )
+    exact = _step_logps(model, src, tokens, None)
+    cached = _step_logps(model, src, tokens, _new_cache(model, 2, 13, src.device))
+    torch.testing.assert_close(cached, exact, atol=1e-4, rtol=1e-4)
+    monkeypatch.setattr(seq2seq_decoding, "changes_with_length", lambda enc: False)
+    stale = _step_logps(model, src, tokens, _new_cache(model, 2, 13, src.device))
+    finite = exact.isfinite()  # pad and BOS are -inf in both
+    assert (stale - exact)[finite].abs().max() > 1e-2
+    monkeypatch.undo()
+    # and whole searches: the same outputs as decoding without a cache
+    uncached = _dynamic_ntk_model()
+    monkeypatch.setattr(uncached, "new_cache", lambda: None)
+    src = _src(model.config, [6, 3, 9, 1, 12, 7], seed=5)
+    for beam in (1, 3):
+        kw = {"beam": beam, "max_len_a": 1.0, "max_len_b": 6}
+        assert beam_decode(model, src, **kw) == beam_decode(uncached, src, **kw)

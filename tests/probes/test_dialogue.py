@@ -209,3 +209,30 @@ def test_dailydialog_eval_bench_sized() -> None:
     print(f"dialogue eval: {time.perf_counter() - t0:.1f} s")
     assert out["n_dialogues"] == 200
     assert all(v is not None for v in out["history"]["by_length"].values())
+
+
+def test_score_candidates_of_a_length_dependent_rope_are_each_candidates_own_forward(
+    monkeypatch,
+) -> None:
+    """Dynamic NTK past its trained length (16) picks frequencies by the row's length: a cached
+    prompt (made at length 50) or padding to the longest candidate would change the numbers."""
+    scaling = {"rope_type": "dynamic", "factor": 4.0}
+    model = _model("rope", n_layer=3, scaling=scaling, max_position_embeddings=16)
+    with torch.no_grad():  # far from init scale, so that stale deeper layers would show
+        for name, p in model.named_parameters():
+            if p.ndim == 2 and not name.startswith("embed"):
+                p.mul_(6.0)
+    g = torch.Generator().manual_seed(3)
+    prompt = torch.randint(0, 256, (50,), generator=g)
+    cands = [torch.randint(0, 256, (n,), generator=g) for n in (1, 4, 2, 6)]
+    direct = torch.tensor(
+        [-float(_direct_nll(model, torch.cat([prompt, c]))[-len(c) :].sum()) for c in cands],
+        dtype=torch.float64,
+    )
+    torch.testing.assert_close(score_candidates(model, prompt, cands), direct, rtol=1e-5, atol=1e-5)
+    # what the batched paths give here: not the candidates' own forwards
+    from extrapos.probes import dialogue
+
+    monkeypatch.setattr(dialogue, "changes_with_length", lambda enc: False)
+    batched = score_candidates(model, prompt, cands)
+    assert (batched - direct).abs().max() > 1e-3

@@ -82,6 +82,12 @@ class Hybrid(PositionalEncoding):
     def layer_encoding(self, layer: int) -> PositionalEncoding:
         return self.inner[self.layers[layer % len(self.layers)]]
 
+    def rotation_parts(self) -> list[PositionalEncoding]:
+        """The distinct layer encodings: the hybrid's rotation is theirs, so a KV cache goes
+        stale when a length-dependent one (dynamic NTK, LongRoPE) changes its frequencies
+        (`extrapos.models.rotation_state`)."""
+        return list(self.inner.values())
+
     def acting_encoding(self, layer: int) -> PositionalEncoding:
         """The layer's encoding, caching keys its own way; the hybrid itself (raw keys, `attend`)
         for an encoding whose cached keys need the model's scaling centre (xPos)."""

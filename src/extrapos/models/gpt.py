@@ -28,7 +28,7 @@ from extrapos.encodings.base import EMBEDDING_INIT_STD, Positions
 from extrapos.encodings.dispatch import bias_table, encoded_attention
 from extrapos.kernels.attention import DEFAULT_CHUNK_SIZE
 from extrapos.models.config import GPTConfig
-from extrapos.models.rotation_state import rotation_key, same_rotation
+from extrapos.models.rotation_state import changes_with_length, rotation_key, same_rotation
 
 #: set by the run layer (`extrapos.training.run_dir`) so that `GPT.from_checkpoint` works
 #: without the model knowing what a run directory is
@@ -88,6 +88,15 @@ class KVCache:
         self.positions = torch.empty(0, dtype=torch.long)
         self.length = 0
         self.center: float | None = None
+        #: the `rotation_key` the entries were made under (length-dependent encodings: dynamic
+        #: NTK, LongRoPE), kept by the decoding loop that refills the cache when it changes
+        self.rotation: Any = None
+
+    def clear(self) -> None:
+        """Forget every entry (the buffers stay allocated): the next call refills from 0."""
+        self.positions = self.positions[:0]
+        self.length = 0
+        self.center = None
 
     def append(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Store new (b, h, s, d) keys/values of `layer`; return all (b, h, length + s, d)."""
@@ -348,14 +357,15 @@ class GPT(nn.Module):
             raise UserError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         if idx.ndim != 2 or idx.shape[1] == 0:
             raise UserError(f"the prompt must have shape (batch, seq >= 1), got {tuple(idx.shape)}")
-        length_dependent = (  # keys cached raw and rotated per length
-            cache is not None and self.encoding.cache == "raw" and "qk" in self.encoding.sites
-        )
+        # a rotation chosen by the length (dynamic NTK, LongRoPE, a hybrid with such layers):
+        # the cache is exact only while that rotation stays the same
+        length_dependent = cache is not None and changes_with_length(self.encoding)
 
         def key(t: int) -> Any:  # the rotation a full forward over t tokens uses
             return rotation_key(self.encoding, int(positions[:t].max()) + 1)
 
-        cache_key = key(s) if length_dependent else None
+        if length_dependent:
+            cache.rotation = key(s)
         out = idx
         logits = self(idx, positions=positions[:s], cache=cache)[:, -1]
         for step in range(max_new_tokens):
@@ -367,9 +377,10 @@ class GPT(nn.Module):
             if step == max_new_tokens - 1:
                 break
             t = out.shape[1]
-            if length_dependent and not same_rotation(key(t), cache_key):
+            if length_dependent and not same_rotation(key(t), cache.rotation):
                 # cached entries were made with other frequencies: recompute them (exact)
-                cache, cache_key = KVCache(self.config.n_layer), key(t)
+                cache.clear()
+                cache.rotation = key(t)
                 logits = self(out, positions=positions[:t], cache=cache)
             elif cache is not None:
                 logits = self(next_token[:, None], positions=positions[t - 1 : t], cache=cache)

@@ -9,7 +9,12 @@ which each token was decoded. So a KV cache is exact only while every cached ent
 under the rotation a full forward at the current length would use.
 
 `rotation_key(encoding, seq_len)` names that rotation; `GPT.generate` keeps its cache while the
-key stays equal and recomputes the prefix (a fresh cache) when it changes. Inside the trained
+key stays equal and recomputes the prefix (a fresh cache) when it changes. Only encodings that
+declare `length_dependent` are watched: every other cached encoding (RoPE, ReRoPE, Self-Extend,
+STRING, biases, contextual ones) gives each token's keys and values independently of the tokens
+after it, so its cache stays exact without recomputation. A composite encoding (the per-layer
+hybrid) lists the encodings it is made of in `rotation_parts()`; it is length-dependent when one
+of them is, and its key is theirs. Inside the trained
 length the frequencies of dynamic NTK and LongRoPE do not change, so decoding is incremental;
 past it LongRoPE switches once (one recomputation), dynamic NTK changes at every new length
 (every step recomputes: the cost of the full forward, the price of exactness).
@@ -22,11 +27,27 @@ from typing import Any
 import torch
 
 
+def changes_with_length(encoding: Any) -> bool:
+    """Whether the q/k rotation of `encoding` (or of one of its `rotation_parts`) changes with
+    the sequence length, so that cached entries of deeper layers can go stale."""
+    parts = getattr(encoding, "rotation_parts", None)
+    if parts is not None:
+        return any(changes_with_length(part) for part in parts())
+    return bool(getattr(encoding, "length_dependent", False))
+
+
 def rotation_key(encoding: Any, seq_len: int) -> Any:
     """What decides the q/k rotation of `encoding` for a sequence of `seq_len` positions: the
-    (inv_freq, attention_factor) of a length-dependent RoPE scaling; `seq_len` itself for an
-    encoding whose rotation may change with any length (unknown)."""
-    if getattr(encoding, "length_dependent", False) and hasattr(encoding, "frequencies"):
+    (inv_freq, attention_factor) of a length-dependent RoPE scaling; None for an encoding whose
+    rotation does not depend on the length; a list of its parts' keys for a composite; and
+    `seq_len` itself for a length-dependent encoding that does not say how (any new length is a
+    new rotation)."""
+    parts = getattr(encoding, "rotation_parts", None)
+    if parts is not None:
+        return [rotation_key(part, seq_len) for part in parts()]
+    if not changes_with_length(encoding):
+        return None
+    if hasattr(encoding, "frequencies"):
         inv_freq, factor = encoding.frequencies(seq_len=seq_len)
         return inv_freq, float(factor)
     return seq_len
@@ -34,6 +55,10 @@ def rotation_key(encoding: Any, seq_len: int) -> Any:
 
 def same_rotation(a: Any, b: Any) -> bool:
     """Whether two `rotation_key`s are the same rotation (bitwise)."""
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(map(same_rotation, a, b))
     if isinstance(a, tuple) and isinstance(b, tuple):
         return a[1] == b[1] and torch.equal(a[0], b[0])
-    return not isinstance(a, tuple) and not isinstance(b, tuple) and a == b
+    if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+        return False
+    return a == b

@@ -37,6 +37,7 @@ from torch import Tensor
 
 from extrapos.core.errors import UserError
 from extrapos.models.gpt import KVCache
+from extrapos.models.rotation_state import changes_with_length, rotation_key, same_rotation
 from extrapos.models.seq2seq import EncoderState, Seq2Seq
 
 __all__ = ["beam_decode", "greedy_decode", "translate_ids"]
@@ -88,7 +89,18 @@ def _gather_state(state: EncoderState, index: Tensor) -> EncoderState:
 
 def _next_logp(model: Seq2Seq, tokens: Tensor, t: int, state: EncoderState, cache) -> Tensor:  # noqa: ANN001
     """Log-probs (r, V) of the next token after tokens[:, : t + 1]; pad and BOS excluded."""
-    if cache is not None:
+    enc = model.decoder_encoding
+    if cache is not None and changes_with_length(enc):
+        # dynamic NTK / LongRoPE: entries made under other frequencies than a full decode of
+        # t + 1 tokens uses would be stale in deeper layers; refill the cache then (exact)
+        rotation = rotation_key(enc, t + 1)
+        if not same_rotation(rotation, cache.rotation):
+            cache.clear()
+            cache.rotation = rotation
+            logits = model.decode(tokens[:, : t + 1], state, cache)[:, -1:]
+        else:
+            logits = model.decode(tokens[:, t : t + 1], state, cache)
+    elif cache is not None:
         logits = model.decode(tokens[:, t : t + 1], state, cache)
     else:  # an encoding whose cached keys go stale: recompute the prefix
         logits = model.decode(tokens[:, : t + 1], state)

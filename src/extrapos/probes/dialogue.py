@@ -51,6 +51,7 @@ from tqdm.auto import tqdm
 from extrapos.core.errors import UserError
 from extrapos.data.dialogue import DialogueCorpus, speaker, turn_pieces
 from extrapos.models.gpt import GPT, KVCache
+from extrapos.models.rotation_state import changes_with_length
 from extrapos.probes.perplexity import BATCH_TOKENS
 from extrapos.probes.scored import PositionLimit
 
@@ -343,7 +344,9 @@ def score_candidates(model: Any, prompt: Tensor, candidates: Sequence[Tensor]) -
 
     With a reusable KV cache: one forward over the prompt, its cache tiled over the C
     candidates, then one forward of the (right-padded) candidates; else C rows of
-    prompt + candidate in one batch. Both give the same numbers (tests check it)."""
+    prompt + candidate in one batch. Both give the same numbers (tests check it). A
+    length-dependent rotation (dynamic NTK, LongRoPE) is scored by one unpadded forward per
+    candidate: its numbers depend on the row's length."""
     device = _device(model)
     c, width = len(candidates), max(len(x) for x in candidates)
     cands = torch.zeros(c, width, dtype=torch.long)
@@ -353,6 +356,17 @@ def score_candidates(model: Any, prompt: Tensor, candidates: Sequence[Tensor]) -
         mask[i, : len(x)] = True
     cands, mask = cands.to(device), mask.to(device)
     p = len(prompt)
+    if isinstance(model, GPT) and changes_with_length(model.encoding):
+        # dynamic NTK / LongRoPE choose their rotation by the length of the whole row, so
+        # neither a cached prompt nor padding to the longest candidate gives the numbers of
+        # the candidate's own forward over prompt + candidate: score each by that forward
+        scores = []
+        for x in candidates:
+            row = torch.cat((prompt, x)).to(device)[None]
+            logits = model(row[:, :-1])[:, p - 1 :]
+            logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, row[:, p:, None])
+            scores.append(logp.sum())
+        return torch.stack(scores).double().cpu()
     reusable = (
         isinstance(model, GPT)
         and model.encoding.cache != "none"
