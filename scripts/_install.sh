@@ -13,3 +13,6 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   "${PIP[@]}" ${INDEX:+--index-url "$INDEX"} "torch==2.13.0"
 fi
 "${PIP[@]}" -e ".${EXTRAS:-}"
+# CoPE's fused CPU kernel: built here once (about a minute; cached by torch per machine), so
+# that a first run does not pause for it. A machine without a compiler only gets a warning.
+"$PY" -c "from extrapos.kernels import cope_native; cope_native.load()" || true

@@ -37,6 +37,7 @@ from extrapos.encodings.registry import (
     list_encodings,
     register,
 )
+from extrapos.kernels import cope_native
 from extrapos.kernels.chunks import Probe, QueryChunk, blockwise_attention, prefix_views
 
 #: query chunks are sized so one chunk holds at most this many per-pair activations
@@ -184,15 +185,38 @@ class _CoPELogits(torch.autograd.Function):
         dv[⌊p⌋] += G·(1 - w),  dv[⌈p⌉] += G·w           (lerp's, scattered into the table)
         dp = G·(v[⌈p⌉] - v[⌊p⌋]), 0 where w = 0         (clamped p, and integer p: ⌈p⌉ = ⌊p⌋)
         dg = cumsum(dp) masked,  dS = G + σ'(S)·dg       (the reverse cumsum's and sigmoid's)
+
+    float32 on the CPU runs the same operations fused per query row (`extrapos.kernels.
+    cope_native`, bit for bit these numbers, tested), saving only the masked gates; the ATen
+    composition below is the fallback (other dtypes and devices, or no compiler).
     """
 
     @staticmethod
     def forward(
-        ctx: Any, scores: Tensor, integer_logits: Tensor, visible: Tensor, npos_max: float
+        ctx: Any,
+        scores: Tensor,
+        integer_logits: Tensor,
+        visible: Tensor,
+        npos_max: float,
+        overwrite: bool,
     ) -> Tensor:
         # masks as products with 0/1 floats (exact for finite values; `masked_fill` with a
         # broadcast bool mask is ~10x slower on CPU, measured)
         keep = visible.to(scores.dtype)
+        ctx.native = native = _native_kernels(scores)
+        if native is not None:
+            # the same numbers, each query row in one pass (`extrapos.kernels.cope_native`),
+            # the logits written over the scores (or over a copy, unless the caller allows)
+            inplace = overwrite and scores.is_contiguous()
+            logits = scores if inplace else scores.clone(memory_format=torch.contiguous_format)
+            integer_logits, keep = integer_logits.contiguous(), keep.contiguous()
+            gates = torch.sigmoid(logits)
+            native.forward(logits, gates, integer_logits, keep, npos_max)
+            if inplace:
+                ctx.mark_dirty(scores)
+            ctx.npos_max = npos_max
+            ctx.save_for_backward(gates, integer_logits, keep)
+            return logits
         gates = torch.sigmoid(scores).mul_(keep)
         positions = gates.flip(-1).cumsum_(dim=-1).flip(-1).clamp_(max=npos_max)
         index = positions.long()  # ⌊p⌋ (p >= 0: truncation)
@@ -205,7 +229,13 @@ class _CoPELogits(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable  # a hand-written backward: no double backward
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, None, None]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, None, None, None]:
+        if ctx.native is not None:
+            gates, integer_logits, keep = ctx.saved_tensors
+            grad_scores, grad_table = ctx.native.backward(
+                grad.contiguous(), gates, integer_logits, keep, ctx.npos_max
+            )
+            return grad_scores, grad_table, None, None, None
         gates, weight, index, keep, step = ctx.saved_tensors
         table = step.new_zeros(step.shape).scatter_add_(-1, index, grad * (1 - weight))
         above = step.new_zeros(step.shape).scatter_add_(-1, index, grad * weight)
@@ -214,14 +244,32 @@ class _CoPELogits(torch.autograd.Function):
         table[..., 1:] += above[..., :-1]
         dp = (grad * step.gather(-1, index)).mul_(weight.ceil())  # ⌈w⌉ = 0 where w = 0, else 1
         dg = dp.cumsum_(dim=-1).mul_(keep)
-        return torch.ops.aten.sigmoid_backward(dg, gates).add_(grad), table, None, None
+        return torch.ops.aten.sigmoid_backward(dg, gates).add_(grad), table, None, None, None
 
 
-def cope_logits(scores: Tensor, integer_logits: Tensor, visible: Tensor, npos_max: float) -> Tensor:
+def _native_kernels(scores: Tensor) -> Any:
+    """CoPE's fused CPU kernels (`extrapos.kernels.cope_native`) where they apply (float32 on
+    the CPU, and built), else None (the ATen composition)."""
+    if scores.dtype != torch.float32 or scores.device.type != "cpu":
+        return None
+    return cope_native.load()
+
+
+def cope_logits(
+    scores: Tensor,
+    integer_logits: Tensor,
+    visible: Tensor,
+    npos_max: float,
+    *,
+    overwrite_scores: bool = False,
+) -> Tensor:
     """CoPE's logits from the scaled scores S (b, h, c, t') and q·e[m]/√d (b, h, c, n):
     S + interpolate_at(q·e, contextual_positions(σ(S) masked by `visible`, npos_max)), as one
-    autograd node (`_CoPELogits`). n = npos_max + 1."""
-    return _CoPELogits.apply(scores, integer_logits, visible, npos_max)
+    autograd node (`_CoPELogits`; float32 CPU tensors through the fused kernels of
+    `extrapos.kernels.cope_native` where they are built, the same numbers). n = npos_max + 1.
+    `overwrite_scores`: the logits may be written into S's buffer (a temporary of the caller's
+    that nothing else reads; not a leaf that requires grad)."""
+    return _CoPELogits.apply(scores, integer_logits, visible, npos_max, overwrite_scores)
 
 
 @register("cope")
@@ -289,7 +337,9 @@ class CoPE(_BlockwiseAttention):
         scores = q @ k.transpose(-1, -2)  # q·k/√d: (b, h, c, t')
         integer_logits = q @ self.embedding[layer].to(q.dtype).T  # (b, h, c, npos_max + 1)
         if type(self).gates is CoPE.gates:  # σ: the fused node
-            return cope_logits(scores, integer_logits, visible, self.npos_max)
+            return cope_logits(
+                scores, integer_logits, visible, self.npos_max, overwrite_scores=True
+            )
         gates = self.gates(scores).masked_fill(~visible, 0.0)  # a subclass's gates: autograd
         positions = contextual_positions(gates, self.npos_max)  # (b, h, c, t')
         return scores + interpolate_at(integer_logits, positions)
