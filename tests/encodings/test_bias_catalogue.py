@@ -310,6 +310,40 @@ def test_fire_attend_equals_the_dense_reference(
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("causal", [True, False])
+def test_fire_recomputes_its_mlp_in_backward_with_the_same_gradients(
+    causal: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past L the per-pair MLP activations ((c, t, 32) per block, twice) are recomputed in
+    backward instead of kept: the outputs and every gradient bit for bit those of keeping them,
+    and far fewer bytes saved for backward."""
+    torch.manual_seed(0)
+    fire = FIRE(num_heads=H, init_L=4.0)
+    gen = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(2, H, 96, 8, generator=gen, requires_grad=True) for _ in range(3))
+    pos = torch.arange(96)
+
+    def run() -> tuple[list[torch.Tensor], int]:
+        fire.zero_grad()
+        saved = []
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            saved.append(t.numel() * t.element_size())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = fire.attend(q, k, v, Positions(pos, pos, 0), causal=causal)
+        grads = torch.autograd.grad(out.square().sum(), [q, k, v, *fire.parameters()])
+        return [out.detach(), *grads], sum(saved)
+
+    recomputed, recomputed_bytes = run()
+    monkeypatch.setattr(FIRE, "recomputed_position_bias", FIRE.position_bias)
+    kept, kept_bytes = run()
+    for a, b in zip(recomputed, kept, strict=True):
+        assert torch.equal(a, b)
+    assert recomputed_bytes < kept_bytes / 3, (recomputed_bytes, kept_bytes)
+
+
 @pytest.mark.parametrize(
     ("params", "field"),
     [({"mlp_width": 0}, "mlp_width"), ({"init_c": 0.0}, "init_c"), ({"init_L": -1.0}, "init_L")],
