@@ -16,9 +16,18 @@ from extrapos.encodings.contextual import cope_logits
 from extrapos.kernels import cope_native
 from extrapos.models.gpt import GPT, GPTConfig
 
+
+def _can_build() -> bool:
+    from torch.utils import cpp_extension
+
+    compiler = shutil.which("c++") is not None or shutil.which("g++") is not None
+    return compiler and cpp_extension.is_ninja_available()
+
+
 needs_compiler = pytest.mark.skipif(
-    shutil.which("c++") is None and shutil.which("g++") is None,
-    reason="no C++ compiler here: the fused kernels cannot be built (CoPE uses its ATen path)",
+    not _can_build(),
+    reason="no C++ compiler or no ninja here: the fused kernels cannot be built (CoPE uses its "
+    "ATen path)",
 )
 
 
@@ -136,4 +145,30 @@ def test_other_dtypes_take_the_aten_path(monkeypatch) -> None:
     from extrapos.encodings import contextual
 
     monkeypatch.setattr(cope_native, "load", lambda: pytest.fail("float64 must not load them"))
-    assert contextual._native_kernels(torch.zeros(1, 1, 1, 1, dtype=torch.float64)) is None
+    scores, table = torch.zeros(1, 1, 1, 1, dtype=torch.float64), torch.zeros(1, 1, 1, 2)
+    visible = torch.ones(1, 1, dtype=torch.bool)
+    assert contextual._native_kernels(scores, table, visible, 1) is None
+
+
+@needs_compiler
+def test_inputs_outside_the_kernels_contract_take_the_aten_path(native, monkeypatch) -> None:
+    """A mask broadcast to 4-D, or a table narrower than npos_max + 1, never reach the kernels
+    (which would index past the table): the first gives the 2-D mask's numbers, the second
+    ATen's index error; NaN scores give NaN logits, not a crash."""
+    from extrapos.encodings import contextual
+
+    gen = torch.Generator().manual_seed(5)
+    scores, table = torch.randn(1, 2, 4, 9, generator=gen), torch.randn(1, 2, 4, 4, generator=gen)
+    visible = torch.arange(9)[None, :] <= torch.arange(5, 9)[:, None]
+    assert contextual._native_kernels(scores, table, visible[None, None], 3) is None
+    assert contextual._native_kernels(scores, table, visible, 4) is None
+    assert contextual._native_kernels(scores, table, visible, float("nan")) is None
+    assert contextual._native_kernels(scores, table, visible, 3) is native
+    broadcast = cope_logits(scores, table, visible[None, None], 3)
+    assert torch.equal(broadcast, cope_logits(scores, table, visible, 3))
+    with pytest.raises(RuntimeError, match="index"):
+        cope_logits(scores, table, visible, 4)  # positions up to 4 in a 4-row table
+    nan_scores = scores.clone()
+    nan_scores[0, 1, 2, 3] = float("nan")
+    out = cope_logits(nan_scores, table, visible, 3)
+    assert out[0, 1, 2, :4].isnan().all() and out[0, 0].isfinite().all()

@@ -121,13 +121,29 @@ def test_a_hybrids_rotation_is_its_length_dependent_layers():
     assert not decoding.same_rotation(keys[1], keys[2])
 
 
-@pytest.mark.parametrize("name", ["rope", "rerope", "self_extend", "string", "alibi", "cope"])
-def test_generation_recomputes_nothing_where_the_rotation_ignores_the_length(name):
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [
+        ("rope", {}),
+        ("rerope", {"window": 4}),  # windows far below the 17 tokens: the remapped branches
+        ("self_extend", {"window": 4, "group": 2}),
+        ("string", {"shift": 6, "local_window": 2}),
+        ("alibi", {}),
+        ("cope", {}),
+    ],
+)
+def test_generation_recomputes_nothing_where_the_rotation_ignores_the_length(name, params):
     """Encodings whose cached keys stay exact at any length (the KV-cache parity tests of
     test_gpt.py show it) decode one token per step: before 2026-12-07 the raw-key q/k
     encodings (ReRoPE, Self-Extend, STRING) recomputed the whole sequence at every step."""
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=64, n_layer=2, n_head=2, d_model=16, encoding=name)).eval()
+    config = GPTConfig(
+        vocab_size=64, n_layer=2, n_head=2, d_model=16, encoding=name, encoding_params=params
+    )
+    model = GPT(config).eval()
+    with torch.no_grad():  # sharp attention: a wrong key or position would change the tokens
+        for block in model.blocks:
+            block.attn.qkv.weight.mul_(8.0)
     widths: list[int] = []
     model.register_forward_pre_hook(lambda m, args: widths.append(args[0].shape[1]))
     prompt = torch.randint(0, 64, (1, 5), generator=torch.Generator().manual_seed(4))

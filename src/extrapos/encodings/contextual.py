@@ -203,7 +203,7 @@ class _CoPELogits(torch.autograd.Function):
         # masks as products with 0/1 floats (exact for finite values; `masked_fill` with a
         # broadcast bool mask is ~10x slower on CPU, measured)
         keep = visible.to(scores.dtype)
-        ctx.native = native = _native_kernels(scores)
+        ctx.native = native = _native_kernels(scores, integer_logits, visible, npos_max)
         if native is not None:
             # the same numbers, each query row in one pass (`extrapos.kernels.cope_native`),
             # the logits written over the scores (or over a copy, unless the caller allows)
@@ -247,10 +247,21 @@ class _CoPELogits(torch.autograd.Function):
         return torch.ops.aten.sigmoid_backward(dg, gates).add_(grad), table, None, None, None
 
 
-def _native_kernels(scores: Tensor) -> Any:
-    """CoPE's fused CPU kernels (`extrapos.kernels.cope_native`) where they apply (float32 on
-    the CPU, and built), else None (the ATen composition)."""
-    if scores.dtype != torch.float32 or scores.device.type != "cpu":
+def _native_kernels(
+    scores: Tensor, integer_logits: Tensor, visible: Tensor, npos_max: float
+) -> Any:
+    """CoPE's fused CPU kernels (`extrapos.kernels.cope_native`) where they apply — float32 on
+    the CPU, a chunk's shapes ((b, h, c, t'), (b, h, c, n), a (c, t') mask, t' >= 1, every
+    clamped position inside the table), and built — else None: the ATen composition, which
+    also handles (or refuses, naming the index) everything else."""
+    if scores.dtype != torch.float32 or scores.device.type != "cpu" or scores.dim() != 4:
+        return None
+    if integer_logits.dtype != torch.float32 or integer_logits.device.type != "cpu":
+        return None
+    c, t = scores.shape[-2:]
+    if visible.shape != (c, t) or t == 0 or integer_logits.shape[:-1] != scores.shape[:-1]:
+        return None
+    if not 0 <= npos_max <= integer_logits.shape[-1] - 1:  # NaN too
         return None
     return cope_native.load()
 

@@ -152,22 +152,27 @@ EXTRAPOS_INLINE void backward_range(const float* grad, const float* gates, const
   }
 }
 
+#if defined(__x86_64__) || defined(__i386__)
+#define EXTRAPOS_X86 1
 __attribute__((target("avx2,fma"))) void forward_range_fma(float* scores, float* gates,
                                                            const float* table, const float* keep,
                                                            Chunk x, int64_t begin, int64_t end) {
   forward_range(scores, gates, table, keep, x, begin, end);
 }
+#endif
 void forward_range_baseline(float* scores, float* gates, const float* table, const float* keep,
                             Chunk x, int64_t begin, int64_t end) {
   forward_range(scores, gates, table, keep, x, begin, end);
 }
 
+#ifdef EXTRAPOS_X86
 __attribute__((target("avx2,fma"))) void backward_range_fma(const float* grad, const float* gates,
                                                             const float* table, const float* keep,
                                                             float* grad_scores, float* grad_table,
                                                             Chunk x, int64_t begin, int64_t end) {
   backward_range(grad, gates, table, keep, grad_scores, grad_table, x, begin, end);
 }
+#endif
 void backward_range_baseline(const float* grad, const float* gates, const float* table,
                              const float* keep, float* grad_scores, float* grad_table, Chunk x,
                              int64_t begin, int64_t end) {
@@ -175,8 +180,12 @@ void backward_range_baseline(const float* grad, const float* gates, const float*
 }
 
 bool has_fma() {
+#ifdef EXTRAPOS_X86
   static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return yes;
+#else
+  return false;  // other CPUs: the baseline loops (std::fma as the platform gives it)
+#endif
 }
 
 void check(const torch::Tensor& x, const char* name, int64_t dim) {
@@ -197,6 +206,9 @@ Chunk chunk_of(const torch::Tensor& pairs, const torch::Tensor& gates, const tor
                   table.size(1) == pairs.size(1) && table.size(2) == c && keep.size(0) == c &&
                   keep.size(1) == t && n >= 1 && t >= 1,
               "cope_cpu: shapes do not match");
+  // every clamped position indexes inside the table: ⌊p⌋ <= npos_max <= n - 1
+  TORCH_CHECK(npos_max >= 0.0 && npos_max <= static_cast<double>(n - 1),
+              "cope_cpu: npos_max must be in [0, table width - 1]");
   return Chunk{pairs.numel() / t, c, t, n, static_cast<float>(npos_max)};
 }
 
@@ -207,7 +219,11 @@ Chunk chunk_of(const torch::Tensor& pairs, const torch::Tensor& gates, const tor
 void cope_forward(torch::Tensor scores, torch::Tensor gates, torch::Tensor table,
                   torch::Tensor keep, double npos_max) {
   const Chunk x = chunk_of(scores, gates, table, keep, npos_max);
+#ifdef EXTRAPOS_X86
   const auto range = has_fma() ? forward_range_fma : forward_range_baseline;
+#else
+  const auto range = forward_range_baseline;
+#endif
   float* s = scores.data_ptr<float>();
   float* g = gates.data_ptr<float>();
   const float* e = table.data_ptr<float>();
@@ -225,7 +241,11 @@ std::vector<torch::Tensor> cope_backward(torch::Tensor grad, torch::Tensor gates
   const Chunk x = chunk_of(grad, gates, table, keep, npos_max);
   auto grad_scores = torch::empty_like(grad);
   auto grad_table = torch::empty_like(table);
+#ifdef EXTRAPOS_X86
   const auto range = has_fma() ? backward_range_fma : backward_range_baseline;
+#else
+  const auto range = backward_range_baseline;
+#endif
   const float* G = grad.data_ptr<float>();
   const float* g = gates.data_ptr<float>();
   const float* e = table.data_ptr<float>();

@@ -4,12 +4,16 @@ CoPE's per-pair work (gates, reverse cumulative sum, interpolation, and their ba
 elementwise passes over each (b, h, c, t') chunk in ATen; the kernels do each query row in one
 scan and one loop while it sits in L1 cache, with the same numbers operation for operation
 (the file's header lists them; tests compare the two bitwise). `torch.utils.cpp_extension.load`
-compiles them once (needs a C++ compiler and ninja, ~30 s) into torch's extension cache
+compiles them once (needs a C++ compiler and ninja; about a minute on 2 cores) into torch's
+extension cache
 (`TORCH_EXTENSIONS_DIR`, default ~/.cache/torch_extensions); later processes load the built
 library. Where the build fails, `load()` warns once and returns None, and CoPE runs its ATen
-composition (`extrapos.encodings.contextual._CoPELogits`), the same numbers, slower.
-`EXTRAPOS_NATIVE=0` skips the build. float32 on the CPU only; other dtypes and devices take
-the ATen path.
+composition (`extrapos.encodings.contextual._CoPELogits`), the same numbers, slower. (A
+failed build is remembered per process only: set `EXTRAPOS_NATIVE=0` to stop later processes
+from trying.) float32 on the CPU only; other dtypes and devices take the ATen path. "The same
+numbers" assumes ATen's FMA kernels (AVX2/AVX-512: its lerp is one fma; torch's scalar
+"default" CPU capability rounds twice) — the tests check it where they run. NaN scores give
+NaN logits here, where ATen's gather refuses the index.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ which each token was decoded. So a KV cache is exact only while every cached ent
 under the rotation a full forward at the current length would use.
 
 `rotation_key(encoding, seq_len)` names that rotation; `GPT.generate` keeps its cache while the
-key stays equal and recomputes the prefix (a fresh cache) when it changes. Only encodings that
+key stays equal and recomputes the prefix (the cache cleared, `KVCache.clear`) when it
+changes; so does seq2seq decoding (`seq2seq_decoding._next_logp`). Only encodings that
 declare `length_dependent` are watched: every other cached encoding (RoPE, ReRoPE, Self-Extend,
 STRING, biases, contextual ones) gives each token's keys and values independently of the tokens
 after it, so its cache stays exact without recomputation. A composite encoding (the per-layer

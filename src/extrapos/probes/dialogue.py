@@ -362,7 +362,7 @@ def score_candidates(model: Any, prompt: Tensor, candidates: Sequence[Tensor]) -
         # the candidate's own forward over prompt + candidate: score each by that forward
         scores = []
         for x in candidates:
-            row = torch.cat((prompt, x)).to(device)[None]
+            row = torch.cat((prompt.to(device), x.to(device)))[None]
             logits = model(row[:, :-1])[:, p - 1 :]
             logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, row[:, p:, None])
             scores.append(logp.sum())
