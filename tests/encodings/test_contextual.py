@@ -15,7 +15,7 @@ from torch import Tensor
 
 from extrapos.encodings import build_encoding, contextual, encoding_parameters
 from extrapos.encodings.base import Positions
-from extrapos.encodings.contextual import (
+from extrapos.encodings.cope import (
     CoPE,
     contextual_positions,
     cope_logits,

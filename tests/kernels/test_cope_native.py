@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from extrapos.encodings.contextual import cope_logits
+from extrapos.encodings.cope import cope_logits
 from extrapos.kernels import cope_native
 from extrapos.models.gpt import GPT, GPTConfig
 
@@ -142,12 +142,12 @@ def test_environment_switch_and_a_failed_build_fall_back(monkeypatch) -> None:
 
 
 def test_other_dtypes_take_the_aten_path(monkeypatch) -> None:
-    from extrapos.encodings import contextual
+    from extrapos.encodings import cope
 
     monkeypatch.setattr(cope_native, "load", lambda: pytest.fail("float64 must not load them"))
     scores, table = torch.zeros(1, 1, 1, 1, dtype=torch.float64), torch.zeros(1, 1, 1, 2)
     visible = torch.ones(1, 1, dtype=torch.bool)
-    assert contextual._native_kernels(scores, table, visible, 1) is None
+    assert cope._native_kernels(scores, table, visible, 1) is None
 
 
 @needs_compiler
@@ -155,15 +155,15 @@ def test_inputs_outside_the_kernels_contract_take_the_aten_path(native, monkeypa
     """A mask broadcast to 4-D, or a table narrower than npos_max + 1, never reach the kernels
     (which would index past the table): the first gives the 2-D mask's numbers, the second
     ATen's index error; NaN scores give NaN logits, not a crash."""
-    from extrapos.encodings import contextual
+    from extrapos.encodings import cope
 
     gen = torch.Generator().manual_seed(5)
     scores, table = torch.randn(1, 2, 4, 9, generator=gen), torch.randn(1, 2, 4, 4, generator=gen)
     visible = torch.arange(9)[None, :] <= torch.arange(5, 9)[:, None]
-    assert contextual._native_kernels(scores, table, visible[None, None], 3) is None
-    assert contextual._native_kernels(scores, table, visible, 4) is None
-    assert contextual._native_kernels(scores, table, visible, float("nan")) is None
-    assert contextual._native_kernels(scores, table, visible, 3) is native
+    assert cope._native_kernels(scores, table, visible[None, None], 3) is None
+    assert cope._native_kernels(scores, table, visible, 4) is None
+    assert cope._native_kernels(scores, table, visible, float("nan")) is None
+    assert cope._native_kernels(scores, table, visible, 3) is native
     broadcast = cope_logits(scores, table, visible[None, None], 3)
     assert torch.equal(broadcast, cope_logits(scores, table, visible, 3))
     with pytest.raises(RuntimeError, match="index"):

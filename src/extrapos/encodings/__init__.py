@@ -10,6 +10,7 @@ from extrapos.encodings import (  # noqa: F401
     absolute,
     bias,
     contextual,
+    cope,
     ffn,
     functional,
     hybrid,

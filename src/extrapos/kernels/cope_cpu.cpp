@@ -1,7 +1,7 @@
 // CoPE's per-pair work for one query chunk, fused: the CPU kernels behind
 // `extrapos.kernels.cope_native` (built on first use by torch.utils.cpp_extension).
 //
-// The ATen composition they replace (extrapos.encodings.contextual._CoPELogits) makes ~11
+// The ATen composition they replace (extrapos.encodings.cope._CoPELogits) makes ~11
 // passes over the (b, h, c, t') pairs forward and ~12 backward, each through memory, and saves
 // four pair-sized tensors; here each query row (t' keys, in L1 cache) is one or two loops, the
 // logits overwrite the scores, and only the masked gates are saved (the backward recomputes the

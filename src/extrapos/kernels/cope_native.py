@@ -8,7 +8,7 @@ compiles them once (needs a C++ compiler and ninja; about a minute on 2 cores) i
 extension cache
 (`TORCH_EXTENSIONS_DIR`, default ~/.cache/torch_extensions); later processes load the built
 library. Where the build fails, `load()` warns once and returns None, and CoPE runs its ATen
-composition (`extrapos.encodings.contextual._CoPELogits`), the same numbers, slower. (A
+composition (`extrapos.encodings.cope._CoPELogits`), the same numbers, slower. (A
 failed build is remembered per process only: set `EXTRAPOS_NATIVE=0` to stop later processes
 from trying.) float32 on the CPU only; other dtypes and devices take the ATen path. "The same
 numbers" assumes ATen's FMA kernels (AVX2/AVX-512: its lerp is one fma; torch's scalar
