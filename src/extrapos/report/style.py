@@ -32,6 +32,7 @@ _MODULE_PANEL = {
     "hybrid": "rotary and extensions",
     "bias": "fixed and learned biases",
     "contextual": "contextual",
+    "cope": "contextual",
     "transformer_xl": "contextual",
 }
 
