@@ -153,7 +153,7 @@ def test_a_length_dependent_decoder_refills_its_cache_when_the_rotation_changes(
     exact = _step_logps(model, src, tokens, None)
     cached = _step_logps(model, src, tokens, _new_cache(model, 2, 13, src.device))
     torch.testing.assert_close(cached, exact, atol=1e-4, rtol=1e-4)
-    monkeypatch.setattr(seq2seq_decoding, "changes_with_length", lambda enc: False)
+    monkeypatch.setattr(seq2seq_decoding, "renew_if_stale", lambda cache, enc, n: False)
     stale = _step_logps(model, src, tokens, _new_cache(model, 2, 13, src.device))
     finite = exact.isfinite()  # pad and BOS are -inf in both
     assert (stale - exact)[finite].abs().max() > 1e-2

@@ -28,7 +28,7 @@ from extrapos.encodings.base import EMBEDDING_INIT_STD, Positions
 from extrapos.encodings.dispatch import bias_table, encoded_attention
 from extrapos.kernels.attention import DEFAULT_CHUNK_SIZE
 from extrapos.models.config import GPTConfig
-from extrapos.models.rotation_state import changes_with_length, rotation_key, same_rotation
+from extrapos.models.rotation_state import renew_if_stale
 
 #: set by the run layer (`extrapos.training.run_dir`) so that `GPT.from_checkpoint` works
 #: without the model knowing what a run directory is
@@ -357,15 +357,14 @@ class GPT(nn.Module):
             raise UserError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         if idx.ndim != 2 or idx.shape[1] == 0:
             raise UserError(f"the prompt must have shape (batch, seq >= 1), got {tuple(idx.shape)}")
+
+        def seq_len(t: int) -> int:  # the length whose rotation a full forward over t tokens uses
+            return int(positions[:t].max()) + 1
+
         # a rotation chosen by the length (dynamic NTK, LongRoPE, a hybrid with such layers):
         # the cache is exact only while that rotation stays the same
-        length_dependent = cache is not None and changes_with_length(self.encoding)
-
-        def key(t: int) -> Any:  # the rotation a full forward over t tokens uses
-            return rotation_key(self.encoding, int(positions[:t].max()) + 1)
-
-        if length_dependent:
-            cache.rotation = key(s)
+        if cache is not None:
+            renew_if_stale(cache, self.encoding, seq_len(s))  # records the prefill's rotation
         out = idx
         logits = self(idx, positions=positions[:s], cache=cache)[:, -1]
         for step in range(max_new_tokens):
@@ -377,10 +376,8 @@ class GPT(nn.Module):
             if step == max_new_tokens - 1:
                 break
             t = out.shape[1]
-            if length_dependent and not same_rotation(key(t), cache.rotation):
+            if cache is not None and renew_if_stale(cache, self.encoding, seq_len(t)):
                 # cached entries were made with other frequencies: recompute them (exact)
-                cache.clear()
-                cache.rotation = key(t)
                 logits = self(out, positions=positions[:t], cache=cache)
             elif cache is not None:
                 logits = self(next_token[:, None], positions=positions[t - 1 : t], cache=cache)

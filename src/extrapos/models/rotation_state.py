@@ -63,3 +63,17 @@ def same_rotation(a: Any, b: Any) -> bool:
     if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
         return False
     return a == b
+
+
+def renew_if_stale(cache: Any, encoding: Any, seq_len: int) -> bool:
+    """Whether `cache` (a `KVCache`) holds entries made under another rotation than a full
+    forward over `seq_len` positions uses — possible only for a length-dependent `encoding`.
+    If so it is cleared and takes the new key: the caller refills it with the whole prefix."""
+    if not changes_with_length(encoding):
+        return False
+    key = rotation_key(encoding, seq_len)
+    if same_rotation(key, cache.rotation):
+        return False
+    cache.clear()
+    cache.rotation = key
+    return True

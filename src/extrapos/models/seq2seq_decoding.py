@@ -37,7 +37,7 @@ from torch import Tensor
 
 from extrapos.core.errors import UserError
 from extrapos.models.gpt import KVCache
-from extrapos.models.rotation_state import changes_with_length, rotation_key, same_rotation
+from extrapos.models.rotation_state import renew_if_stale
 from extrapos.models.seq2seq import EncoderState, Seq2Seq
 
 __all__ = ["beam_decode", "greedy_decode", "translate_ids"]
@@ -89,17 +89,10 @@ def _gather_state(state: EncoderState, index: Tensor) -> EncoderState:
 
 def _next_logp(model: Seq2Seq, tokens: Tensor, t: int, state: EncoderState, cache) -> Tensor:  # noqa: ANN001
     """Log-probs (r, V) of the next token after tokens[:, : t + 1]; pad and BOS excluded."""
-    enc = model.decoder_encoding
-    if cache is not None and changes_with_length(enc):
+    if cache is not None and renew_if_stale(cache, model.decoder_encoding, t + 1):
         # dynamic NTK / LongRoPE: entries made under other frequencies than a full decode of
-        # t + 1 tokens uses would be stale in deeper layers; refill the cache then (exact)
-        rotation = rotation_key(enc, t + 1)
-        if not same_rotation(rotation, cache.rotation):
-            cache.clear()
-            cache.rotation = rotation
-            logits = model.decode(tokens[:, : t + 1], state, cache)[:, -1:]
-        else:
-            logits = model.decode(tokens[:, t : t + 1], state, cache)
+        # t + 1 tokens uses would be stale in deeper layers; refill the cache (exact)
+        logits = model.decode(tokens[:, : t + 1], state, cache)
     elif cache is not None:
         logits = model.decode(tokens[:, t : t + 1], state, cache)
     else:  # an encoding whose cached keys go stale: recompute the prefix

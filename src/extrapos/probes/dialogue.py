@@ -348,13 +348,6 @@ def score_candidates(model: Any, prompt: Tensor, candidates: Sequence[Tensor]) -
     length-dependent rotation (dynamic NTK, LongRoPE) is scored by one unpadded forward per
     candidate: its numbers depend on the row's length."""
     device = _device(model)
-    c, width = len(candidates), max(len(x) for x in candidates)
-    cands = torch.zeros(c, width, dtype=torch.long)
-    mask = torch.zeros(c, width, dtype=torch.bool)
-    for i, x in enumerate(candidates):
-        cands[i, : len(x)] = x
-        mask[i, : len(x)] = True
-    cands, mask = cands.to(device), mask.to(device)
     p = len(prompt)
     if isinstance(model, GPT) and changes_with_length(model.encoding):
         # dynamic NTK / LongRoPE choose their rotation by the length of the whole row, so
@@ -367,6 +360,13 @@ def score_candidates(model: Any, prompt: Tensor, candidates: Sequence[Tensor]) -
             logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, row[:, p:, None])
             scores.append(logp.sum())
         return torch.stack(scores).double().cpu()
+    c, width = len(candidates), max(len(x) for x in candidates)
+    cands = torch.zeros(c, width, dtype=torch.long)
+    mask = torch.zeros(c, width, dtype=torch.bool)
+    for i, x in enumerate(candidates):
+        cands[i, : len(x)] = x
+        mask[i, : len(x)] = True
+    cands, mask = cands.to(device), mask.to(device)
     reusable = (
         isinstance(model, GPT)
         and model.encoding.cache != "none"
